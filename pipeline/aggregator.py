@@ -1,0 +1,404 @@
+"""The windowed engagement aggregator: pure Python, no Kafka, no I/O beyond a key-value state store.
+
+It turns valid events (already routed to the partition owning their account) into per-account tumbling
+event-time windows and emits window rows:
+
+- :meth:`Aggregator.apply_event` / :meth:`Aggregator.apply_response` change state and mark windows dirty;
+  they never block and never raise on any valid event.
+- :meth:`Aggregator.advance` moves a partition's event-time frontier and finalizes every window whose
+  ``end + allowed_lateness`` it has passed; :meth:`Aggregator.flush` finalizes everything (end of replay).
+- :meth:`Aggregator.end_batch` returns the rows to write (open windows that changed, as ``final=0``
+  upserts, and windows that became final, as ``final=1``) and writes the touched states to the store.
+  The caller writes the rows durably *before* it lets the source offsets be committed.
+
+Definitions are those of the README ("Windowed engagement"); :mod:`pipeline.reference` computes the same
+rows from a whole event list and is the test oracle.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from pipeline.account_state import AccountState, WindowCounts
+from pipeline.events import FOLLOW, FOLLOWERS, LIKE, MENTION, REPLY, UNFOLLOW, Event
+from pipeline.followers import FOLLOW as LEDGER_FOLLOW
+from pipeline.followers import SNAPSHOT as LEDGER_SNAPSHOT
+from pipeline.followers import UNFOLLOW as LEDGER_UNFOLLOW
+
+NO_FRONTIER = -(2**62)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    """Window size, lateness and weights, all in milliseconds / points."""
+
+    window_ms: int = 60_000
+    lateness_ms: int = 300_000
+    conversation_horizon_ms: int = 7 * 86_400_000
+    weight_like: int = 1
+    weight_mention: int = 2
+    weight_reply: int = 3
+
+    def window_start(self, ts_ms: int) -> int:
+        return ts_ms - ts_ms % self.window_ms
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    """One row of ``engagement_windows`` (times in epoch ms; ``version`` orders upserts)."""
+
+    account_id: str
+    window_start: int
+    window_end: int
+    likes: int
+    replies: int
+    mentions: int
+    engagers: int
+    follows: int
+    unfollows: int
+    followers: int
+    responses: int
+    score: int
+    engagement_rate: float | None
+    final: int
+    version: int
+
+    def key(self) -> tuple[str, int]:
+        return (self.account_id, self.window_start)
+
+    def values(self) -> tuple[object, ...]:
+        """The row without its version: what two runs over the same input must agree on."""
+        return (
+            self.account_id,
+            self.window_start,
+            self.window_end,
+            self.likes,
+            self.replies,
+            self.mentions,
+            self.engagers,
+            self.follows,
+            self.unfollows,
+            self.followers,
+            self.responses,
+            self.score,
+            self.engagement_rate,
+            self.final,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCandidate:
+    """A reply by ``responder`` to someone else, sent to the responder's partition to be matched against
+    the inbound reply/mention it answers (``in_reply_to``)."""
+
+    event_id: str
+    responder: str
+    in_reply_to: str
+    ts_ms: int
+
+
+class Outcome(Enum):
+    COUNTED = "counted"
+    DUPLICATE = "duplicate"
+    SELF = "self"
+    LATE = "late"
+    PENDING = "pending"  # a response waiting for what it answers
+    UNMATCHED = "unmatched"  # a reply answering a conversation older than the horizon: not a response
+
+
+class StateStore(Protocol):
+    """Where account states live between batches (a Faust table in the worker, a dict in tests)."""
+
+    def get(self, account_id: str) -> bytes | None: ...
+
+    def put(self, account_id: str, value: bytes) -> None: ...
+
+    def accounts(self) -> Iterable[str]: ...
+
+
+class DictStore:
+    """An in-memory :class:`StateStore`."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, account_id: str) -> bytes | None:
+        return self.data.get(account_id)
+
+    def put(self, account_id: str, value: bytes) -> None:
+        self.data[account_id] = value
+
+    def accounts(self) -> Iterable[str]:
+        return list(self.data)
+
+
+class VersionClock:
+    """Strictly increasing row versions from wall-clock nanoseconds (later writes always win)."""
+
+    def __init__(self, now_ns: Callable[[], int] = time.time_ns) -> None:
+        self._now_ns = now_ns
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._now_ns(), self._last + 1)
+        return self._last
+
+
+class Aggregator:
+    """Per-account tumbling windows over the partitions this process owns. Not thread-safe."""
+
+    def __init__(
+        self,
+        config: WindowConfig,
+        store: StateStore,
+        partition_of: Callable[[str], int],
+        clock: VersionClock | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.partition_of = partition_of
+        self.clock = clock or VersionClock()
+        self._cache: dict[str, AccountState] = {}
+        self._heaps: dict[int, list[tuple[int, str, int]]] = {}
+        self._frontier: dict[int, int] = {}
+        self._final_rows: list[WindowRow] = []
+        self._forwards: list[ResponseCandidate] = []
+        self.unmatched_responses = 0
+
+    # -- state access -----------------------------------------------------------------------------
+
+    def _state(self, account_id: str) -> AccountState:
+        state = self._cache.get(account_id)
+        if state is None:
+            raw = self.store.get(account_id)
+            state = AccountState.loads(raw) if raw is not None else AccountState()
+            self._cache[account_id] = state
+        return state
+
+    def _window(self, account_id: str, state: AccountState, start: int) -> WindowCounts:
+        window = state.windows.get(start)
+        if window is None:
+            window = WindowCounts()
+            state.windows[start] = window
+            heap = self._heaps.setdefault(self.partition_of(account_id), [])
+            heapq.heappush(heap, (start + self.config.window_ms, account_id, start))
+        state.dirty.add(start)
+        return window
+
+    def _is_late(self, state: AccountState, start: int, partition: int) -> bool:
+        end = start + self.config.window_ms
+        return end <= state.final_through or end + self.config.lateness_ms <= self._frontier.get(partition, NO_FRONTIER)
+
+    # -- applying input ---------------------------------------------------------------------------
+
+    def apply_event(self, event: Event, partition: int) -> Outcome:
+        """Count one valid event of an account owned by ``partition``. Never raises, never blocks."""
+        if event.actor_id == event.account_id:
+            return Outcome.SELF
+        state = self._state(event.account_id)
+        start = self.config.window_start(event.ts_ms)
+        if self._is_late(state, start, partition):
+            return Outcome.LATE
+        existing = state.windows.get(start)
+        if existing is not None and event.event_id in existing.ids:
+            return Outcome.DUPLICATE
+        window = self._window(event.account_id, state, start)
+        window.ids.add(event.event_id)
+        kind = event.type
+        if kind == LIKE:
+            window.likes += 1
+            window.engagers.add(event.actor_id)
+        elif kind in (REPLY, MENTION):
+            if kind == REPLY:
+                window.replies += 1
+            else:
+                window.mentions += 1
+            window.engagers.add(event.actor_id)
+            state.conversations[event.event_id] = event.ts_ms
+            self._match_pending(event.account_id, state, event.event_id, event.ts_ms)
+            if kind == REPLY and event.in_reply_to is not None:
+                self._forwards.append(ResponseCandidate(event.event_id, event.actor_id, event.in_reply_to, event.ts_ms))
+        else:
+            if kind == FOLLOW:
+                window.follows += 1
+                state.ledger.add((event.ts_ms, LEDGER_FOLLOW, 0, event.event_id))
+            elif kind == UNFOLLOW:
+                window.unfollows += 1
+                state.ledger.add((event.ts_ms, LEDGER_UNFOLLOW, 0, event.event_id))
+            elif kind == FOLLOWERS:
+                assert event.followers is not None
+                state.ledger.add((event.ts_ms, LEDGER_SNAPSHOT, event.followers, event.event_id))
+            # The count at every later open window's end may have changed: re-emit those rows.
+            for other in state.windows:
+                if other + self.config.window_ms > event.ts_ms:
+                    state.dirty.add(other)
+        return Outcome.COUNTED
+
+    def apply_response(self, candidate: ResponseCandidate, partition: int) -> Outcome:
+        """Match a reply by ``candidate.responder`` against the inbound conversation it answers."""
+        state = self._state(candidate.responder)
+        start = self.config.window_start(candidate.ts_ms)
+        if self._is_late(state, start, partition):
+            return Outcome.LATE
+        existing = state.windows.get(start)
+        if existing is not None and candidate.event_id in existing.response_ids:
+            return Outcome.DUPLICATE
+        answered_ts = state.conversations.get(candidate.in_reply_to)
+        if answered_ts is None:
+            waiting = state.pending.setdefault(candidate.in_reply_to, [])
+            if not any(item[0] == candidate.event_id for item in waiting):
+                waiting.append([candidate.event_id, candidate.ts_ms])
+            return Outcome.PENDING
+        if answered_ts < candidate.ts_ms - self.config.conversation_horizon_ms:
+            return Outcome.UNMATCHED
+        self._count_response(candidate.responder, state, candidate.event_id, start)
+        return Outcome.COUNTED
+
+    def _count_response(self, account_id: str, state: AccountState, event_id: str, start: int) -> None:
+        window = self._window(account_id, state, start)
+        window.response_ids.add(event_id)
+        window.responses += 1
+
+    def _match_pending(self, account_id: str, state: AccountState, answered_id: str, answered_ts: int) -> None:
+        waiting = state.pending.pop(answered_id, None)
+        if not waiting:
+            return
+        for response_id, ts_ms in waiting:
+            if answered_ts < ts_ms - self.config.conversation_horizon_ms:
+                continue
+            start = self.config.window_start(ts_ms)
+            if start + self.config.window_ms <= state.final_through:
+                self.unmatched_responses += 1
+                continue
+            existing = state.windows.get(start)
+            if existing is not None and response_id in existing.response_ids:
+                continue
+            self._count_response(account_id, state, response_id, start)
+
+    # -- time -------------------------------------------------------------------------------------
+
+    def frontier(self, partition: int) -> int:
+        return self._frontier.get(partition, NO_FRONTIER)
+
+    def advance(self, partition: int, frontier_ms: int) -> None:
+        """Move ``partition``'s event-time frontier forward (never back) and finalize what it passed."""
+        if frontier_ms <= self._frontier.get(partition, NO_FRONTIER):
+            return
+        self._frontier[partition] = frontier_ms
+        heap = self._heaps.get(partition)
+        if not heap:
+            return
+        horizon = frontier_ms - self.config.lateness_ms
+        while heap and heap[0][0] <= horizon:
+            _, account_id, start = heapq.heappop(heap)
+            self._finalize(account_id, start)
+
+    def flush(self) -> None:
+        """Finalize every open window of every owned partition (end of a replay)."""
+        for partition in list(self._heaps):
+            heap = self._heaps[partition]
+            while heap:
+                _, account_id, start = heapq.heappop(heap)
+                self._finalize(account_id, start)
+            self._frontier[partition] = 2**62
+
+    def _finalize(self, account_id: str, start: int) -> None:
+        state = self._state(account_id)
+        window = state.windows.pop(start, None)
+        if window is None:
+            return
+        state.dirty.discard(start)
+        end = start + self.config.window_ms
+        self._final_rows.append(self._row(account_id, state, start, window, final=1))
+        state.final_through = max(state.final_through, end)
+        self._prune(state)
+
+    def _prune(self, state: AccountState) -> None:
+        through = state.final_through
+        oldest_useful = through - self.config.conversation_horizon_ms
+        if state.conversations:
+            state.conversations = {k: v for k, v in state.conversations.items() if v >= oldest_useful}
+        if state.pending:
+            window_ms = self.config.window_ms
+            kept: dict[str, list[list[Any]]] = {}
+            for answered_id, waiting in state.pending.items():
+                alive = [w for w in waiting if self.config.window_start(w[1]) + window_ms > through]
+                self.unmatched_responses += len(waiting) - len(alive)
+                if alive:
+                    kept[answered_id] = alive
+            state.pending = kept
+        state.ledger.fold(through)
+
+    # -- ownership --------------------------------------------------------------------------------
+
+    def assign(self, partitions: set[int]) -> None:
+        """Own exactly ``partitions``: drop the rest, rebuild the finalization index from the store."""
+        self._cache.clear()
+        self._heaps = {p: [] for p in partitions}
+        self._frontier = {p: f for p, f in self._frontier.items() if p in partitions}
+        for account_id in self.store.accounts():
+            partition = self.partition_of(account_id)
+            if partition not in partitions:
+                continue
+            raw = self.store.get(account_id)
+            if raw is None:
+                continue
+            state = AccountState.loads(raw)
+            for start in state.windows:
+                self._heaps[partition].append((start + self.config.window_ms, account_id, start))
+        for heap in self._heaps.values():
+            heapq.heapify(heap)
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _row(self, account_id: str, state: AccountState, start: int, w: WindowCounts, final: int) -> WindowRow:
+        end = start + self.config.window_ms
+        followers = state.ledger.at(end)
+        engagers = len(w.engagers)
+        c = self.config
+        return WindowRow(
+            account_id=account_id,
+            window_start=start,
+            window_end=end,
+            likes=w.likes,
+            replies=w.replies,
+            mentions=w.mentions,
+            engagers=engagers,
+            follows=w.follows,
+            unfollows=w.unfollows,
+            followers=followers,
+            responses=w.responses,
+            score=c.weight_like * w.likes + c.weight_mention * w.mentions + c.weight_reply * w.replies,
+            engagement_rate=engagers / followers if followers else None,
+            final=final,
+            version=self.clock.next(),
+        )
+
+    def take_forwards(self) -> list[ResponseCandidate]:
+        """Response candidates produced since the last call, to be sent to their responder's partition."""
+        out, self._forwards = self._forwards, []
+        return out
+
+    def end_batch(self) -> list[WindowRow]:
+        """Rows to write for everything since the last call, then persist touched states to the store.
+
+        Open windows that changed come first (``final=0``), then windows that became final.
+        """
+        rows: list[WindowRow] = []
+        for account_id, state in self._cache.items():
+            for start in sorted(state.dirty):
+                window = state.windows.get(start)
+                if window is not None:
+                    rows.append(self._row(account_id, state, start, window, final=0))
+            state.dirty.clear()
+        rows.extend(self._final_rows)
+        self._final_rows = []
+        for account_id, state in self._cache.items():
+            self.store.put(account_id, state.dumps())
+        self._cache.clear()
+        return rows

@@ -1,0 +1,258 @@
+"""The ``engagement`` command: worker, ingest, replay, sql, migrate, generate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.settings import Settings, SettingsError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "bootstrap_servers", None):
+        overrides["bootstrap_servers"] = args.bootstrap_servers
+    return Settings.from_env(**overrides)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pipeline.worker import run_worker
+
+    return run_worker(_settings(args), loglevel=args.loglevel)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.deadletter import payload_preview
+    from pipeline.events import Rejection
+    from pipeline.ingest import ingest_lines, make_producer, print_progress, read_lines
+    from pipeline.kafka_admin import ensure_topics
+
+    settings = _settings(args)
+    ensure_topics(settings)
+    producer = make_producer(settings)
+
+    def on_invalid(line_no: int, rejection: Rejection) -> None:
+        sys.stderr.write(
+            f"\rline {line_no}: {rejection.reason.value}: {rejection.detail} "
+            f"[{payload_preview(rejection.payload, 60)}] -> dead-letter topic\n"
+        )
+
+    progress = print_progress(sys.stderr) if not args.quiet else None
+    try:
+        report = ingest_lines(read_lines(args.file), settings, producer, args.file, args.batch, on_invalid, progress)
+    finally:
+        producer.close()
+    sys.stderr.write("\n")
+    print(
+        f"published {report.events:,} events in {report.messages:,} messages "
+        f"({', '.join(f'{t}: {n:,}' for t, n in sorted(report.by_topic.items()))}); "
+        f"{report.invalid:,} invalid lines dead-lettered; {report.seconds:.1f}s"
+    )
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline import queries
+    from pipeline.query_client import format_result, run_query
+    from pipeline.replay import replay
+
+    settings = _settings(args)
+    report = replay(args.file, settings, timeout=args.timeout, log=lambda m: print(f"replay: {m}", file=sys.stderr))
+    print(format_result(run_query(settings, queries.COUNT_TABLE_ROWS), "table"))
+    print(f"replayed {report.ingest.events:,} events in {report.seconds:.1f}s into {settings.data_dir}")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from pipeline.query_client import format_result, run_query
+    from pipeline.readonly_sql import ReadOnlyViolation
+    from pipeline.warehouse import WarehouseError
+
+    settings = _settings(args)
+    try:
+        result = run_query(settings, args.query)
+    except ReadOnlyViolation as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    except WarehouseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_result(result, args.format))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pipeline.warehouse import open_warehouse
+    from pipeline.warehouse.migrate import migrate
+
+    settings = _settings(args)
+    warehouse = open_warehouse(settings)
+    try:
+        applied = migrate(warehouse, settings)
+    finally:
+        warehouse.close()
+    if applied:
+        for migration in applied:
+            print(f"applied {migration.version:03d}_{migration.name}")
+    else:
+        print("schema is up to date")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.generate import TrafficModel, lines
+
+    start_ms = int(time.time() * 1000) if args.live else args.start_ms
+    model = TrafficModel(
+        accounts=args.accounts,
+        users=args.users,
+        events_per_second=args.rate,
+        start_ms=start_ms,
+        seconds=args.seconds,
+        events=args.events,
+        seed=args.seed,
+    )
+    stream = lines(model, args.invalid_share)
+    if args.live:
+        stream = _paced(stream, model)
+    if args.out:
+        handle = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+        count = 0
+        try:
+            for line in stream:
+                handle.write(line + b"\n")
+                count += 1
+        finally:
+            if handle is not sys.stdout.buffer:
+                handle.close()
+        print(f"wrote {count:,} lines to {args.out}", file=sys.stderr)
+        return 0
+    from pipeline.ingest import ingest_lines, make_producer, print_progress
+    from pipeline.kafka_admin import ensure_topics
+
+    settings = _settings(args)
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    try:
+        report = ingest_lines(
+            stream, settings, producer, "generate", 20 if args.live else 100, on_progress=print_progress(sys.stderr)
+        )
+    finally:
+        producer.close()
+    print(f"\npublished {report.events:,} events, {report.invalid:,} invalid lines dead-lettered", file=sys.stderr)
+    return 0
+
+
+def _paced(stream, model):  # type: ignore[no-untyped-def]
+    """Hold each line until the wall clock reaches its arrival time (live traffic)."""
+    import orjson
+
+    started = time.time()
+    for line in stream:
+        try:
+            ts = orjson.loads(line).get("ts")
+        except Exception:
+            ts = None
+        if isinstance(ts, int):
+            wait = (ts - model.start_ms) / 1000 - (time.time() - started)
+            if wait > 0:
+                time.sleep(wait)
+        yield line
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(_settings(args), duration=args.duration, rate=args.rate, accounts=args.accounts)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    for name, value in _settings(args).masked().items():
+        print(f"ENGAGEMENT_{name.upper()}={value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engagement", description="Connected vs engaged: engagement analytics.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, data_dir: bool = True) -> None:
+        if data_dir:
+            p.add_argument("--data-dir", help="embedded store directory (ENGAGEMENT_DATA_DIR, default ./var)")
+        p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (ENGAGEMENT_BOOTSTRAP_SERVERS)")
+
+    p = sub.add_parser("worker", help="run the Faust worker (production entry point)")
+    common(p)
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("ingest", help="publish JSON-lines events (FILE or -) to their topics")
+    common(p, data_dir=False)
+    p.add_argument("file")
+    p.add_argument("--batch", type=int, default=100, help="events per Kafka message (JSON array)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("replay", help="run FILE through an embedded broker and worker to completion")
+    common(p)
+    p.add_argument("file")
+    p.add_argument("--timeout", type=float, default=1800.0)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("sql", help="run a read-only SQL query on the warehouse")
+    common(p)
+    p.add_argument("query")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("migrate", help="apply the DDL in schemas/")
+    common(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("generate", help="synthetic traffic to Kafka, or to a JSON-lines file with --out")
+    common(p, data_dir=False)
+    p.add_argument("--out", help="write JSON lines to this file (- for stdout) instead of Kafka")
+    p.add_argument("--events", type=int, default=None, help="stop after this many events")
+    p.add_argument("--seconds", type=float, default=None, help="simulated seconds of traffic")
+    p.add_argument("--rate", type=float, default=200.0, help="events per (simulated) second")
+    p.add_argument("--accounts", type=int, default=2000)
+    p.add_argument("--users", type=int, default=50_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--start-ms", type=int, default=1_767_225_600_000, help="simulated start (epoch ms)")
+    p.add_argument("--live", action="store_true", help="real time: ts = now, paced to the wall clock")
+    p.add_argument("--invalid-share", type=float, default=0.0, help="share of malformed lines mixed in")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="embedded broker + store, worker and live traffic; then the answer")
+    common(p)
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    p.add_argument("--accounts", type=int, default=3000)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", help="show the effective settings (secrets masked)")
+    p.add_argument("action", choices=["show"])
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Decode and validate one Kafka message into events and rejections.
+
+Contract: :func:`decode_message` never raises on any input; every element of the message ends up either
+as an :class:`~pipeline.events.Event` or as a :class:`~pipeline.events.Rejection` carrying a reason code.
+A JSON array message is validated element by element: one bad element never rejects its siblings.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from pipeline.events import (
+    FOLLOWERS,
+    MAX_EVENT_ID_CHARS,
+    MAX_ID_CHARS,
+    REPLY,
+    TOPIC_TYPES,
+    TYPE_TOPIC,
+    Event,
+    Reason,
+    Rejection,
+)
+
+# RFC 3339 date-time with a mandatory zone; fraction of any length (truncated to milliseconds).
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+_INT64_MAX = 2**63 - 1
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_ts(value: Any) -> int:
+    """Event time in epoch milliseconds from an RFC 3339 string with a zone or integer epoch ms.
+
+    Raises ``_Invalid`` (reason ``wrong_type`` or ``invalid_ts``).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Invalid(Reason.WRONG_TYPE, "ts must be an RFC 3339 string or integer epoch milliseconds")
+    if isinstance(value, int):
+        if not 0 <= value <= _MAX_TS_MS:
+            raise _Invalid(Reason.INVALID_TS, f"ts {value} is outside 1970..9999 in epoch milliseconds")
+        return value
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        raise _Invalid(Reason.INVALID_TS, "ts is not an RFC 3339 date-time with a zone (Z or ±hh:mm)")
+    year, month, day, hour, minute, second, frac, zulu, sign, oh, om = m.groups()
+    try:
+        if zulu:
+            tz = UTC
+        else:
+            offset = timedelta(hours=int(oh), minutes=int(om))
+            if offset >= timedelta(hours=24):
+                raise ValueError("offset out of range")
+            tz = timezone(-offset if sign == "-" else offset)
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz)
+    except ValueError as exc:
+        raise _Invalid(Reason.INVALID_TS, f"ts is not a valid date-time: {exc}") from None
+    ms = int(dt.timestamp()) * 1000 + (int(frac[:3].ljust(3, "0")) if frac else 0)
+    if not 0 <= ms <= _MAX_TS_MS:
+        raise _Invalid(Reason.INVALID_TS, "ts is before 1970")
+    return ms
+
+
+def _string(obj: dict[str, Any], name: str, limit: int, required: bool) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise _Invalid(Reason.MISSING_FIELD, f"{name} is missing")
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(Reason.WRONG_TYPE, f"{name} must be a string")
+    if not value:
+        raise _Invalid(Reason.EMPTY_FIELD, f"{name} is empty")
+    if len(value) > limit:
+        raise _Invalid(Reason.FIELD_TOO_LONG, f"{name} is longer than {limit} characters")
+    return value
+
+
+def validate_event(obj: Any, topic_kind: str | None) -> Event:
+    """Validate one decoded JSON value as an event of the contract.
+
+    ``topic_kind`` is the source topic without prefix (``likes``...); ``None`` skips the topic check
+    (ingest, which routes by type). Raises ``_Invalid`` with the reason.
+    """
+    if not isinstance(obj, dict):
+        raise _Invalid(Reason.NOT_AN_OBJECT, f"an event must be a JSON object, not {type(obj).__name__}")
+    event_type = obj.get("type")
+    if event_type is None:
+        raise _Invalid(Reason.MISSING_FIELD, "type is missing")
+    if not isinstance(event_type, str):
+        raise _Invalid(Reason.WRONG_TYPE, "type must be a string")
+    if event_type not in TYPE_TOPIC:
+        raise _Invalid(Reason.UNKNOWN_TYPE, f"unknown type {event_type[:40]!r}")
+    if topic_kind is not None and event_type not in TOPIC_TYPES.get(topic_kind, ()):
+        raise _Invalid(Reason.TOPIC_MISMATCH, f"type {event_type} does not belong on topic {topic_kind}")
+    event_id = _string(obj, "event_id", MAX_EVENT_ID_CHARS, True)
+    if "ts" not in obj or obj["ts"] is None:
+        raise _Invalid(Reason.MISSING_FIELD, "ts is missing")
+    ts_ms = parse_ts(obj["ts"])
+    account_id = _string(obj, "account_id", MAX_ID_CHARS, True)
+    is_snapshot = event_type == FOLLOWERS
+    actor_id = _string(obj, "actor_id", MAX_ID_CHARS, not is_snapshot)
+    post_id = _string(obj, "post_id", MAX_ID_CHARS, False)
+    in_reply_to = _string(obj, "in_reply_to", MAX_EVENT_ID_CHARS, False)
+    followers = obj.get("followers")
+    if is_snapshot:
+        if followers is None:
+            raise _Invalid(Reason.MISSING_FIELD, "followers is missing")
+        if isinstance(followers, bool) or not isinstance(followers, int):
+            raise _Invalid(Reason.WRONG_TYPE, "followers must be an integer")
+        if not 0 <= followers <= _INT64_MAX:
+            raise _Invalid(Reason.INVALID_FOLLOWERS, "followers must be >= 0")
+    elif followers is not None:
+        raise _Invalid(Reason.UNEXPECTED_FIELD, f"followers is only allowed on type followers, not {event_type}")
+    if in_reply_to is not None and event_type != REPLY:
+        in_reply_to = None  # meaningful only on replies; kept out of the aggregates
+    assert event_id is not None and account_id is not None
+    return Event(
+        event_id=event_id,
+        type=event_type,
+        ts_ms=ts_ms,
+        actor_id=actor_id or "",
+        account_id=account_id,
+        post_id=post_id,
+        in_reply_to=in_reply_to,
+        followers=followers if is_snapshot else None,
+    )
+
+
+def _encode_element(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(obj).encode("utf-8", "replace")
+
+
+def decode_message(
+    payload: bytes | None, topic_kind: str | None, max_bytes: int = 1024 * 1024
+) -> tuple[list[Event], list[Rejection]]:
+    """Decode one message (a JSON object or an array of objects) into events and rejections. Never raises."""
+    events: list[Event] = []
+    rejections: list[Rejection] = []
+    if payload is None:
+        rejections.append(Rejection(Reason.INVALID_JSON, "empty message (null value)", -1, b""))
+        return events, rejections
+    if len(payload) > max_bytes:
+        rejections.append(
+            Rejection(Reason.TOO_LARGE, f"message of {len(payload)} bytes exceeds {max_bytes}", -1, payload)
+        )
+        return events, rejections
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            rejections.append(Rejection(Reason.INVALID_UTF8, f"not valid UTF-8: {uexc.reason}", -1, payload))
+        else:
+            rejections.append(Rejection(Reason.INVALID_JSON, f"not valid JSON: {exc}", -1, payload))
+        return events, rejections
+    if isinstance(value, list):
+        if not value:
+            rejections.append(Rejection(Reason.EMPTY_BATCH, "an empty JSON array carries no event", -1, payload))
+        for index, element in enumerate(value):
+            try:
+                events.append(validate_event(element, topic_kind))
+            except _Invalid as exc:
+                rejections.append(Rejection(exc.reason, exc.detail, index, _encode_element(element)))
+        return events, rejections
+    try:
+        events.append(validate_event(value, topic_kind))
+    except _Invalid as exc:
+        rejections.append(Rejection(exc.reason, exc.detail, -1, payload))
+    return events, rejections
+
+
+def decode_line(line: bytes, max_bytes: int = 1024 * 1024) -> tuple[list[Event], list[Rejection]]:
+    """Decode one JSON-lines input line for ingest: like :func:`decode_message` without a topic check."""
+    return decode_message(line, None, max_bytes)

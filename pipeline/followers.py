@@ -1,0 +1,75 @@
+"""Follower counts at a window's end, from snapshots and follow/unfollow events.
+
+Definition: followers at ``end`` = the latest ``followers`` snapshot with ``ts < end`` (0 if none), plus
+follows minus unfollows with ``snapshot_ts < ts < end``; never below 0 (the clamp applies to the result).
+Two snapshots with the same ``ts``: the one with the greater ``event_id`` is the latest (deterministic
+whatever the arrival order).
+
+:class:`FollowerLedger` keeps the events that can still matter and folds older ones into a base value, so
+its size is bounded by the lateness horizon, not by the account's history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SNAPSHOT = 0
+FOLLOW = 1
+UNFOLLOW = -1
+
+# (ts_ms, kind, value, event_id): kind SNAPSHOT carries the count in value; FOLLOW/UNFOLLOW carry 0.
+LedgerEntry = tuple[int, int, int, str]
+
+
+def followers_unclamped(base: int, entries: list[LedgerEntry], end: int) -> int:
+    """The follower count at ``end`` before the clamp, from ``base`` (everything folded) and ``entries``.
+
+    ``entries`` must all have ``ts`` at or after the fold point of ``base``.
+    """
+    snapshot: LedgerEntry | None = None
+    for entry in entries:
+        if (
+            entry[1] == SNAPSHOT
+            and entry[0] < end
+            and (snapshot is None or (entry[0], entry[3]) > (snapshot[0], snapshot[3]))
+        ):
+            snapshot = entry
+    if snapshot is None:
+        count = base
+        for ts, kind, _, _ in entries:
+            if kind != SNAPSHOT and ts < end:
+                count += kind
+        return count
+    count = snapshot[2]
+    snap_ts = snapshot[0]
+    for ts, kind, _, _ in entries:
+        if kind != SNAPSHOT and snap_ts < ts < end:
+            count += kind
+    return count
+
+
+@dataclass
+class FollowerLedger:
+    """Follower history of one account: ``base`` (the unclamped count over everything before
+    ``folded_until``) plus the entries at or after it."""
+
+    base: int = 0
+    folded_until: int = -1
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+    def add(self, entry: LedgerEntry) -> None:
+        self.entries.append(entry)
+
+    def at(self, end: int) -> int:
+        """Followers at ``end`` (clamped at 0). ``end`` must be after ``folded_until``."""
+        return max(0, followers_unclamped(self.base, self.entries, end))
+
+    def fold(self, until: int) -> None:
+        """Fold entries with ``ts < until`` into the base; no count at an end > ``until`` changes."""
+        if until <= self.folded_until:
+            return
+        old = [e for e in self.entries if e[0] < until]
+        if old:
+            self.base = followers_unclamped(self.base, self.entries, until)
+            self.entries = [e for e in self.entries if e[0] >= until]
+        self.folded_until = until

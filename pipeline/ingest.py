@@ -1,0 +1,171 @@
+"""Publish JSON-lines events to their topics (by type), keyed by account, batched as JSON arrays.
+
+Contract of :func:`ingest_lines`: every input line ends up published (as part of a JSON-array message on
+its type's topic, keyed by ``account_id``) or dead-lettered (reason, line number) and reported through
+``on_invalid``. It returns only after the broker acknowledged every message (``flush``).
+Events of one account stay in input order on their topic.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from kafka import KafkaProducer
+
+from pipeline.deadletter import DeadLetter
+from pipeline.decode import _Invalid, validate_event
+from pipeline.events import DEAD_LETTER_TOPIC, TYPE_TOPIC, Reason, Rejection
+from pipeline.settings import Settings
+
+
+@dataclass
+class IngestReport:
+    lines: int = 0
+    events: int = 0
+    messages: int = 0
+    invalid: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def make_producer(settings: Settings) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        linger_ms=20,
+        batch_size=1 << 20,
+        max_request_size=settings.max_message_bytes + 4096,
+        retries=5,
+    )
+
+
+def _objects(line: bytes) -> tuple[list[Any] | None, Rejection | None]:
+    """The JSON objects of one line (one object, or the elements of an array)."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return None, Rejection(Reason.INVALID_UTF8, f"not valid UTF-8: {uexc.reason}", -1, line)
+        return None, Rejection(Reason.INVALID_JSON, f"not valid JSON: {exc}", -1, line)
+    if isinstance(value, list):
+        if not value:
+            return None, Rejection(Reason.EMPTY_BATCH, "an empty JSON array carries no event", -1, line)
+        return value, None
+    return [value], None
+
+
+def ingest_lines(
+    lines: Iterable[bytes],
+    settings: Settings,
+    producer: KafkaProducer,
+    source_name: str = "-",
+    batch_events: int = 100,
+    on_invalid: Callable[[int, Rejection], None] | None = None,
+    on_progress: Callable[[IngestReport], None] | None = None,
+) -> IngestReport:
+    """Validate and publish ``lines`` (see the module docstring)."""
+    report = IngestReport()
+    started = time.monotonic()
+    buffers: dict[tuple[str, str], list[Any]] = {}
+    buffered = 0
+    dead_topic = settings.topic(DEAD_LETTER_TOPIC)
+    source_topic = f"ingest:{source_name}"
+
+    def send(topic: str, account_id: str, objects: list[Any]) -> None:
+        payload = orjson.dumps(objects if len(objects) > 1 else objects[0])
+        producer.send(topic, key=account_id.encode("utf-8"), value=payload)
+        report.messages += 1
+        report.by_topic[topic] = report.by_topic.get(topic, 0) + len(objects)
+
+    def flush_buffers() -> None:
+        nonlocal buffered
+        for (topic, account_id), objects in buffers.items():
+            send(topic, account_id, objects)
+        buffers.clear()
+        buffered = 0
+
+    def reject(line_no: int, rejection: Rejection) -> None:
+        report.invalid += 1
+        letter = DeadLetter.from_rejection(rejection, source_topic, -1, line_no, settings.dead_letter_payload_bytes)
+        producer.send(dead_topic, key=letter.dead_letter_id.encode("utf-8"), value=letter.to_json())
+        if on_invalid is not None:
+            on_invalid(line_no, rejection)
+
+    last_progress = 0.0
+    for line_no, line in enumerate(lines, start=1):
+        report.lines += 1
+        line = line.strip()
+        if not line:
+            continue
+        if len(line) > settings.max_message_bytes:
+            reject(line_no, Rejection(Reason.TOO_LARGE, f"line of {len(line)} bytes", -1, line))
+            continue
+        objects, rejection = _objects(line)
+        if rejection is not None:
+            reject(line_no, rejection)
+            continue
+        assert objects is not None
+        for index, obj in enumerate(objects):
+            try:
+                event = validate_event(obj, None)
+            except _Invalid as exc:
+                reject(
+                    line_no,
+                    Rejection(
+                        exc.reason,
+                        exc.detail,
+                        index if len(objects) > 1 else -1,
+                        orjson.dumps(obj) if isinstance(obj, (dict, list, str, int)) else line,
+                    ),
+                )
+                continue
+            key = (settings.topic(TYPE_TOPIC[event.type]), event.account_id)
+            bucket = buffers.setdefault(key, [])
+            bucket.append(obj)
+            buffered += 1
+            report.events += 1
+            if len(bucket) >= batch_events:
+                send(key[0], key[1], bucket)
+                del buffers[key]
+                buffered -= len(bucket)
+        if buffered >= 20 * batch_events:
+            flush_buffers()
+        if on_progress is not None and time.monotonic() - last_progress > 0.5:
+            last_progress = time.monotonic()
+            report.seconds = last_progress - started
+            on_progress(report)
+    flush_buffers()
+    producer.flush()
+    report.seconds = time.monotonic() - started
+    if on_progress is not None:
+        on_progress(report)
+    return report
+
+
+def read_lines(path: str) -> Iterator[bytes]:
+    """Lines of a file, or of standard input for ``-``, as bytes."""
+    if path == "-":
+        yield from sys.stdin.buffer
+        return
+    with Path(path).open("rb") as handle:
+        yield from handle
+
+
+def print_progress(stream: IO[str]) -> Callable[[IngestReport], None]:
+    def show(report: IngestReport) -> None:
+        rate = report.events / report.seconds if report.seconds else 0.0
+        stream.write(
+            f"\r  {report.lines:>10,} lines  {report.events:>10,} events  {report.invalid:>6,} invalid"
+            f"  {rate:>10,.0f} events/s"
+        )
+        stream.flush()
+
+    return show

@@ -1,0 +1,93 @@
+"""Topic creation and offset inspection with kafka-python (ingest tools, replay, tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS
+from pipeline.settings import Settings
+
+
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answered at the configured bootstrap servers within the timeout."""
+
+
+def pipeline_topics(settings: Settings) -> list[str]:
+    """Every topic the pipeline reads or writes (source topics, re-key topic, dead letters)."""
+    names = [settings.topic(t) for t in SOURCE_TOPICS]
+    return [*names, settings.topic(REKEY_TOPIC), settings.topic(DEAD_LETTER_TOPIC)]
+
+
+def admin_client(settings: Settings, timeout: float = 30.0) -> KafkaAdminClient:
+    """An admin client, retrying until a broker answers or ``timeout`` passes (then BrokerUnavailable)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"no Kafka broker at {settings.bootstrap_servers}: {exc}") from exc
+            time.sleep(0.25)
+
+
+def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> None:
+    """Create missing pipeline topics with ``settings.partitions`` partitions; existing ones are kept.
+
+    Raises ValueError if an existing source topic has another partition count (co-partitioning breaks).
+    """
+    wanted = list(names) if names is not None else pipeline_topics(settings)
+    admin = admin_client(settings)
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in wanted if n not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(n, settings.partitions, settings.replication_factor) for n in missing])
+    finally:
+        admin.close()
+    counts = partition_counts(settings, wanted)
+    wrong = {n: c for n, c in counts.items() if c != settings.partitions}
+    if wrong:
+        raise ValueError(
+            f"topics {wrong} do not have ENGAGEMENT_PARTITIONS={settings.partitions} partitions; "
+            "all pipeline topics must be co-partitioned"
+        )
+
+
+def partition_counts(settings: Settings, names: Iterable[str]) -> dict[str, int]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        out: dict[str, int] = {}
+        for name in names:
+            deadline = time.monotonic() + 10
+            parts = consumer.partitions_for_topic(name)
+            while not parts and time.monotonic() < deadline:
+                time.sleep(0.1)
+                parts = consumer.partitions_for_topic(name)
+            out[name] = len(parts or ())
+        return out
+    finally:
+        consumer.close()
+
+
+def group_lag(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """Messages not yet committed by the worker's consumer group, per partition (0 = fully processed)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.app_id, enable_auto_commit=False
+    )
+    try:
+        tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = consumer.end_offsets(tps)
+        lag: dict[TopicPartition, int] = {}
+        for tp in tps:
+            committed = consumer.committed(tp) or 0
+            lag[tp] = max(0, ends[tp] - committed)
+        return lag
+    finally:
+        consumer.close()

@@ -1,0 +1,81 @@
+"""Every Prometheus metric of the pipeline, declared once, with its meaning.
+
+No per-account labels (cardinality): labels are topics, event types, reasons and tables only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_CONSUMED = Counter(
+    "engagement_events_consumed_total",
+    "Valid events decoded from a source topic, by topic and event type (before deduplication).",
+    ["topic", "type"],
+    registry=REGISTRY,
+)
+MESSAGES_CONSUMED = Counter(
+    "engagement_messages_consumed_total",
+    "Kafka messages read from source topics (a message may carry a JSON array of events).",
+    ["topic"],
+    registry=REGISTRY,
+)
+EVENT_OUTCOMES = Counter(
+    "engagement_event_outcomes_total",
+    "What the aggregator did with each valid event: counted, duplicate, self, late, pending, unmatched.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "engagement_dead_letters_total",
+    "Inputs sent to the dead-letter topic, by reason code.",
+    ["reason"],
+    registry=REGISTRY,
+)
+ROWS_WRITTEN = Counter(
+    "engagement_rows_written_total",
+    "Rows written to ClickHouse, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
+WINDOWS_FINALIZED = Counter(
+    "engagement_windows_finalized_total",
+    "Windows written with final = 1.",
+    registry=REGISTRY,
+)
+INSERT_SECONDS = Histogram(
+    "engagement_clickhouse_insert_seconds",
+    "Duration of one successful ClickHouse insert, by table.",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+INSERT_FAILURES = Counter(
+    "engagement_clickhouse_insert_failures_total",
+    "ClickHouse inserts that failed and will be retried, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "engagement_consumer_lag_messages",
+    "Messages not yet processed on the partitions this worker owns, by topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+NEWEST_EVENT_SECONDS = Gauge(
+    "engagement_newest_event_timestamp_seconds",
+    "Event time of the newest event seen (Unix seconds).",
+    registry=REGISTRY,
+)
+FRONTIER_SECONDS = Gauge(
+    "engagement_event_time_frontier_seconds",
+    "The lowest event-time frontier over owned partitions (windows end + lateness before it are final).",
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "engagement_batch_seconds",
+    "Wall time to process one batch, from decode to durable write.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)

@@ -1,0 +1,162 @@
+"""Typed settings, read from the environment (prefix ``ENGAGEMENT_``) when asked, never at import.
+
+Every setting has a default that runs the embedded stack on one machine. Secrets are held as
+:class:`Secret`, whose ``str``/``repr`` are masked, so printing a ``Settings`` never leaks them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+PREFIX = "ENGAGEMENT_"
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value that cannot be used; the message names it."""
+
+
+class Secret:
+    """A string that does not print itself. Call :meth:`reveal` where the real value is needed."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+WarehouseKind = Literal["embedded", "server"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All knobs of the pipeline. Build with :meth:`from_env`; field names map to ``ENGAGEMENT_<NAME>``."""
+
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+    app_id: str = "engagement"
+    broker_session_timeout: float = 10.0
+    commit_interval: float = 1.0
+
+    # Windows
+    window_seconds: int = 60
+    allowed_lateness_seconds: int = 300
+    conversation_horizon_seconds: int = 7 * 86400
+    weight_like: int = 1
+    weight_mention: int = 2
+    weight_reply: int = 3
+
+    # Batching
+    batch_max_events: int = 2000
+    batch_max_seconds: float = 0.5
+
+    # Warehouse
+    warehouse: WarehouseKind = "embedded"
+    data_dir: Path = Path("var")
+    clickhouse_host: str = "127.0.0.1"
+    clickhouse_port: int = 9000
+    clickhouse_user: str = "default"
+    clickhouse_password: Secret = field(default_factory=lambda: Secret(""))
+    clickhouse_database: str = "engagement"
+    insert_retry_max_seconds: float = 30.0
+    events_ttl_days: int = 0  # 0 keeps raw events forever; applied where the server supports TTL
+    dead_letters_ttl_days: int = 30
+
+    # Web server (/metrics, /healthz, embedded /query)
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+
+    # Input limits
+    max_message_bytes: int = 1024 * 1024
+    dead_letter_payload_bytes: int = 4096
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``ENGAGEMENT_<FIELD>``; ``overrides`` win over the environment.
+
+        Raises :class:`SettingsError` naming the variable when a value does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = PREFIX + f.name.upper()
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif name in env:
+                values[f.name] = _parse(name, env[name], f.type)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` on values that parse but make no sense together."""
+        if self.window_seconds <= 0:
+            raise SettingsError("ENGAGEMENT_WINDOW_SECONDS must be > 0")
+        if self.allowed_lateness_seconds < 0:
+            raise SettingsError("ENGAGEMENT_ALLOWED_LATENESS_SECONDS must be >= 0")
+        if self.partitions <= 0:
+            raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
+        if self.warehouse not in ("embedded", "server"):
+            raise SettingsError("ENGAGEMENT_WAREHOUSE must be 'embedded' or 'server'")
+        if self.batch_max_events <= 0 or self.batch_max_seconds <= 0:
+            raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS and _SECONDS must be > 0")
+
+    def topic(self, name: str) -> str:
+        """The full name of a pipeline topic (``likes``, ``follows``, ...), with the prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.data_dir / "chdb"
+
+    def masked(self) -> dict[str, str]:
+        """The effective settings as strings, secrets masked: safe to print or log."""
+        return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process (secrets revealed)."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[PREFIX + f.name.upper()] = value.reveal() if isinstance(value, Secret) else str(value)
+        return out
+
+
+def _parse(name: str, raw: str, type_name: Any) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind == "Secret":
+            return Secret(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from exc

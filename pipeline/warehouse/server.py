@@ -1,0 +1,92 @@
+"""The ClickHouse server backend (native protocol, clickhouse-driver)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from pipeline.settings import Settings
+from pipeline.warehouse.base import Params, QueryError, QueryResult, WarehouseUnavailable
+from pipeline.warehouse.params import bind
+
+# ClickHouse error codes that mean "the server is there but cannot serve this now".
+_TRANSIENT_CODES = frozenset({159, 160, 164, 202, 203, 209, 210, 241, 242, 252, 319, 425})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+class ServerWarehouse:
+    """A ClickHouse server reached with clickhouse-driver. Connects lazily; reconnects after failures."""
+
+    kind = "server"
+
+    def __init__(self, settings: Settings, database: str | None = None, connect_timeout: float = 5.0) -> None:
+        self.database = settings.clickhouse_database if database is None else database
+        self._connect = {
+            "host": settings.clickhouse_host,
+            "port": settings.clickhouse_port,
+            "user": settings.clickhouse_user,
+            "password": settings.clickhouse_password.reveal(),
+            "connect_timeout": connect_timeout,
+            "send_receive_timeout": 300,
+        }
+        self._client = Client(database=self.database or "default", **self._connect)
+
+    def _run(self, sql: str, data: Any = None, columnar: bool = False, with_types: bool = False) -> Any:
+        try:
+            if data is None:
+                return self._client.execute(sql, with_column_types=with_types)
+            return self._client.execute(sql, data, columnar=columnar)
+        except ch_errors.ServerException as exc:
+            if exc.code in _TRANSIENT_CODES:
+                self._client.disconnect()
+                raise WarehouseUnavailable(str(exc)) from exc
+            raise QueryError(exc.message.strip().splitlines()[0] if exc.message else str(exc), exc.code) from exc
+        except (OSError, ch_errors.NetworkError, ch_errors.SocketTimeoutError, EOFError) as exc:
+            self._client.disconnect()
+            raise WarehouseUnavailable(f"ClickHouse server unreachable: {exc}") from exc
+        except ch_errors.Error as exc:
+            self._client.disconnect()
+            raise WarehouseUnavailable(str(exc)) from exc
+
+    def execute(self, sql: str, params: Params = None) -> None:
+        if sql.lstrip().upper().startswith("CREATE DATABASE"):
+            # The session's own database may not exist yet: create it from the default one.
+            self._on_default_database(bind(sql, params))
+            return
+        self._run(bind(sql, params))
+
+    def _on_default_database(self, sql: str) -> Any:
+        own = self._client
+        self._client = Client(database="default", **self._connect)
+        try:
+            return self._run(sql, with_types=True)
+        finally:
+            self._client.disconnect()
+            self._client = own
+
+    def query(self, sql: str, params: Params = None) -> QueryResult:
+        rows, columns = self._run(bind(sql, params), with_types=True)
+        return QueryResult([c[0] for c in columns], [tuple(_plain(v) for v in row) for row in rows])
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        names = ", ".join(f"`{name}`" for name in columns)
+        self._run(f"INSERT INTO {table} ({names}) VALUES", [list(v) for v in columns.values()], columnar=True)
+
+    def server_version(self) -> tuple[int, int]:
+        row = self._on_default_database("SELECT version()")[0][0][0]
+        major, minor = str(row).split(".")[:2]
+        return int(major), int(minor)
+
+    def close(self) -> None:
+        self._client.disconnect()

@@ -1,0 +1,209 @@
+"""The Faust worker: agents, table, web endpoints. ``engagement worker`` runs :func:`run_worker`.
+
+Agents:
+- ``aggregate`` reads the four source topics and the re-key topic in batches (``take_events``) and hands
+  each batch to :class:`~pipeline.processor.BatchProcessor`; the batch is acknowledged (and its offsets
+  become committable) only after the processor returned, i.e. after the rows are durable.
+- ``dead_letters`` copies the dead-letter topic into ``engagement_dead_letters``.
+
+Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
+embedded store ``/query`` (read-only SQL, since only this process may open chDB's directory) and
+``/admin/flush`` (finalize all open windows: the end of a replay).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pipeline import metrics
+from pipeline.deadletter import DeadLetter
+from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
+from pipeline.kafka_admin import ensure_topics
+from pipeline.partitioning import account_partitioner
+from pipeline.processor import BatchProcessor, Message, StagedStore
+from pipeline.readonly_sql import ReadOnlyViolation, check_read_only
+from pipeline.settings import Settings
+from pipeline.sink import DEAD_LETTERS_TABLE, WarehouseWriter, dead_letter_columns
+from pipeline.warehouse import QueryError, Warehouse, WarehouseError, open_warehouse
+from pipeline.warehouse.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "worker.json"
+
+
+class KafkaOutbox:
+    """Sends through the Faust app's producer; each send completes when the broker acknowledged."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> Any:
+        pending = await self.app.producer.send(topic, key, value, None, None, None)
+        return await pending
+
+
+def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, BatchProcessor]:
+    """Build the Faust app for ``settings`` writing to ``warehouse`` (already migrated)."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=0,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
+        broker_commit_interval=settings.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        datadir=str(settings.data_dir / "faust"),
+        stream_wait_empty=True,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    sources = [settings.topic(t) for t in SOURCE_TOPICS]
+    rekey = settings.topic(REKEY_TOPIC)
+    source_topic = app.topic(*sources, rekey, partitions=settings.partitions, **raw)
+    dead_letter_topic = app.topic(settings.topic(DEAD_LETTER_TOPIC), partitions=settings.partitions, **raw)
+    table = app.Table(
+        "account-state",
+        partitions=settings.partitions,
+        use_partitioner=True,
+        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+    )
+    writer = WarehouseWriter(lambda: warehouse, settings.insert_retry_max_seconds)
+    partition_of = account_partitioner(settings.partitions)
+    our_topics = {*sources, rekey}
+
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            value = app.consumer.highwater(faust.types.TP(topic, partition))
+        except Exception:
+            return None
+        return int(value) if value is not None else None
+
+    def committed(topic: str, partition: int) -> int | None:
+        value = app.consumer._committed_offset.get(faust.types.TP(topic, partition))  # type: ignore[attr-defined]
+        return int(value) if value is not None else None
+
+    processor = BatchProcessor(
+        settings, StagedStore(table), writer, KafkaOutbox(app), partition_of, highwater, committed
+    )
+
+    def owned_partitions() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic in our_topics}
+
+    @app.agent(source_topic, name="aggregate")
+    async def aggregate(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
+            try:
+                processor.on_assignment(owned_partitions())
+                await processor.process(
+                    [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in batch]
+                )
+            except Exception:  # a bug, not bad input: stop before the batch is acknowledged
+                log.critical("batch processing failed; exiting without committing", exc_info=True)
+                os._exit(70)
+
+    @app.agent(dead_letter_topic, name="dead-letters")
+    async def dead_letters(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(1000, within=0.5):
+            letters = []
+            for event in batch:
+                message = event.message
+                try:
+                    letters.append(DeadLetter.from_json(message.value))
+                except Exception as exc:
+                    rejection = Rejection(
+                        Reason.INVALID_JSON, f"unreadable dead letter: {exc!r}"[:300], -1, bytes(message.value or b"")
+                    )
+                    letters.append(
+                        DeadLetter.from_rejection(
+                            rejection,
+                            message.topic,
+                            message.partition,
+                            message.offset,
+                            settings.dead_letter_payload_bytes,
+                        )
+                    )
+            await writer.write(DEAD_LETTERS_TABLE, dead_letter_columns(letters))
+
+    @app.timer(interval=2.0)
+    async def update_lag() -> None:
+        for topic, lag in processor.lag().items():
+            metrics.CONSUMER_LAG.labels(topic).set(lag)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Request) -> Response:
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)  # type: ignore[no-any-return]
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Request) -> Response:
+        return web.json({"status": "ok", "partitions": sorted(processor.owned)})  # type: ignore[no-any-return]
+
+    @app.page("/query")
+    class QueryPage(View):
+        async def post(self, request: Request) -> Response:
+            body = orjson.loads(await request.read())  # type: ignore[attr-defined]
+            sql = str(body.get("sql", ""))
+            try:
+                check_read_only(sql)
+                result = await writer.query(sql, body.get("params") or None)
+            except ReadOnlyViolation as exc:
+                return self.json({"error": str(exc)}, status=403)
+            except QueryError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            except WarehouseError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            return self.json({"columns": result.columns, "rows": [list(r) for r in result.rows]})
+
+    @app.page("/admin/flush")
+    class FlushPage(View):
+        async def post(self, request: Request) -> Response:
+            processor.on_assignment(owned_partitions())
+            rows = await processor.flush()
+            return self.json({"rows": rows})
+
+    return app, processor
+
+
+def _write_lock(settings: Settings) -> Path:
+    path = settings.data_dir / LOCK_FILE
+    path.write_bytes(orjson.dumps({"pid": os.getpid(), "web_host": settings.web_host, "web_port": settings.web_port}))
+    return path
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> int:
+    """Create topics and tables if missing, then run the worker until SIGTERM/SIGINT. Returns an exit code."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_topics(settings)
+    warehouse = open_warehouse(settings)
+    migrate(warehouse, settings)
+    app, _ = create_app(settings, warehouse)
+    lock = _write_lock(settings) if settings.warehouse == "embedded" else None
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_worker(Settings.from_env()))
