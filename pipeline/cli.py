@@ -105,7 +105,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.generate import TrafficModel, lines
+    from pipeline.generate import TrafficModel, lines, paced
 
     start_ms = int(time.time() * 1000) if args.live else args.start_ms
     model = TrafficModel(
@@ -116,10 +116,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         events=args.events,
         seed=args.seed,
+        drain_tail=not args.live,
     )
     stream = lines(model, args.invalid_share)
     if args.live:
-        stream = _paced(stream, model)
+        stream = paced(stream, args.rate)
     if args.out:
         handle = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
         count = 0
@@ -146,23 +147,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         producer.close()
     print(f"\npublished {report.events:,} events, {report.invalid:,} invalid lines dead-lettered", file=sys.stderr)
     return 0
-
-
-def _paced(stream, model):  # type: ignore[no-untyped-def]
-    """Hold each line until the wall clock reaches its arrival time (live traffic)."""
-    import orjson
-
-    started = time.time()
-    for line in stream:
-        try:
-            ts = orjson.loads(line).get("ts")
-        except Exception:
-            ts = None
-        if isinstance(ts, int):
-            wait = (ts - model.start_ms) / 1000 - (time.time() - started)
-            if wait > 0:
-                time.sleep(wait)
-        yield line
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ class TrafficModel:
     self_share: float = 0.01
     max_delay_s: float = 30.0
     seed: int = 7
+    drain_tail: bool = True  # at the end, emit what is still scheduled (future responses); off for live traffic
 
 
 @dataclass
@@ -200,6 +201,8 @@ def generate(model: TrafficModel) -> Iterator[dict[str, Any]]:
             if model.events is not None and produced >= model.events:
                 return
         second += 1
+    if not model.drain_tail:
+        return
     for obj in gen.drain_all():
         yield obj
         produced += 1
@@ -229,3 +232,22 @@ def lines(model: TrafficModel, invalid_share: float = 0.0) -> Iterator[bytes]:
         if invalid_share and rnd.random() < invalid_share:
             yield rnd.choice(_BAD_LINES)
         yield orjson.dumps(obj)
+
+
+def paced(stream: Iterator[bytes], rate: float, halt: Any = None, counter: list[int] | None = None) -> Iterator[bytes]:
+    """Hold lines back so that about ``rate`` pass per wall-clock second; stops early when ``halt`` is set."""
+    import time
+
+    began = time.monotonic()
+    count = 0
+    for line in stream:
+        if halt is not None and halt.is_set():
+            return
+        count += 1
+        if counter is not None:
+            counter[0] = count
+        if count % 100 == 0:
+            ahead = count / rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+        yield line

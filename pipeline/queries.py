@@ -15,7 +15,7 @@ FROM
     FROM engagement_windows FINAL
     WHERE window_start >= toDateTime(%(since)s, 'UTC') AND window_start < toDateTime(%(until)s, 'UTC')
     GROUP BY account_id
-)
+) AS audience
 ANY LEFT JOIN
 (
     SELECT account_id, uniqExact(actor_id) AS engagers
@@ -23,7 +23,7 @@ ANY LEFT JOIN
     WHERE ts >= toDateTime(%(since)s, 'UTC') AND ts < toDateTime(%(until)s, 'UTC')
       AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
     GROUP BY account_id
-) USING account_id
+) AS engaged USING account_id
 """
 
 TOP_BY_FOLLOWERS = (

@@ -71,7 +71,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         web_host=settings.web_host,
         web_port=settings.web_port,
         datadir=str(settings.data_dir / "faust"),
-        stream_wait_empty=True,
+        stream_wait_empty=False,  # on shutdown, unprocessed batches are simply not committed
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     sources = [settings.topic(t) for t in SOURCE_TOPICS]

@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` (the main job, embedded) and `make test` (the whole suite).
+# Both set up everything they need on a fresh machine (Python 3.11+, apt for the ClickHouse server).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+DURATION ?= 60
+
+.PHONY: demo test unit integration lint typecheck clickhouse-server clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/engagement demo --duration $(DURATION) --data-dir var
+
+# Unit tests, lint and types, then integration tests against real services: the embedded broker and
+# chDB, and a Debian ClickHouse 18.16 server that this target installs (apt) and starts if needed.
+test: $(STAMP) lint typecheck
+	./tests/services/clickhouse-server.sh install
+	$(BIN)/python -m pytest -q tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration" tests
+
+integration: $(STAMP)
+	./tests/services/clickhouse-server.sh install
+	$(BIN)/python -m pytest -q -m integration tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff format --check pipeline tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,176 @@
+"""``engagement demo`` (what ``make demo`` runs): the whole pipeline on one machine, then the answer.
+
+Starts the embedded broker, a worker writing to the embedded store under the data directory, and live
+synthetic traffic; shows progress; after ``duration`` seconds prints the top accounts by followers next
+to the top accounts by engagement rate, and the command to dig further. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import replace
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline import queries
+from pipeline.broker import EmbeddedBroker
+from pipeline.generate import TrafficModel, lines, paced
+from pipeline.ingest import ingest_lines, make_producer
+from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics
+from pipeline.processes import free_port, spawn, stop, wait_for_port
+from pipeline.query_client import format_result, run_query
+from pipeline.replay import worker_command
+from pipeline.settings import Settings
+from pipeline.warehouse import QueryResult
+
+
+def _scrape(settings: Settings) -> dict[str, float]:
+    """Sum every sample of the worker's metrics by name (labels folded)."""
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def _status(totals: dict[str, float], elapsed: float, duration: float, produced: int) -> str:
+    consumed = totals.get("engagement_events_consumed_total", 0)
+    rows = totals.get("engagement_rows_written_total", 0)
+    dead = totals.get("engagement_dead_letters_total", 0)
+    lag = totals.get("engagement_consumer_lag_messages", 0)
+    return (
+        f"\r  {elapsed:5.0f}/{duration:.0f}s  produced {produced:>9,}  consumed {consumed:>9,.0f}  "
+        f"rows written {rows:>9,.0f}  dead letters {dead:>6,.0f}  lag {lag:>6,.0f} msgs "
+    )
+
+
+def _side_by_side(left: QueryResult, right: QueryResult) -> str:
+    def cells(result: QueryResult) -> list[list[str]]:
+        out = []
+        for row in result.rows:
+            account, followers, engagers, rate = row
+            out.append([str(account)[:22], f"{followers:,}", f"{engagers:,}", "-" if rate is None else f"{rate:.2%}"])
+        return out
+
+    header = ["account", "followers", "engagers", "rate"]
+    widths = [22, 11, 9, 8]
+
+    def render(row: list[str]) -> str:
+        return " ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    lines_out = [
+        f"{'TOP 10 BY FOLLOWERS':<53}   {'TOP 10 BY ENGAGEMENT RATE'}",
+        f"{render(header)}   {render(header)}",
+    ]
+    a, b = cells(left), cells(right)
+    for i in range(max(len(a), len(b))):
+        la = render(a[i]) if i < len(a) else " " * 53
+        lb = render(b[i]) if i < len(b) else ""
+        lines_out.append(f"{la}   {lb}")
+    return "\n".join(lines_out)
+
+
+def run_demo(settings: Settings, duration: float = 60.0, rate: float = 1000.0, accounts: int = 3000) -> int:
+    """Run the demo (see the module docstring). Returns the exit code."""
+    out = sys.stdout
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"engagement demo: embedded Kafka (tansu) + embedded ClickHouse (chDB) in {settings.data_dir}/", file=out)
+    worker = None
+    stop_traffic = threading.Event()
+    produced = [0]
+    with EmbeddedBroker(log_path=settings.data_dir / "tansu.log") as broker:
+        settings = replace(settings, bootstrap_servers=broker.bootstrap_servers, web_port=free_port())
+        try:
+            ensure_topics(settings)
+            worker = spawn(worker_command(), env=settings.to_env(), log_path=settings.data_dir / "worker.log")
+            print(f"  broker {broker.bootstrap_servers}; worker pid {worker.pid} (log: {settings.data_dir}/worker.log)")
+            wait_for_port(settings.web_host, settings.web_port, 120, worker)
+            print(f"  metrics: http://{settings.web_host}:{settings.web_port}/metrics")
+            started_ms = int(time.time() * 1000)
+            model = TrafficModel(
+                accounts=accounts,
+                users=max(20_000, accounts * 20),
+                events_per_second=rate,
+                start_ms=started_ms,
+                seconds=duration,
+                events=None,
+                max_delay_s=5.0,
+                drain_tail=False,
+                seed=started_ms % 100_000,
+            )
+            traffic = threading.Thread(
+                target=_produce_live, args=(settings, model, stop_traffic, produced), daemon=True
+            )
+            traffic.start()
+            print(f"  live traffic: {accounts:,} accounts, ~{rate:,.0f} events/s for {duration:.0f}s (Ctrl-C stops)\n")
+            began = time.monotonic()
+            while traffic.is_alive() and time.monotonic() - began < duration + 30:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"the worker exited ({worker.returncode}); see {settings.data_dir}/worker.log")
+                out.write(_status(_scrape(settings), time.monotonic() - began, duration, produced[0]))
+                out.flush()
+                time.sleep(1.0)
+            _drain(settings, out, duration, began, produced)
+            print("\n")
+            _report(settings, started_ms, out)
+            return 0
+        except KeyboardInterrupt:
+            print("\n  interrupted: stopping traffic, worker and broker...", file=out)
+            return 130
+        finally:
+            stop_traffic.set()
+            stop(worker, timeout=30)
+
+
+def _produce_live(settings: Settings, model: TrafficModel, halt: threading.Event, produced: list[int]) -> None:
+    producer = make_producer(settings)
+    stream = paced(lines(model, invalid_share=0.002), model.events_per_second, halt, produced)
+    try:
+        ingest_lines(stream, settings, producer, "demo", batch_events=20)
+    finally:
+        producer.close()
+
+
+def _drain(settings: Settings, out: Any, duration: float, began: float, produced: list[int]) -> None:
+    deadline = time.monotonic() + 60
+    topics = pipeline_topics(settings)
+    while time.monotonic() < deadline:
+        out.write(_status(_scrape(settings), time.monotonic() - began, duration, produced[0]))
+        out.flush()
+        if sum(group_lag(settings, topics).values()) == 0:
+            return
+        time.sleep(1.0)
+
+
+def _report(settings: Settings, started_ms: int, out: Any) -> None:
+    since = started_ms // 1000 - 60
+    until = int(time.time()) + 3600
+    params = {"since": since, "until": until, "limit": 10, "min_followers": 100}
+    by_followers = run_query(settings, queries.TOP_BY_FOLLOWERS, params)
+    by_rate = run_query(settings, queries.TOP_BY_ENGAGEMENT_RATE, params)
+    print(_side_by_side(by_followers, by_rate), file=out)
+    print(
+        "\nFollower count is cheap: the biggest audiences are rarely the most engaged ones "
+        "(rate = distinct engagers / followers, accounts with >= 100 followers).",
+        file=out,
+    )
+    print("\nTables written:", file=out)
+    print(format_result(run_query(settings, queries.COUNT_TABLE_ROWS), "table"), file=out)
+    example = (
+        "SELECT account_id, sum(likes) AS likes, sum(replies) AS replies, sum(responses) AS responses, "
+        "max(followers) AS followers FROM engagement_windows FINAL GROUP BY account_id "
+        "ORDER BY likes DESC LIMIT 10"
+    )
+    print("\nDig further:", file=out)
+    print(f"  .venv/bin/engagement sql {shlex.quote(example)} --data-dir {shlex.quote(str(settings.data_dir))}", file=out)

@@ -1,0 +1,57 @@
+"""Shared fixtures. Integration fixtures start real services: the embedded broker (tansu), chDB, and a
+private ClickHouse 18.16 server (Debian package; ``make test`` installs it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.broker import EmbeddedBroker
+from pipeline.processes import free_port, spawn, stop, wait_for_port
+from pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_SCRIPT = ROOT / "tests" / "services" / "clickhouse-server.sh"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A private ClickHouse server on a free port for the whole session: (host, port)."""
+    if not Path("/usr/sbin/clickhouse-server").exists():
+        pytest.fail("clickhouse-server is not installed: run `tests/services/clickhouse-server.sh install`")
+    directory = tmp_path_factory.mktemp("clickhouse")
+    port = free_port()
+    process = spawn([str(SERVER_SCRIPT), "start", str(directory), str(port)], log_path=directory / "stdout.log")
+    try:
+        wait_for_port("127.0.0.1", port, 60, process)
+        yield ("127.0.0.1", port)
+    finally:
+        stop(process, timeout=30)
+
+
+@pytest.fixture()
+def server_settings(clickhouse_server: tuple[str, int], tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings for the server warehouse, with a database of this test's own."""
+    host, port = clickhouse_server
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:60]
+    return Settings.from_env(
+        {},
+        warehouse="server",
+        clickhouse_host=host,
+        clickhouse_port=port,
+        clickhouse_database=name,
+        data_dir=tmp_path / "data",
+    )
+
+
+@pytest.fixture()
+def embedded_settings(tmp_path: Path) -> Settings:
+    return Settings.from_env({}, warehouse="embedded", data_dir=tmp_path / "data")
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as running:
+        yield running

@@ -1,0 +1,164 @@
+"""Window math and the aggregator's definitions, then equality with the reference on random streams."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.aggregator import Aggregator, DictStore, Outcome, ResponseCandidate, WindowConfig
+from pipeline.events import Event
+from pipeline.reference import reference_rows
+from tests.unit.streamsim import run_stream
+
+CFG = WindowConfig(window_ms=60_000, lateness_ms=120_000, conversation_horizon_ms=3_600_000)
+T0 = 1_767_225_600_000
+
+
+def ev(eid: str, kind: str, sec: float, actor: str, account: str, **kw: object) -> Event:
+    return Event(eid, kind, T0 + int(sec * 1000), actor, account, **kw)  # type: ignore[arg-type]
+
+
+def rows_of(events: list[Event]) -> dict[tuple[str, int], tuple[object, ...]]:
+    latest, _, _ = run_stream(events, CFG)
+    return {k: r.values() for k, r in latest.items()}
+
+
+def test_window_start_aligned_to_epoch() -> None:
+    assert CFG.window_start(T0 + 59_999) == T0
+    assert CFG.window_start(T0 + 60_000) == T0 + 60_000
+    assert WindowConfig(window_ms=7_000).window_start(13_999) == 7_000
+
+
+def test_counts_engagers_score_and_rate() -> None:
+    rows = rows_of(
+        [
+            ev("s", "followers", 0, "", "A", followers=10),
+            ev("1", "like", 1, "u1", "A"),
+            ev("2", "like", 2, "u1", "A"),
+            ev("3", "reply", 3, "u2", "A"),
+            ev("4", "mention", 4, "u3", "A"),
+            ev("5", "follow", 5, "u9", "A"),
+        ]
+    )
+    row = rows[("A", T0)]
+    # likes, replies, mentions, engagers, follows, unfollows, followers, responses, score, rate, final
+    assert row[3:] == (2, 1, 1, 3, 1, 0, 11, 0, 2 + 3 + 2, 3 / 11, 1)
+
+
+def test_self_engagement_and_duplicates_are_ignored() -> None:
+    events = [ev("1", "like", 1, "A", "A"), ev("2", "like", 2, "u", "A"), ev("2", "like", 2, "u", "A")]
+    latest, _, outcomes = run_stream(events, CFG)
+    assert Outcome.SELF in outcomes and Outcome.DUPLICATE in outcomes
+    assert latest[("A", T0)].likes == 1
+
+
+def test_response_counts_whichever_arrives_first() -> None:
+    question = ev("q", "mention", 10, "u", "A")
+    answer = ev("r", "reply", 70, "A", "u", in_reply_to="q")
+    for order in ([question, answer], [answer, question]):
+        rows = rows_of(order)
+        assert rows[("A", T0 + 60_000)][10] == 1  # responses in the window of the reply
+        assert rows[("u", T0 + 60_000)][4] == 1  # and the reply is an inbound reply to u
+
+
+def test_reply_to_a_like_or_to_own_post_is_not_a_response() -> None:
+    rows = rows_of([ev("l", "like", 1, "u", "A"), ev("r", "reply", 2, "A", "u", in_reply_to="l")])
+    assert rows[("A", T0)][10] == 0
+
+
+def test_late_follow_re_emits_later_windows() -> None:
+    events = [
+        ev("s", "followers", 0, "", "A", followers=5),
+        ev("1", "like", 65, "u", "A"),
+        ev("2", "like", 125, "u", "A"),
+        ev("f", "follow", 30, "x", "A"),  # arrives after the later windows were emitted
+    ]
+    latest, written, _ = run_stream(events, CFG, batch=1)
+    assert latest[("A", T0 + 60_000)].followers == 6
+    assert latest[("A", T0 + 120_000)].followers == 6
+    assert [r.followers for r in written if r.window_start == T0 + 120_000][0] == 5
+
+
+def test_late_events_are_reported_and_not_counted() -> None:
+    agg = Aggregator(CFG, DictStore(), lambda a: 0)
+    agg.assign({0})
+    assert agg.apply_event(ev("1", "like", 0, "u", "A"), 0) is Outcome.COUNTED
+    agg.advance(0, T0 + 60_000 + CFG.lateness_ms)
+    rows = agg.end_batch()
+    assert [(r.window_start, r.final) for r in rows] == [(T0, 1)]
+    assert agg.apply_event(ev("2", "like", 30, "u", "A"), 0) is Outcome.LATE
+    assert agg.apply_event(ev("3", "like", 61, "u", "A"), 0) is Outcome.COUNTED
+
+
+def test_final_rows_have_higher_versions_than_upserts() -> None:
+    latest, written, _ = run_stream([ev("1", "like", 1, "u", "A"), ev("2", "like", 2, "v", "A")], CFG, batch=1)
+    final = latest[("A", T0)]
+    assert final.final == 1 and final.likes == 2
+    assert all(r.version < final.version for r in written if r is not final)
+
+
+def test_state_survives_a_store_round_trip_mid_stream() -> None:
+    store = DictStore()
+    agg = Aggregator(CFG, store, lambda a: 0)
+    agg.assign({0})
+    agg.apply_event(ev("q", "mention", 1, "u", "A"), 0)
+    agg.apply_event(ev("1", "like", 2, "u2", "A"), 0)
+    agg.end_batch()
+    restarted = Aggregator(CFG, store, lambda a: 0)  # a new process recovering the same table
+    restarted.assign({0})
+    assert restarted.apply_event(ev("1", "like", 2, "u2", "A"), 0) is Outcome.DUPLICATE
+    assert restarted.apply_response(ResponseCandidate("r", "A", "q", T0 + 5000), 0) is Outcome.COUNTED
+    restarted.flush()
+    rows = {r.window_start: r for r in restarted.end_batch()}
+    assert rows[T0].likes == 1 and rows[T0].mentions == 1 and rows[T0].responses == 1 and rows[T0].final == 1
+
+
+def test_finalized_state_is_pruned() -> None:
+    store = DictStore()
+    agg = Aggregator(CFG, store, lambda a: 0)
+    agg.assign({0})
+    agg.apply_event(ev("s", "followers", 0, "", "A", followers=3), 0)
+    agg.apply_event(ev("f", "follow", 1, "x", "A"), 0)
+    agg.advance(0, T0 + 10 * 3_600_000)
+    agg.end_batch()
+    from pipeline.account_state import AccountState
+
+    state = AccountState.loads(store.data["A"])
+    assert state.windows == {} and state.ledger.entries == [] and state.ledger.base == 4
+
+
+# -- equality with the reference on random streams -------------------------------------------------
+
+ACCOUNTS = ["A", "B", "o'q\\🙂", "D"]
+USERS = [*ACCOUNTS, "u1", "u2", "u3"]
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[Event]:
+    n = draw(st.integers(1, 60))
+    events: list[Event] = []
+    clock = 0
+    for i in range(n):
+        clock += draw(st.integers(0, 20_000))
+        kind = draw(st.sampled_from(["like", "like", "reply", "mention", "follow", "unfollow", "followers"]))
+        account = draw(st.sampled_from(ACCOUNTS))
+        actor = "" if kind == "followers" else draw(st.sampled_from(USERS))
+        in_reply_to = None
+        if kind == "reply" and events and draw(st.booleans()):
+            in_reply_to = draw(st.sampled_from(events)).event_id
+        followers = draw(st.integers(0, 20)) if kind == "followers" else None
+        events.append(Event(f"e{i}", kind, T0 + clock, actor, account, None, in_reply_to, followers))
+    # duplicates and bounded disorder (less than the allowed lateness)
+    rnd = random.Random(draw(st.integers(0, 10**6)))
+    events += [rnd.choice(events) for _ in range(draw(st.integers(0, 5)))]
+    keyed = sorted(events, key=lambda e: e.ts_ms + rnd.randint(0, 100_000))
+    return keyed
+
+
+@settings(max_examples=400, deadline=None)
+@given(streams(), st.integers(1, 9), st.integers(1, 4))
+def test_stream_equals_reference(events: list[Event], batch: int, partitions: int) -> None:
+    latest, _, _ = run_stream(events, CFG, partitions=partitions, batch=batch)
+    assert {k: r.values() for k, r in latest.items()} == reference_rows(events, CFG)

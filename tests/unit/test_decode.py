@@ -1,0 +1,153 @@
+"""Decoding and validation: every bad-input case gets its reason; good events in every ts form."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from pipeline.decode import decode_message, parse_ts
+from pipeline.events import Event, Reason
+
+GOOD = {"event_id": "e1", "type": "like", "ts": 1767225600123, "actor_id": "u1", "account_id": "a1"}
+
+
+def one(payload: bytes, topic: str | None = "likes") -> tuple[list[Event], list[Reason]]:
+    events, rejections = decode_message(payload, topic)
+    return events, [r.reason for r in rejections]
+
+
+def enc(**changes: object) -> bytes:
+    obj = dict(GOOD)
+    for key, value in changes.items():
+        if value is ...:
+            obj.pop(key)
+        else:
+            obj[key] = value
+    return orjson.dumps(obj)
+
+
+def test_valid_like() -> None:
+    events, reasons = one(enc())
+    assert reasons == []
+    assert events == [Event("e1", "like", 1767225600123, "u1", "a1")]
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        (1767225600123, 1767225600123),
+        ("2026-01-01T00:00:00.123Z", 1767225600123),
+        ("2026-01-01T00:00:00Z", 1767225600000),
+        ("2026-01-01t00:00:00z", 1767225600000),
+        ("2026-01-01 00:00:00.1239999Z", 1767225600123),
+        ("2026-01-01T01:00:00.123+01:00", 1767225600123),
+        ("2025-12-31T19:30:00.123-04:30", 1767225600123),
+    ],
+)
+def test_ts_forms(ts: object, expected: int) -> None:
+    assert parse_ts(ts) == expected
+    events, reasons = one(enc(ts=ts))
+    assert reasons == [] and events[0].ts_ms == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", Reason.INVALID_JSON),
+        (b'{"event_id": "e1", "type": "like"', Reason.INVALID_JSON),
+        (b"\xff\xfe\x00garbage", Reason.INVALID_UTF8),
+        (b'{"event_id": "\xc3\x28"}', Reason.INVALID_UTF8),
+        (b'"a string"', Reason.NOT_AN_OBJECT),
+        (b"42", Reason.NOT_AN_OBJECT),
+        (b"null", Reason.NOT_AN_OBJECT),
+        (b"[]", Reason.EMPTY_BATCH),
+        (b'{"event_id": "e1", "ts": NaN}', Reason.INVALID_JSON),
+        (b"[" * 5000 + b"]" * 5000, Reason.INVALID_JSON),
+        (enc(event_id=...), Reason.MISSING_FIELD),
+        (enc(type=...), Reason.MISSING_FIELD),
+        (enc(ts=...), Reason.MISSING_FIELD),
+        (enc(actor_id=...), Reason.MISSING_FIELD),
+        (enc(account_id=...), Reason.MISSING_FIELD),
+        (enc(account_id=""), Reason.EMPTY_FIELD),
+        (enc(event_id=""), Reason.EMPTY_FIELD),
+        (enc(event_id=7), Reason.WRONG_TYPE),
+        (enc(actor_id=["x"]), Reason.WRONG_TYPE),
+        (enc(type=3), Reason.WRONG_TYPE),
+        (enc(ts=True), Reason.WRONG_TYPE),
+        (enc(ts=1767225600123.5), Reason.WRONG_TYPE),
+        (enc(ts={"at": 1}), Reason.WRONG_TYPE),
+        (enc(type="poke"), Reason.UNKNOWN_TYPE),
+        (enc(type="reply"), Reason.TOPIC_MISMATCH),
+        (enc(type="follow"), Reason.TOPIC_MISMATCH),
+        (enc(ts="2026-01-01T00:00:00"), Reason.INVALID_TS),
+        (enc(ts="2026-01-01"), Reason.INVALID_TS),
+        (enc(ts="yesterday"), Reason.INVALID_TS),
+        (enc(ts="2026-02-30T00:00:00Z"), Reason.INVALID_TS),
+        (enc(ts="2026-01-01T00:00:00+25:00"), Reason.INVALID_TS),
+        (enc(ts=-5), Reason.INVALID_TS),
+        (enc(ts=10**15), Reason.INVALID_TS),
+        (enc(event_id="x" * 129), Reason.FIELD_TOO_LONG),
+        (enc(account_id="x" * 257), Reason.FIELD_TOO_LONG),
+        (enc(actor_id="x" * 257), Reason.FIELD_TOO_LONG),
+        (enc(followers=3), Reason.UNEXPECTED_FIELD),
+    ],
+)
+def test_bad_input_reasons(payload: bytes, reason: Reason) -> None:
+    events, reasons = one(payload)
+    assert events == []
+    assert reasons == [reason]
+
+
+def test_followers_snapshot_rules() -> None:
+    snapshot = {"event_id": "s", "type": "followers", "ts": 0, "account_id": "a", "followers": 10}
+    events, reasons = one(orjson.dumps(snapshot), "follows")
+    assert reasons == [] and events[0].followers == 10 and events[0].actor_id == ""
+    for bad, reason in [(-1, Reason.INVALID_FOLLOWERS), (1.5, Reason.WRONG_TYPE), (True, Reason.WRONG_TYPE),
+                        ("10", Reason.WRONG_TYPE)]:
+        assert one(orjson.dumps({**snapshot, "followers": bad}), "follows")[1] == [reason]
+    missing = dict(snapshot)
+    del missing["followers"]
+    assert one(orjson.dumps(missing), "follows")[1] == [Reason.MISSING_FIELD]
+
+
+def test_message_over_limit_is_rejected_before_parsing() -> None:
+    big = enc(post_id="p" * (1024 * 1024))
+    events, rejections = decode_message(big, "likes", max_bytes=1024 * 1024)
+    assert events == [] and [r.reason for r in rejections] == [Reason.TOO_LARGE]
+    assert rejections[0].index == -1
+
+
+def test_null_message_is_a_dead_letter() -> None:
+    assert one(None)[1] == [Reason.INVALID_JSON]  # type: ignore[arg-type]
+
+
+def test_array_elements_are_validated_independently() -> None:
+    good2 = dict(GOOD, event_id="e2")
+    payload = orjson.dumps([GOOD, {"type": "like"}, "nope", good2, [GOOD], dict(GOOD, ts="bad")])
+    events, rejections = decode_message(payload, "likes")
+    assert [e.event_id for e in events] == ["e1", "e2"]
+    assert [(r.index, r.reason) for r in rejections] == [
+        (1, Reason.MISSING_FIELD),
+        (2, Reason.NOT_AN_OBJECT),
+        (4, Reason.NOT_AN_OBJECT),
+        (5, Reason.INVALID_TS),
+    ]
+    assert orjson.loads(rejections[0].payload) == {"type": "like"}
+
+
+def test_unicode_ids_survive() -> None:
+    odd = "o'brien\\\"🙂\u0000 ünïcode"
+    events, reasons = one(enc(actor_id=odd, account_id=odd[::-1], event_id="é" * 128))
+    assert reasons == []
+    assert events[0].actor_id == odd and events[0].account_id == odd[::-1]
+
+
+def test_in_reply_to_is_kept_on_replies_only() -> None:
+    reply = dict(GOOD, type="reply", in_reply_to="e0")
+    assert one(orjson.dumps(reply), "replies")[0][0].in_reply_to == "e0"
+    assert one(orjson.dumps(dict(GOOD, in_reply_to="e0")))[0][0].in_reply_to is None
+
+
+def test_ingest_mode_skips_topic_check() -> None:
+    events, reasons = one(enc(type="follow"), topic=None)
+    assert reasons == [] and events[0].type == "follow"

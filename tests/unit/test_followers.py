@@ -1,0 +1,63 @@
+"""Follower counts at window end, and the ledger's folding that keeps state bounded."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.followers import FOLLOW, SNAPSHOT, UNFOLLOW, FollowerLedger, LedgerEntry
+
+
+def ledger(*entries: LedgerEntry) -> FollowerLedger:
+    result = FollowerLedger()
+    for entry in entries:
+        result.add(entry)
+    return result
+
+
+def test_no_snapshot_counts_all_follows() -> None:
+    assert ledger((10, FOLLOW, 0, "a"), (20, FOLLOW, 0, "b"), (30, UNFOLLOW, 0, "c")).at(100) == 1
+
+
+def test_latest_snapshot_before_end_wins_and_strict_bounds() -> None:
+    book = ledger(
+        (10, SNAPSHOT, 100, "s1"),
+        (50, SNAPSHOT, 7, "s2"),
+        (50, FOLLOW, 0, "f-at-snapshot"),  # same ts as the snapshot: not after it, ignored
+        (60, FOLLOW, 0, "f"),
+        (100, FOLLOW, 0, "f-at-end"),  # ts == end: not before it, ignored
+    )
+    assert book.at(50) == 100  # snapshot s2 is not before 50
+    assert book.at(100) == 8
+
+
+def test_never_below_zero() -> None:
+    assert ledger((0, SNAPSHOT, 1, "s"), (5, UNFOLLOW, 0, "u1"), (6, UNFOLLOW, 0, "u2")).at(10) == 0
+
+
+def test_snapshot_tie_breaks_on_event_id() -> None:
+    assert ledger((5, SNAPSHOT, 1, "b"), (5, SNAPSHOT, 9, "a")).at(10) == 1
+    assert ledger((5, SNAPSHOT, 9, "a"), (5, SNAPSHOT, 1, "b")).at(10) == 1
+
+
+entries = st.lists(
+    st.tuples(
+        st.integers(0, 200),
+        st.sampled_from([SNAPSHOT, FOLLOW, UNFOLLOW]),
+        st.integers(0, 50),
+        st.text(alphabet="abc", min_size=1, max_size=2),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries, st.integers(0, 200), st.lists(st.integers(1, 260), min_size=1, max_size=5))
+def test_folding_never_changes_a_later_count(raw: list[LedgerEntry], fold_at: int, ends: list[int]) -> None:
+    items = [(ts, kind, value if kind == SNAPSHOT else 0, eid) for ts, kind, value, eid in raw]
+    whole = ledger(*items)
+    folded = ledger(*items)
+    folded.fold(fold_at)
+    for end in ends:
+        if end > fold_at:
+            assert folded.at(end) == whole.at(end)
