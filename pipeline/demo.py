@@ -173,4 +173,6 @@ def _report(settings: Settings, started_ms: int, out: Any) -> None:
         "ORDER BY likes DESC LIMIT 10"
     )
     print("\nDig further:", file=out)
-    print(f"  .venv/bin/engagement sql {shlex.quote(example)} --data-dir {shlex.quote(str(settings.data_dir))}", file=out)
+    print(
+        f"  .venv/bin/engagement sql {shlex.quote(example)} --data-dir {shlex.quote(str(settings.data_dir))}", file=out
+    )

@@ -55,9 +55,11 @@ class Message:
 
 
 class Outbox(Protocol):
-    """Produces to Kafka. ``send`` returns an awaitable that completes when the broker acknowledged."""
+    """Produces to Kafka. ``send`` returns an awaitable that completes when the broker acknowledged.
 
-    def send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]: ...
+    ``partition`` None means the default (murmur2) partitioner on ``key``."""
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> Awaitable[Any]: ...
 
 
 class StagedStore:
@@ -93,10 +95,15 @@ class StagedStore:
 
 @dataclass
 class Progress:
-    """Per topic-partition position and event-time watermark, for the frontier and for lag metrics."""
+    """Per topic-partition position and event-time watermark, for the frontier and for lag metrics.
+
+    ``upstream[p][q]`` is the latest source frontier that source partition ``q`` announced on re-key
+    partition ``p`` (``None``: q has no events at all), see :meth:`BatchProcessor.frontier`.
+    """
 
     next_offset: dict[tuple[str, int], int] = field(default_factory=dict)
     watermark: dict[tuple[str, int], int] = field(default_factory=dict)
+    upstream: dict[int, dict[int, int | None]] = field(default_factory=dict)
 
 
 class BatchProcessor:
@@ -135,6 +142,8 @@ class BatchProcessor:
         self.rekey_topic = settings.topic(REKEY_TOPIC)
         self.dead_letter_topic = settings.topic("engagement-dead-letters")
         self.newest_event_ms = 0
+        self._announced: dict[int, int | None] = {}
+        self._announced_at = 0.0
 
     # -- ownership --------------------------------------------------------------------------------
 
@@ -143,6 +152,7 @@ class BatchProcessor:
         if frozenset(partitions) == self.owned:
             return
         self.owned = frozenset(partitions)
+        self._announced.clear()
         self.aggregator.assign(set(partitions))
         self.progress = Progress(
             {k: v for k, v in self.progress.next_offset.items() if k[1] in partitions},
@@ -180,7 +190,7 @@ class BatchProcessor:
                 )
             for partition in touched:
                 self._advance(partition)
-            await self._finish(dead, rekeyed, raw)
+            await self._finish(dead, rekeyed, raw, touched & self.owned)
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def flush(self) -> int:
@@ -190,12 +200,20 @@ class BatchProcessor:
             rows = await self._finish([], [], [])
             return rows
 
-    async def _finish(self, dead: list[DeadLetter], rekeyed: list[tuple[str, bytes]], raw: list[SourcedEvent]) -> int:
+    async def _finish(
+        self,
+        dead: list[DeadLetter],
+        rekeyed: list[tuple[str, bytes]],
+        raw: list[SourcedEvent],
+        announce: Iterable[int] = (),
+    ) -> int:
         rows = self.aggregator.end_batch()
         pending = [self.outbox.send(self.dead_letter_topic, d.dead_letter_id.encode(), d.to_json()) for d in dead]
         pending += [self.outbox.send(self.rekey_topic, key.encode("utf-8"), value) for key, value in rekeyed]
         if pending:
             await asyncio.gather(*pending)
+        # Only once everything re-keyed from these partitions is acknowledged, announce their progress.
+        await self._announce(announce)
         if raw:
             await self.writer.write(EVENTS_TABLE, event_columns(raw, int(time.time() * 1000)))
         if rows:
@@ -250,14 +268,18 @@ class BatchProcessor:
     def _consume_rekeyed(self, message: Message, dead: list[DeadLetter], raw: list[SourcedEvent]) -> None:
         try:
             data = orjson.loads(message.value or b"")
+            if data["k"] == "w":
+                announced = self.progress.upstream.setdefault(message.partition, {})
+                previous = announced.get(data["q"], NO_FRONTIER)
+                value = data["t"]
+                announced[data["q"]] = None if value is None else max(int(value), previous or NO_FRONTIER)
+                return
             if data["k"] == "r":
                 candidate = ResponseCandidate(data["e"], data["a"], data["i"], data["t"])
-                self._watermark((message.topic, message.partition), candidate.ts_ms)
                 outcome = self.aggregator.apply_response(candidate, message.partition)
                 metrics.EVENT_OUTCOMES.labels(outcome.value).inc()
                 return
             event = validate_event(data["v"], None)
-            self._watermark((message.topic, message.partition), event.ts_ms)
             self._apply(event, data["t"], data["p"], data["o"], dead, raw)
         except Exception as exc:  # the re-key topic is ours, but it must never crash the worker either
             rejection = Rejection(Reason.INVALID_JSON, f"bad re-keyed message: {exc!r}"[:300], -1, message.value or b"")
@@ -310,13 +332,14 @@ class BatchProcessor:
                 min((self.aggregator.frontier(p) for p in self.owned), default=frontier) / 1000
             )
 
-    def frontier(self, partition: int) -> int:
-        """The event-time frontier of ``partition``: the lowest watermark over its topics that still have
-        unread messages (a caught-up topic does not hold time back); the highest when all are caught up."""
-        topics = [*self.source_kinds, self.rekey_topic]
+    def source_frontier(self, partition: int) -> int | None:
+        """How far the source topics of ``partition`` have been read, in event time: the lowest watermark
+        over its topics that still have unread messages (a caught-up topic does not hold time back), or
+        the highest when all are caught up. ``None``: no event ever seen and nothing to read;
+        ``NO_FRONTIER``: a topic has unread messages but no watermark yet."""
         busy: list[int] = []
         seen: list[int] = []
-        for topic in topics:
+        for topic in self.source_kinds:
             key = (topic, partition)
             watermark = self.progress.watermark.get(key)
             if watermark is not None:
@@ -328,7 +351,49 @@ class BatchProcessor:
             busy.append(watermark)
         if busy:
             return min(busy)
-        return max(seen, default=NO_FRONTIER)
+        return max(seen) if seen else None
+
+    def frontier(self, partition: int) -> int:
+        """The event-time frontier of ``partition``: events before ``frontier - lateness`` are late.
+
+        It is the lower of (a) this partition's own :meth:`source_frontier` and (b) the frontiers every
+        source partition announced on this partition of the re-key topic: responses and re-keyed events
+        come from all partitions, so time may only pass once every one of them has passed it.
+        """
+        constraints: list[int] = []
+        own = self.source_frontier(partition)
+        if own is not None:
+            constraints.append(own)
+        announced = self.progress.upstream.get(partition, {})
+        if len(announced) < self.settings.partitions:
+            return NO_FRONTIER
+        constraints.extend(v for v in announced.values() if v is not None)
+        return min(constraints) if constraints else NO_FRONTIER
+
+    async def announce_watermarks(self, every: float = 10.0) -> None:
+        """Announce owned partitions' source frontiers on all re-key partitions where they changed, and all
+        of them every ``every`` seconds (a timer calls this: idle partitions still let time pass downstream,
+        and a new owner of a re-key partition learns every upstream frontier)."""
+        async with self.lock:
+            now = time.monotonic()
+            if now - self._announced_at >= every:
+                self._announced.clear()
+            await self._announce(self.owned)
+
+    async def _announce(self, partitions: Iterable[int]) -> None:
+        pending = []
+        for q in partitions:
+            frontier = self.source_frontier(q)
+            if q in self._announced and self._announced[q] == frontier:
+                continue
+            if not self._announced:
+                self._announced_at = time.monotonic()
+            self._announced[q] = frontier
+            marker = orjson.dumps({"k": "w", "q": q, "t": frontier})
+            for p in range(self.settings.partitions):
+                pending.append(self.outbox.send(self.rekey_topic, b"", marker, p))
+        if pending:
+            await asyncio.gather(*pending)
 
     def _caught_up(self, key: tuple[str, int]) -> bool:
         highwater = self.highwater(*key)

@@ -47,8 +47,8 @@ class KafkaOutbox:
     def __init__(self, app: faust.App) -> None:
         self.app = app
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> Any:
-        pending = await self.app.producer.send(topic, key, value, None, None, None)
+    async def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> Any:
+        pending = await self.app.producer.send(topic, key, value, partition, None, None)
         return await pending
 
 
@@ -140,6 +140,11 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                         )
                     )
             await writer.write(DEAD_LETTERS_TABLE, dead_letter_columns(letters))
+
+    @app.timer(interval=1.0)
+    async def announce_watermarks() -> None:
+        if processor.owned:
+            await processor.announce_watermarks()
 
     @app.timer(interval=2.0)
     async def update_lag() -> None:

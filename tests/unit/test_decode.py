@@ -102,8 +102,12 @@ def test_followers_snapshot_rules() -> None:
     snapshot = {"event_id": "s", "type": "followers", "ts": 0, "account_id": "a", "followers": 10}
     events, reasons = one(orjson.dumps(snapshot), "follows")
     assert reasons == [] and events[0].followers == 10 and events[0].actor_id == ""
-    for bad, reason in [(-1, Reason.INVALID_FOLLOWERS), (1.5, Reason.WRONG_TYPE), (True, Reason.WRONG_TYPE),
-                        ("10", Reason.WRONG_TYPE)]:
+    for bad, reason in [
+        (-1, Reason.INVALID_FOLLOWERS),
+        (1.5, Reason.WRONG_TYPE),
+        (True, Reason.WRONG_TYPE),
+        ("10", Reason.WRONG_TYPE),
+    ]:
         assert one(orjson.dumps({**snapshot, "followers": bad}), "follows")[1] == [reason]
     missing = dict(snapshot)
     del missing["followers"]

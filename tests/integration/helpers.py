@@ -1,0 +1,44 @@
+"""Helpers of the integration tests: read back ClickHouse results in the reference's shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import queries
+from pipeline.aggregator import WindowConfig
+from pipeline.decode import decode_line
+from pipeline.events import Event
+from pipeline.query_client import run_query
+from pipeline.reference import ReferenceRows
+from pipeline.settings import Settings
+
+
+def events_of(path: Path) -> tuple[list[Event], int]:
+    """The valid events of a JSON-lines file, and how many inputs were invalid."""
+    events: list[Event] = []
+    invalid = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            valid, rejected = decode_line(line.strip())
+            events.extend(valid)
+            invalid += len(rejected)
+    return events, invalid
+
+
+def stored_windows(settings: Settings) -> ReferenceRows:
+    """``engagement_windows`` FINAL, keyed and shaped like :func:`pipeline.reference.reference_rows`."""
+    rows: ReferenceRows = {}
+    for row in run_query(settings, queries.FINAL_WINDOWS).rows:
+        values = list(row)
+        values[1] = int(values[1]) * 1000
+        values[2] = int(values[2]) * 1000
+        rows[(str(values[0]), int(values[1]))] = tuple(values)
+    return rows
+
+
+def config_of(settings: Settings) -> WindowConfig:
+    return WindowConfig(
+        window_ms=settings.window_seconds * 1000,
+        lateness_ms=settings.allowed_lateness_seconds * 1000,
+        conversation_horizon_ms=settings.conversation_horizon_seconds * 1000,
+    )
