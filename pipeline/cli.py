@@ -17,7 +17,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["data_dir"] = Path(args.data_dir)
     if getattr(args, "bootstrap_servers", None):
         overrides["bootstrap_servers"] = args.bootstrap_servers
-    return Settings.from_env(**overrides)
+    return Settings.from_env(None, **overrides)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -239,11 +239,9 @@ def paced(stream: Iterator[bytes], rate: float, halt: Any = None, counter: list[
     import time
 
     began = time.monotonic()
-    count = 0
-    for line in stream:
+    for count, line in enumerate(stream, start=1):
         if halt is not None and halt.is_set():
             return
-        count += 1
         if counter is not None:
             counter[0] = count
         if count % 100 == 0:

@@ -13,7 +13,7 @@ from aiokafka.partitioner import murmur2
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def account_partitioner(partitions: int, cache_size: int = 1 << 18) -> Callable[[str], int]:

@@ -22,7 +22,7 @@ from typing import Any
 import faust
 import orjson
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from pipeline import metrics
 from pipeline.deadletter import DeadLetter
@@ -30,6 +30,7 @@ from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Reaso
 from pipeline.kafka_admin import ensure_topics
 from pipeline.partitioning import account_partitioner
 from pipeline.processor import BatchProcessor, Message, StagedStore
+from pipeline.query_client import LOCK_FILE
 from pipeline.readonly_sql import ReadOnlyViolation, check_read_only
 from pipeline.settings import Settings
 from pipeline.sink import DEAD_LETTERS_TABLE, WarehouseWriter, dead_letter_columns
@@ -38,7 +39,7 @@ from pipeline.warehouse.migrate import migrate
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "worker.json"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
 class KafkaOutbox:
@@ -73,11 +74,21 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         datadir=str(settings.data_dir / "faust"),
         stream_wait_empty=False,  # on shutdown, unprocessed batches are simply not committed
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     sources = [settings.topic(t) for t in SOURCE_TOPICS]
     rekey = settings.topic(REKEY_TOPIC)
-    source_topic = app.topic(*sources, rekey, partitions=settings.partitions, **raw)
-    dead_letter_topic = app.topic(settings.topic(DEAD_LETTER_TOPIC), partitions=settings.partitions, **raw)
+
+    def raw_topic(*names: str) -> faust.TopicT:
+        return app.topic(
+            *names,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    source_topic = raw_topic(*sources, rekey)
+    dead_letter_topic = raw_topic(settings.topic(DEAD_LETTER_TOPIC))
     table = app.Table(
         "account-state",
         partitions=settings.partitions,
@@ -107,7 +118,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         return {tp.partition for tp in app.consumer.assignment() if tp.topic in our_topics}
 
     @app.agent(source_topic, name="aggregate")
-    async def aggregate(stream: faust.StreamT[bytes]) -> None:
+    async def aggregate(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
             try:
                 processor.on_assignment(owned_partitions())
@@ -119,7 +130,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 os._exit(70)
 
     @app.agent(dead_letter_topic, name="dead-letters")
-    async def dead_letters(stream: faust.StreamT[bytes]) -> None:
+    async def dead_letters(stream: Any) -> None:
         async for batch in stream.take_events(1000, within=0.5):
             letters = []
             for event in batch:
@@ -141,19 +152,20 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                     )
             await writer.write(DEAD_LETTERS_TABLE, dead_letter_columns(letters))
 
-    @app.timer(interval=1.0)
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def announce_watermarks() -> None:
         if processor.owned:
             await processor.announce_watermarks()
 
-    @app.timer(interval=2.0)
+    @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def update_lag() -> None:
         for topic, lag in processor.lag().items():
             metrics.CONSUMER_LAG.labels(topic).set(lag)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Request) -> Response:
-        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)  # type: ignore[no-any-return]
+        # aiohttp takes the charset apart from the content type; Prometheus' text format is UTF-8.
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type=PROMETHEUS_TEXT)  # type: ignore[no-any-return]
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Request) -> Response:
@@ -162,7 +174,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     @app.page("/query")
     class QueryPage(View):
         async def post(self, request: Request) -> Response:
-            body = orjson.loads(await request.read())  # type: ignore[attr-defined]
+            body = orjson.loads(await request.read())
             sql = str(body.get("sql", ""))
             try:
                 check_read_only(sql)

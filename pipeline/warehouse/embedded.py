@@ -23,12 +23,13 @@ class EmbeddedWarehouse:
     kind = "embedded"
 
     def __init__(self, path: Path, database: str = "engagement") -> None:
-        from chdb import session
+        from chdb import session as chdb_session
 
+        session: Any = chdb_session
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.database = database
-        self._session = session.Session(str(path))
+        self._session: Any = session.Session(str(path))
         self._session.query("SET output_format_json_quote_64bit_integers = 0")
         self._session.query("SET session_timezone = 'UTC'")
         self._use_database()

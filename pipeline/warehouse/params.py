@@ -48,7 +48,7 @@ def quote(value: Any) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC)
-        return "toDateTime('" + value.strftime("%Y-%m-%d %H:%M:%S") + "', 'UTC')"
+        return "toDateTime('" + str(value.strftime("%Y-%m-%d %H:%M:%S")) + "', 'UTC')"
     if isinstance(value, (list, tuple)):
         inner = ", ".join(quote(v) for v in value)
         return f"[{inner}]" if isinstance(value, list) else f"({inner})"

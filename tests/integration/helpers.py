@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import queries
 from pipeline.aggregator import WindowConfig
 from pipeline.decode import decode_line
 from pipeline.events import Event
+from pipeline.kafka_admin import group_lag, pipeline_topics
+from pipeline.processes import spawn, stop, wait_for_port
 from pipeline.query_client import run_query
 from pipeline.reference import ReferenceRows
+from pipeline.replay import worker_command
 from pipeline.settings import Settings
 
 
@@ -42,3 +49,24 @@ def config_of(settings: Settings) -> WindowConfig:
         lateness_ms=settings.allowed_lateness_seconds * 1000,
         conversation_horizon_ms=settings.conversation_horizon_seconds * 1000,
     )
+
+
+@contextmanager
+def running_worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``engagement worker`` process for ``settings``; stopped (SIGTERM) on exit."""
+    worker = spawn(worker_command(), env=settings.to_env(), log_path=settings.data_dir.parent / "worker.log")
+    try:
+        wait_for_port(settings.web_host, settings.web_port, 120, worker)
+        yield worker
+    finally:
+        stop(worker, timeout=60)
+
+
+def wait_processed(settings: Settings, timeout: float = 120) -> None:
+    """Until the worker's group has committed every message of every pipeline topic."""
+    deadline = time.monotonic() + timeout
+    topics = pipeline_topics(settings)
+    while sum(group_lag(settings, topics).values()) != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"lag still {group_lag(settings, topics)}")
+        time.sleep(0.3)

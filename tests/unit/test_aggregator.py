@@ -78,7 +78,7 @@ def test_late_follow_re_emits_later_windows() -> None:
     latest, written, _ = run_stream(events, CFG, batch=1)
     assert latest[("A", T0 + 60_000)].followers == 6
     assert latest[("A", T0 + 120_000)].followers == 6
-    assert [r.followers for r in written if r.window_start == T0 + 120_000][0] == 5
+    assert next(r.followers for r in written if r.window_start == T0 + 120_000) == 5
 
 
 def test_late_events_are_reported_and_not_counted() -> None:

@@ -1,0 +1,100 @@
+"""Both ClickHouse backends for real: chDB 26.x and the Debian ClickHouse 18.16 server."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pipeline import queries
+from pipeline.processes import free_port
+from pipeline.settings import Settings
+from pipeline.warehouse import QueryError, Warehouse, WarehouseUnavailable, open_warehouse
+from pipeline.warehouse.migrate import MIGRATIONS_TABLE, discover, migrate
+
+pytestmark = pytest.mark.integration
+
+HOSTILE = ["o'brien", "back\\slash", "'; DROP TABLE engagement_events; --", "🙂 ünï", "tab\tnew\nline", "x" * 256]
+
+
+@pytest.fixture(params=["embedded", "server"])
+def warehouse(request: pytest.FixtureRequest) -> Warehouse:
+    settings: Settings = request.getfixturevalue(f"{request.param}_settings")
+    opened = open_warehouse(settings)
+    migrate(opened, settings)
+    request.addfinalizer(opened.close)
+    opened.settings = settings  # type: ignore[attr-defined]
+    return opened
+
+
+def test_migrate_is_idempotent_and_recorded(warehouse: Warehouse) -> None:
+    settings = warehouse.settings  # type: ignore[attr-defined]
+    assert migrate(warehouse, settings) == []
+    recorded = warehouse.query(f"SELECT version, name FROM {MIGRATIONS_TABLE} ORDER BY version").rows
+    assert [(int(v), n) for v, n in recorded] == [(m.version, m.name) for m in discover()]
+
+
+def _window_columns(accounts: list[str], version: int) -> dict[str, list[object]]:
+    n = len(accounts)
+    return {
+        "account_id": accounts,
+        "window_start": [60] * n,
+        "window_end": [120] * n,
+        "likes": [version] * n,
+        "replies": [0] * n,
+        "mentions": [0] * n,
+        "engagers": [1] * n,
+        "follows": [0] * n,
+        "unfollows": [0] * n,
+        "followers": [0] * n,
+        "responses": [0] * n,
+        "score": [version] * n,
+        "engagement_rate": [None] * n,
+        "final": [0] * n,
+        "version": [version] * n,
+    }
+
+
+def test_hostile_ids_round_trip_and_bind_as_data(warehouse: Warehouse) -> None:
+    warehouse.insert("engagement_windows", _window_columns(HOSTILE, 1))
+    warehouse.insert("engagement_windows", _window_columns(HOSTILE, 2))  # a retried/upserted block
+    for account in HOSTILE:
+        rows = warehouse.query(
+            "SELECT account_id, likes, engagement_rate FROM engagement_windows FINAL WHERE account_id = %(a)s",
+            {"a": account},
+        ).rows
+        assert rows == [(account, 2, None)]
+    assert warehouse.query("SELECT count() FROM engagement_events").rows == [(0,)]
+
+
+def test_every_query_of_the_query_module_runs(warehouse: Warehouse) -> None:
+    warehouse.insert("engagement_windows", _window_columns(["a", "b"], 1))
+    params = {"since": 0, "until": 4_000_000_000, "limit": 10, "min_followers": 0}
+    for name in dir(queries):
+        sql = getattr(queries, name)
+        if name.isupper() and isinstance(sql, str):
+            result = warehouse.query(sql, params)
+            assert result.columns, name
+
+
+def test_bad_sql_is_a_query_error(warehouse: Warehouse) -> None:
+    with pytest.raises(QueryError):
+        warehouse.query("SELECT * FROM no_such_table")
+
+
+def test_server_unreachable_is_retryable(server_settings: Settings) -> None:
+    dead = open_warehouse(replace(server_settings, clickhouse_port=free_port()))
+    with pytest.raises(WarehouseUnavailable):
+        dead.insert("engagement_windows", _window_columns(["a"], 1))
+
+
+def test_newer_only_ddl_is_gated_by_version(embedded_settings: Settings, server_settings: Settings) -> None:
+    for settings, expect_ttl in ((embedded_settings, True), (server_settings, False)):
+        settings = replace(settings, events_ttl_days=30)
+        warehouse = open_warehouse(settings)
+        try:
+            migrate(warehouse, settings)
+            ddl = str(warehouse.query("SHOW CREATE TABLE engagement_events").rows[0][0])
+            assert ("TTL" in ddl) is expect_ttl
+        finally:
+            warehouse.close()

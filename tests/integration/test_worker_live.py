@@ -1,0 +1,126 @@
+"""A real worker on the embedded broker and store: bad input, re-keying, web endpoints, sql through it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from pipeline.broker import EmbeddedBroker
+from pipeline.kafka_admin import ensure_topics
+from pipeline.partitioning import account_partitioner
+from pipeline.processes import free_port
+from pipeline.settings import Settings
+from tests.integration.helpers import running_worker, wait_processed
+
+pytestmark = pytest.mark.integration
+T0 = 1_767_225_600_000
+
+
+def like(eid: str, account: str, actor: str = "u1", sec: int = 0) -> dict[str, object]:
+    return {"event_id": eid, "type": "like", "ts": T0 + sec * 1000, "actor_id": actor, "account_id": account}
+
+
+def sql(settings: Settings, query: str, fmt: str = "json") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "sql", query, "--format", fmt],
+        env={**settings.to_env(), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_worker_end_to_end(broker: EmbeddedBroker, embedded_settings: Settings) -> None:
+    settings = replace(
+        embedded_settings,
+        bootstrap_servers=broker.bootstrap_servers,
+        partitions=2,
+        web_port=free_port(),
+        commit_interval=0.3,
+    )
+    ensure_topics(settings)
+    owner = account_partitioner(2)
+    home = next(f"acct-{i}" for i in range(100) if owner(f"acct-{i}") == 0)
+    away = next(f"acct-{i}" for i in range(100) if owner(f"acct-{i}") == 1)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=4 * 1024 * 1024)
+    sends = [
+        ("likes", 0, orjson.dumps([like("e1", home), like("e1", home), {"type": "like"}, like("e2", home, "u2")])),
+        ("likes", 0, b"\xff\xfe not utf-8"),
+        ("likes", 0, b"{truncated"),
+        ("likes", 0, orjson.dumps(like("big", home)) + b" " * (1024 * 1024)),
+        ("likes", 0, orjson.dumps(like("wrong-partition", away, "u3"))),  # keyed elsewhere: re-keyed
+        ("replies", 0, orjson.dumps(like("mismatch", home))),  # a like on the replies topic
+        (
+            "follows",
+            0,
+            orjson.dumps({"event_id": "s", "type": "followers", "ts": T0, "account_id": home, "followers": 4}),
+        ),
+    ]
+    for topic, partition, value in sends:
+        producer.send(topic, value=value, partition=partition, key=b"k")
+    producer.flush()
+    producer.close()
+
+    with running_worker(settings) as worker:
+        wait_processed(settings)
+        # the worker holds the embedded store: `engagement sql` goes through it
+        result = sql(
+            settings,
+            "SELECT reason, element_index, source_offset FROM engagement_dead_letters FINAL "
+            "ORDER BY source_topic, source_offset, element_index",
+        )
+        assert result.returncode == 0, result.stderr
+        letters = [(d["reason"], d["element_index"], d["source_offset"]) for d in orjson.loads(result.stdout)]
+        assert letters == [
+            ("missing_field", 2, 0),
+            ("invalid_utf8", -1, 1),
+            ("invalid_json", -1, 2),
+            ("too_large", -1, 3),
+            ("topic_mismatch", -1, 0),
+        ]
+        events = orjson.loads(
+            sql(
+                settings, "SELECT event_id, account_id, source_partition FROM engagement_events FINAL ORDER BY event_id"
+            ).stdout
+        )
+        assert [(e["event_id"], e["source_partition"]) for e in events] == [
+            ("e1", 0),
+            ("e2", 0),
+            ("s", 0),
+            ("wrong-partition", 0),
+        ]
+        windows = orjson.loads(
+            sql(
+                settings,
+                "SELECT account_id, likes, engagers, followers, "
+                "engagement_rate FROM engagement_windows FINAL ORDER BY account_id",
+            ).stdout
+        )
+        assert {w["account_id"]: (w["likes"], w["engagers"], w["followers"]) for w in windows} == {
+            home: (2, 2, 4),
+            away: (1, 1, 0),
+        }
+
+        refused = sql(settings, "DROP TABLE engagement_events")
+        assert refused.returncode == 2 and "refused" in refused.stderr
+
+        base = f"http://{settings.web_host}:{settings.web_port}"
+        metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert 'engagement_dead_letters_total{reason="too_large"} 1.0' in metrics
+        assert 'engagement_events_consumed_total{topic="likes",type="like"}' in metrics
+        assert "engagement_clickhouse_insert_seconds_count" in metrics
+        health = orjson.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
+        assert health["status"] == "ok" and health["partitions"] == [0, 1]
+        request = urllib.request.Request(base + "/query", data=orjson.dumps({"sql": "INSERT INTO x VALUES (1)"}))
+        with pytest.raises(urllib.error.HTTPError) as refused_http:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused_http.value.code == 403
+        assert worker.poll() is None
+    assert worker.returncode is not None

@@ -1,0 +1,222 @@
+"""The batch data path with fakes for Kafka, the table and ClickHouse: no network."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.aggregator import NO_FRONTIER
+from pipeline.partitioning import account_partitioner
+from pipeline.processor import BatchProcessor, Message, StagedStore
+from pipeline.settings import Settings
+from pipeline.sink import WarehouseWriter
+from pipeline.warehouse import QueryResult, WarehouseUnavailable
+
+T0 = 1_767_225_600_000
+
+
+class FakeTable(dict[bytes, bytes]):
+    pass
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes, int | None]] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+    def on(self, topic: str) -> list[Any]:
+        return [orjson.loads(v) for t, _, v, _ in self.sent if t == topic]
+
+
+class FakeWarehouse:
+    kind = "fake"
+    database = "engagement"
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.inserts: list[tuple[str, dict[str, list[Any]]]] = []
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise WarehouseUnavailable("connection refused")
+        self.inserts.append((table, {k: list(v) for k, v in columns.items()}))
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        out = []
+        for name, columns in self.inserts:
+            if name == table:
+                keys = list(columns)
+                out.extend(dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True))
+        return out
+
+    def execute(self, sql: str, params: Any = None) -> None: ...
+
+    def query(self, sql: str, params: Any = None) -> QueryResult:
+        return QueryResult([], [])
+
+    def server_version(self) -> tuple[int, int]:
+        return (26, 9)
+
+    def close(self) -> None: ...
+
+
+def make(partitions: int = 2, failures: int = 0, highwaters: dict[tuple[str, int], int] | None = None):  # type: ignore[no-untyped-def]
+    settings = Settings.from_env({}, partitions=partitions, window_seconds=60, allowed_lateness_seconds=60)
+    warehouse = FakeWarehouse(failures)
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    writer = WarehouseWriter(lambda: warehouse, sleep=no_sleep)  # type: ignore[arg-type,return-value]
+    outbox = FakeOutbox()
+    table = FakeTable()
+    marks = highwaters if highwaters is not None else {}
+    processor = BatchProcessor(
+        settings,
+        StagedStore(table),
+        writer,
+        outbox,
+        account_partitioner(partitions),
+        lambda topic, p: marks.get((topic, p), 0),
+    )
+    processor.on_assignment(set(range(partitions)))
+    return processor, outbox, warehouse, table, slept
+
+
+def owned_by(partition: int, partitions: int = 2, prefix: str = "acct") -> str:
+    owner = account_partitioner(partitions)
+    return next(f"{prefix}{i}" for i in range(1000) if owner(f"{prefix}{i}") == partition)
+
+
+def like(eid: str, account: str, sec: int = 0, actor: str = "u1") -> dict[str, Any]:
+    return {"event_id": eid, "type": "like", "ts": T0 + sec * 1000, "actor_id": actor, "account_id": account}
+
+
+def test_bad_input_becomes_dead_letters_with_source_and_good_siblings_count() -> None:
+    processor, outbox, warehouse, _, _ = make()
+    account = owned_by(0)
+    payload = orjson.dumps([like("e1", account), {"type": "like"}, like("e2", account, actor="u2")])
+    asyncio.run(
+        processor.process(
+            [
+                Message("likes", 0, 7, payload),
+                Message("likes", 0, 8, b"\xff\xfe"),
+                Message("likes", 0, 9, b"x" * (1024 * 1024 + 1)),
+            ]
+        )
+    )
+    letters = outbox.on("engagement-dead-letters")
+    assert [(d["reason"], d["source_offset"], d["element_index"]) for d in letters] == [
+        ("missing_field", 7, 1),
+        ("invalid_utf8", 8, -1),
+        ("too_large", 9, -1),
+    ]
+    assert letters[2]["truncated"] == 1 and len(letters[2]["payload"]) == 4096
+    assert sorted(r["event_id"] for r in warehouse.rows("engagement_events")) == ["e1", "e2"]
+    assert warehouse.rows("engagement_windows")[0]["engagers"] == 2
+
+
+def test_event_on_the_wrong_partition_is_rekeyed_then_counted_where_it_belongs() -> None:
+    processor, outbox, warehouse, _, _ = make()
+    account = owned_by(1)
+    asyncio.run(processor.process([Message("likes", 0, 3, orjson.dumps(like("e1", account)))]))
+    assert warehouse.rows("engagement_events") == []
+    (_topic, key, value, partition), *_ = [s for s in outbox.sent if s[0] == "engagement-rekeyed" and s[1]]
+    assert key == account.encode() and partition is None
+    asyncio.run(processor.process([Message("engagement-rekeyed", 1, 0, value)]))
+    (row,) = warehouse.rows("engagement_events")
+    assert (row["event_id"], row["source_topic"], row["source_partition"], row["source_offset"]) == (
+        "e1",
+        "likes",
+        0,
+        3,
+    )
+
+
+def test_replies_are_forwarded_to_the_responder_and_announced_after() -> None:
+    processor, outbox, _, _, _ = make()
+    account = owned_by(0)
+    reply = {
+        "event_id": "r",
+        "type": "reply",
+        "ts": T0,
+        "actor_id": "responder",
+        "account_id": account,
+        "in_reply_to": "q",
+    }
+    asyncio.run(processor.process([Message("replies", 0, 0, orjson.dumps(reply))]))
+    rekeyed = [(k, orjson.loads(v), p) for t, k, v, p in outbox.sent if t == "engagement-rekeyed"]
+    kinds = [m["k"] for _, m, _ in rekeyed]
+    assert kinds[0] == "r" and rekeyed[0][0] == b"responder"
+    assert set(kinds[1:]) == {"w"} and sorted(p for _, _, p in rekeyed[1:]) == [0, 1]  # to every partition
+
+
+def test_frontier_waits_for_every_upstream_partition() -> None:
+    processor, _, _, _, _ = make(highwaters={("likes", 0): 5, ("likes", 1): 5})
+    acc0, acc1 = owned_by(0), owned_by(1)
+    messages = [Message("likes", 0, i, orjson.dumps(like(f"a{i}", acc0, sec=i * 100))) for i in range(5)]
+    asyncio.run(processor.process(messages))
+    assert processor.frontier(0) == NO_FRONTIER  # partition 1 has not announced anything yet
+    marker = orjson.dumps({"k": "w", "q": 1, "t": T0 + 50_000})
+    own = orjson.dumps({"k": "w", "q": 0, "t": T0 + 400_000})
+    asyncio.run(
+        processor.process([Message("engagement-rekeyed", 0, 0, marker), Message("engagement-rekeyed", 0, 1, own)])
+    )
+    assert processor.frontier(0) == T0 + 50_000
+    asyncio.run(processor.process([Message("likes", 1, i, orjson.dumps(like(f"b{i}", acc1, sec=i))) for i in range(5)]))
+    assert processor.source_frontier(1) == T0 + 4_000  # caught up: the highest watermark
+
+
+def test_clickhouse_outage_is_retried_and_state_waits_for_durability() -> None:
+    processor, _, warehouse, table, slept = make(failures=3)
+    account = owned_by(0)
+    asyncio.run(processor.process([Message("likes", 0, 0, orjson.dumps(like("e1", account)))]))
+    assert len(slept) == 3 and slept == sorted(slept)  # backoff grows
+    assert [r["event_id"] for r in warehouse.rows("engagement_events")] == ["e1"]
+    assert account.encode() in table
+
+
+def test_state_is_not_committed_when_the_write_never_happens() -> None:
+    processor, _, warehouse, table, _ = make(failures=10**9)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(processor.process([Message("likes", 0, 0, orjson.dumps(like("e", owned_by(0))))]))
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        task.cancel()
+
+    asyncio.run(run())
+    assert warehouse.inserts == [] and len(table) == 0
+
+
+def test_late_event_is_dead_lettered() -> None:
+    processor, outbox, _, _, _ = make(partitions=1, highwaters={("likes", 0): 3})
+    account = owned_by(0, partitions=1)
+    late_marker = orjson.dumps({"k": "w", "q": 0, "t": T0 + 10_000_000})
+    asyncio.run(
+        processor.process(
+            [
+                Message("engagement-rekeyed", 0, 0, late_marker),
+                Message("likes", 0, 0, orjson.dumps(like("new", account, sec=10_000))),
+                Message("likes", 0, 1, orjson.dumps(like("old", account, sec=0))),
+            ]
+        )
+    )
+    asyncio.run(processor.process([Message("likes", 0, 2, orjson.dumps(like("old2", account, sec=1)))]))
+    reasons = [(d["reason"], d["source_offset"]) for d in outbox.on("engagement-dead-letters")]
+    assert ("late", 2) in reasons
+
+
+@pytest.mark.parametrize("value", [b"", b"{}", b'{"k": "r"}', b'{"k": "e", "v": {"type": "like"}}'])
+def test_corrupt_rekey_messages_are_dead_lettered_not_raised(value: bytes) -> None:
+    processor, outbox, _, _, _ = make()
+    asyncio.run(processor.process([Message("engagement-rekeyed", 0, 0, value)]))
+    assert len(outbox.on("engagement-dead-letters")) == 1
