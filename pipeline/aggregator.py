@@ -158,11 +158,17 @@ class Aggregator:
         store: StateStore,
         partition_of: Callable[[str], int],
         clock: VersionClock | None = None,
+        upsert_interval_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
         self.partition_of = partition_of
         self.clock = clock or VersionClock()
+        self.upsert_interval_s = upsert_interval_s
+        self._monotonic = monotonic
+        self._last_upsert: dict[tuple[str, int], float] = {}
+        self._deferred: set[tuple[str, int]] = set()
         self._cache: dict[str, AccountState] = {}
         self._heaps: dict[int, list[tuple[int, str, int]]] = {}
         self._frontier: dict[int, int] = {}
@@ -313,6 +319,8 @@ class Aggregator:
         if window is None:
             return
         state.dirty.discard(start)
+        self._deferred.discard((account_id, start))
+        self._last_upsert.pop((account_id, start), None)
         end = start + self.config.window_ms
         self._final_rows.append(self._row(account_id, state, start, window, final=1))
         state.final_through = max(state.final_through, end)
@@ -339,6 +347,8 @@ class Aggregator:
     def assign(self, partitions: set[int]) -> None:
         """Own exactly ``partitions``: drop the rest, rebuild the finalization index from the store."""
         self._cache.clear()
+        self._deferred = {k for k in self._deferred if self.partition_of(k[0]) in partitions}
+        self._last_upsert = {k: v for k, v in self._last_upsert.items() if self.partition_of(k[0]) in partitions}
         self._heaps = {p: [] for p in partitions}
         self._frontier = {p: f for p, f in self._frontier.items() if p in partitions}
         for account_id in self.store.accounts():
@@ -379,6 +389,11 @@ class Aggregator:
             version=self.clock.next(),
         )
 
+    @property
+    def has_deferred_upserts(self) -> bool:
+        """Whether changed open windows wait for their upsert interval (call :meth:`end_batch` later)."""
+        return bool(self._deferred)
+
     def take_forwards(self) -> list[ResponseCandidate]:
         """Response candidates produced since the last call, to be sent to their responder's partition."""
         out, self._forwards = self._forwards, []
@@ -387,15 +402,24 @@ class Aggregator:
     def end_batch(self) -> list[WindowRow]:
         """Rows to write for everything since the last call, then persist touched states to the store.
 
-        Open windows that changed come first (``final=0``), then windows that became final.
+        Open windows that changed come first (``final=0``; a window is upserted at most once every
+        ``upsert_interval_s``, later changes wait for a later call), then windows that became final.
         """
         rows: list[WindowRow] = []
+        now = self._monotonic()
         for account_id, state in self._cache.items():
-            for start in sorted(state.dirty):
-                window = state.windows.get(start)
-                if window is not None:
-                    rows.append(self._row(account_id, state, start, window, final=0))
+            for start in state.dirty:
+                self._deferred.add((account_id, start))
             state.dirty.clear()
+        due = sorted(key for key in self._deferred if now - self._last_upsert.get(key, -1e18) >= self.upsert_interval_s)
+        for key in due:
+            self._deferred.discard(key)
+            account_id, start = key
+            state = self._state(account_id)
+            window = state.windows.get(start)
+            if window is not None:
+                rows.append(self._row(account_id, state, start, window, final=0))
+                self._last_upsert[key] = now
         rows.extend(self._final_rows)
         self._final_rows = []
         for account_id, state in self._cache.items():

@@ -73,6 +73,7 @@ class Settings:
     # Batching
     batch_max_events: int = 2000
     batch_max_seconds: float = 0.5
+    upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
 
     # Warehouse
     warehouse: WarehouseKind = "embedded"

@@ -156,6 +156,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     async def announce_watermarks() -> None:
         if processor.owned:
             await processor.announce_watermarks()
+            await processor.write_deferred()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def update_lag() -> None:

@@ -162,3 +162,20 @@ def streams(draw: st.DrawFn) -> list[Event]:
 def test_stream_equals_reference(events: list[Event], batch: int, partitions: int) -> None:
     latest, _, _ = run_stream(events, CFG, partitions=partitions, batch=batch)
     assert {k: r.values() for k, r in latest.items()} == reference_rows(events, CFG)
+
+
+def test_open_window_upserts_are_throttled_and_catch_up() -> None:
+    clock = [0.0]
+    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
+    agg.assign({0})
+    agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
+    assert [r.likes for r in agg.end_batch()] == [1]
+    clock[0] = 1.0
+    agg.apply_event(ev("2", "like", 2, "u2", "A"), 0)
+    assert agg.end_batch() == [] and agg.has_deferred_upserts  # too soon: waits
+    clock[0] = 2.5
+    assert [r.likes for r in agg.end_batch()] == [2] and not agg.has_deferred_upserts
+    agg.apply_event(ev("3", "like", 3, "u3", "A"), 0)
+    agg.flush()
+    rows = agg.end_batch()
+    assert [(r.likes, r.final) for r in rows] == [(3, 1)]  # finalization is never throttled
