@@ -41,17 +41,20 @@ def _scrape(settings: Settings) -> dict[str, float]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            if "table" in sample.labels:
+                key = f"{sample.name}:{sample.labels['table']}"
+                totals[key] = totals.get(key, 0.0) + sample.value
     return totals
 
 
 def _status(totals: dict[str, float], elapsed: float, duration: float, produced: int) -> str:
     consumed = totals.get("engagement_events_consumed_total", 0)
-    rows = totals.get("engagement_rows_written_total", 0)
-    dead = totals.get("engagement_dead_letters_total", 0)
+    rows = totals.get("engagement_rows_written_total:engagement_windows", 0)
+    dead = totals.get("engagement_rows_written_total:engagement_dead_letters", 0)
     lag = totals.get("engagement_consumer_lag_messages", 0)
     return (
         f"\r  {elapsed:5.0f}/{duration:.0f}s  produced {produced:>9,}  consumed {consumed:>9,.0f}  "
-        f"rows written {rows:>9,.0f}  dead letters {dead:>6,.0f}  lag {lag:>6,.0f} msgs "
+        f"window rows {rows:>9,.0f}  dead letters {dead:>6,.0f}  lag {lag:>6,.0f} msgs "
     )
 
 
