@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 DURATION ?= 60
 
-.PHONY: demo test unit integration lint typecheck clickhouse-server clean
+.PHONY: demo test unit integration lint typecheck bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,18 @@ integration: $(STAMP)
 	./tests/services/clickhouse-server.sh install
 	$(BIN)/python -m pytest -q -m integration tests
 
+# Benchmarks are not tests: figures as ratios against baselines measured in the same run.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/harness.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/harness.py --quick
+
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

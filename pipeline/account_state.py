@@ -35,9 +35,9 @@ class WindowCounts:
             self.follows,
             self.unfollows,
             self.responses,
-            sorted(self.engagers),
-            sorted(self.ids),
-            sorted(self.response_ids),
+            list(self.engagers),
+            list(self.ids),
+            list(self.response_ids),
         ]
 
     @classmethod

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -160,6 +161,7 @@ class Aggregator:
         clock: VersionClock | None = None,
         upsert_interval_s: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        cache_accounts: int = 100_000,
     ) -> None:
         self.config = config
         self.store = store
@@ -169,7 +171,11 @@ class Aggregator:
         self._monotonic = monotonic
         self._last_upsert: dict[tuple[str, int], float] = {}
         self._deferred: set[tuple[str, int]] = set()
-        self._cache: dict[str, AccountState] = {}
+        # Live states, most recently used last (an LRU bounded by ``cache_accounts``), and the accounts
+        # touched since the last end_batch (persisted then).
+        self._live: OrderedDict[str, AccountState] = OrderedDict()
+        self._touched: dict[str, AccountState] = {}
+        self.cache_accounts = cache_accounts
         self._heaps: dict[int, list[tuple[int, str, int]]] = {}
         self._frontier: dict[int, int] = {}
         self._final_rows: list[WindowRow] = []
@@ -179,11 +185,17 @@ class Aggregator:
     # -- state access -----------------------------------------------------------------------------
 
     def _state(self, account_id: str) -> AccountState:
-        state = self._cache.get(account_id)
+        state = self._touched.get(account_id)
+        if state is not None:
+            return state
+        state = self._live.get(account_id)
         if state is None:
             raw = self.store.get(account_id)
             state = AccountState.loads(raw) if raw is not None else AccountState()
-            self._cache[account_id] = state
+            self._live[account_id] = state
+        else:
+            self._live.move_to_end(account_id)
+        self._touched[account_id] = state
         return state
 
     def _window(self, account_id: str, state: AccountState, start: int) -> WindowCounts:
@@ -346,7 +358,8 @@ class Aggregator:
 
     def assign(self, partitions: set[int]) -> None:
         """Own exactly ``partitions``: drop the rest, rebuild the finalization index from the store."""
-        self._cache.clear()
+        self._touched.clear()
+        self._live.clear()
         self._deferred = {k for k in self._deferred if self.partition_of(k[0]) in partitions}
         self._last_upsert = {k: v for k, v in self._last_upsert.items() if self.partition_of(k[0]) in partitions}
         self._heaps = {p: [] for p in partitions}
@@ -407,11 +420,13 @@ class Aggregator:
         """
         rows: list[WindowRow] = []
         now = self._monotonic()
-        for account_id, state in self._cache.items():
+        for account_id, state in self._touched.items():
             for start in state.dirty:
                 self._deferred.add((account_id, start))
             state.dirty.clear()
-        due = sorted(key for key in self._deferred if now - self._last_upsert.get(key, -1e18) >= self.upsert_interval_s)
+        last = self._last_upsert
+        interval = self.upsert_interval_s
+        due = [key for key in self._deferred if now - last.get(key, -1e18) >= interval]
         for key in due:
             self._deferred.discard(key)
             account_id, start = key
@@ -422,7 +437,9 @@ class Aggregator:
                 self._last_upsert[key] = now
         rows.extend(self._final_rows)
         self._final_rows = []
-        for account_id, state in self._cache.items():
+        for account_id, state in self._touched.items():
             self.store.put(account_id, state.dumps())
-        self._cache.clear()
+        self._touched.clear()
+        while len(self._live) > self.cache_accounts:  # everything live is persisted: evict the coldest
+            self._live.popitem(last=False)
         return rows

@@ -155,6 +155,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args), duration=args.duration, rate=args.rate, accounts=args.accounts)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    harness = Path(__file__).resolve().parent.parent / "bench" / "harness.py"
+    if not harness.exists():
+        print(f"the benchmark harness is not here ({harness}); run it from a source checkout", file=sys.stderr)
+        return 2
+    extra = [*(["--quick"] if args.quick else []), *(["--json"] if args.json else [])]
+    return subprocess.call([sys.executable, str(harness), *extra])
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     for name, value in _settings(args).masked().items():
         print(f"ENGAGEMENT_{name.upper()}={value}")
@@ -218,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0, help="events per second")
     p.add_argument("--accounts", type=int, default=3000)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="the benchmark harness (bench/harness.py): ratios against baselines")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="show the effective settings (secrets masked)")
     p.add_argument("action", choices=["show"])

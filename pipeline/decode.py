@@ -30,7 +30,10 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
 _MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+_ENGAGE_OR_FOLLOW = frozenset({"like", "reply", "mention", "follow", "unfollow"})  # not "followers"
 _INT64_MAX = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 class _Invalid(Exception):
@@ -54,6 +57,16 @@ def parse_ts(value: Any) -> int:
     m = _RFC3339.fullmatch(value)
     if m is None:
         raise _Invalid(Reason.INVALID_TS, "ts is not an RFC 3339 date-time with a zone (Z or ±hh:mm)")
+    frac = m.group(7)
+    if frac is None or len(frac) <= 6:
+        try:  # the C parser, on a string the regex has proven to be RFC 3339
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            ms = (parsed - _EPOCH) // _MILLISECOND
+            if 0 <= ms <= _MAX_TS_MS:
+                return int(ms)
     year, month, day, hour, minute, second, frac, zulu, sign, oh, om = m.groups()
     try:
         if zulu:
@@ -87,12 +100,63 @@ def _string(obj: dict[str, Any], name: str, limit: int, required: bool) -> str |
     return value
 
 
+_TYPES_OF_TOPIC = {kind: frozenset(types) for kind, types in TOPIC_TYPES.items()}
+
+
 def validate_event(obj: Any, topic_kind: str | None) -> Event:
     """Validate one decoded JSON value as an event of the contract.
 
     ``topic_kind`` is the source topic without prefix (``likes``...); ``None`` skips the topic check
     (ingest, which routes by type). Raises ``_Invalid`` with the reason.
+
+    The common case (every field present and well-formed, an epoch-ms or RFC 3339 ``ts``) takes a fast
+    path of plain type and length checks; anything else goes through :func:`_validate_detailed`, which
+    finds the precise reason.
     """
+    if obj.__class__ is dict:
+        get = obj.get
+        event_type = get("type")
+        event_id = get("event_id")
+        account_id = get("account_id")
+        actor_id = get("actor_id")
+        ts = get("ts")
+        post_id = get("post_id")
+        in_reply_to = get("in_reply_to")
+        if (
+            event_type.__class__ is str
+            and event_type in _ENGAGE_OR_FOLLOW
+            and (topic_kind is None or event_type in _TYPES_OF_TOPIC.get(topic_kind, ()))
+            and event_id.__class__ is str
+            and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
+            and account_id.__class__ is str
+            and 0 < len(account_id) <= MAX_ID_CHARS
+            and actor_id.__class__ is str
+            and 0 < len(actor_id) <= MAX_ID_CHARS
+            and (post_id is None or (post_id.__class__ is str and 0 < len(post_id) <= MAX_ID_CHARS))
+            and (in_reply_to is None or (in_reply_to.__class__ is str and 0 < len(in_reply_to) <= MAX_EVENT_ID_CHARS))
+            and "followers" not in obj
+        ):
+            if ts.__class__ is int and 0 <= ts <= _MAX_TS_MS:
+                ts_ms = ts
+            elif ts.__class__ is str:
+                ts_ms = parse_ts(ts)
+            else:
+                return _validate_detailed(obj, topic_kind)
+            return Event(
+                event_id,
+                event_type,
+                ts_ms,
+                actor_id,
+                account_id,
+                post_id,
+                in_reply_to if event_type == REPLY else None,
+                None,
+            )
+    return _validate_detailed(obj, topic_kind)
+
+
+def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
+    """:func:`validate_event` for every case, with the precise reason for each rejection."""
     if not isinstance(obj, dict):
         raise _Invalid(Reason.NOT_AN_OBJECT, f"an event must be a JSON object, not {type(obj).__name__}")
     event_type = obj.get("type")

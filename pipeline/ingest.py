@@ -1,9 +1,10 @@
 """Publish JSON-lines events to their topics (by type), keyed by account, batched as JSON arrays.
 
-Contract of :func:`ingest_lines`: every input line ends up published (as part of a JSON-array message on
-its type's topic, keyed by ``account_id``) or dead-lettered (reason, line number) and reported through
-``on_invalid``. It returns only after the broker acknowledged every message (``flush``).
-Events of one account stay in input order on their topic.
+Contract of :func:`ingest_lines`: every input line ends up published or dead-lettered (reason, line
+number) and reported through ``on_invalid``. It returns only after the broker acknowledged every message
+(``flush``). Valid events go to their type's topic, on the partition that owns their account (Kafka's
+murmur2 partition of ``account_id``, the worker's own rule), as JSON arrays of up to ``batch_events``
+events of accounts of that partition; events of one account stay in input order.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kafka import KafkaProducer
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import _Invalid, validate_event
 from pipeline.events import DEAD_LETTER_TOPIC, TYPE_TOPIC, Reason, Rejection
+from pipeline.partitioning import partition_for
 from pipeline.settings import Settings
 
 
@@ -74,21 +76,23 @@ def ingest_lines(
     """Validate and publish ``lines`` (see the module docstring)."""
     report = IngestReport()
     started = time.monotonic()
-    buffers: dict[tuple[str, str], list[Any]] = {}
+    buffers: dict[tuple[str, int], list[Any]] = {}
+    keys: dict[tuple[str, int], str] = {}
+    partition_counts: dict[str, int] = {}
     buffered = 0
     dead_topic = settings.topic(DEAD_LETTER_TOPIC)
     source_topic = f"ingest:{source_name}"
 
-    def send(topic: str, account_id: str, objects: list[Any]) -> None:
+    def send(topic: str, partition: int, account_id: str, objects: list[Any]) -> None:
         payload = orjson.dumps(objects if len(objects) > 1 else objects[0])
-        producer.send(topic, key=account_id.encode("utf-8"), value=payload)
+        producer.send(topic, key=account_id.encode("utf-8"), value=payload, partition=partition)
         report.messages += 1
         report.by_topic[topic] = report.by_topic.get(topic, 0) + len(objects)
 
     def flush_buffers() -> None:
         nonlocal buffered
-        for (topic, account_id), objects in buffers.items():
-            send(topic, account_id, objects)
+        for (topic, partition), objects in buffers.items():
+            send(topic, partition, keys[(topic, partition)], objects)
         buffers.clear()
         buffered = 0
 
@@ -127,16 +131,23 @@ def ingest_lines(
                     ),
                 )
                 continue
-            key = (settings.topic(TYPE_TOPIC[event.type]), event.account_id)
-            bucket = buffers.setdefault(key, [])
+            topic = settings.topic(TYPE_TOPIC[event.type])
+            count = partition_counts.get(topic)
+            if count is None:
+                count = partition_counts[topic] = len(producer.partitions_for(topic) or ()) or settings.partitions
+            key = (topic, partition_for(event.account_id.encode("utf-8"), count))
+            bucket = buffers.get(key)
+            if bucket is None:
+                bucket = buffers[key] = []
+                keys[key] = event.account_id
             bucket.append(obj)
             buffered += 1
             report.events += 1
             if len(bucket) >= batch_events:
-                send(key[0], key[1], bucket)
+                send(key[0], key[1], keys[key], bucket)
                 del buffers[key]
                 buffered -= len(bucket)
-        if buffered >= 20 * batch_events:
+        if buffered >= 64 * batch_events:
             flush_buffers()
         if on_progress is not None and time.monotonic() - last_progress > 0.5:
             last_progress = time.monotonic()

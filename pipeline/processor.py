@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -62,15 +63,21 @@ class Outbox(Protocol):
     def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> Awaitable[Any]: ...
 
 
+ChangelogWriter = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
+
+
 class StagedStore:
     """A :class:`~pipeline.aggregator.StateStore` over a table that holds writes until :meth:`commit`.
 
     The aggregator writes states at the end of its batch; they reach the table (and its changelog) only
-    when the processor commits them, after ClickHouse has the rows.
+    when the processor commits them, after ClickHouse has the rows. With ``changelog``, :meth:`commit`
+    hands all changes of the batch to it at once (it must store them locally and return once the
+    changelog has them); without, it sets ``table[key]`` one by one.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, changelog: ChangelogWriter | None = None) -> None:
         self.table = table
+        self.changelog = changelog
         self.staged: dict[str, bytes] = {}
 
     def get(self, account_id: str) -> bytes | None:
@@ -87,10 +94,14 @@ class StagedStore:
         keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in list(self.table.keys())]
         return [*keys, *[k for k in self.staged if k.encode("utf-8") not in self.table]]
 
-    def commit(self) -> None:
-        for account_id, value in self.staged.items():
-            self.table[account_id.encode("utf-8")] = value
+    async def commit(self) -> None:
+        changes = [(account_id.encode("utf-8"), value) for account_id, value in self.staged.items()]
         self.staged.clear()
+        if self.changelog is not None:
+            await self.changelog(changes)
+            return
+        for key, value in changes:
+            self.table[key] = value
 
 
 @dataclass
@@ -144,6 +155,11 @@ class BatchProcessor:
         self.rekey_topic = settings.topic(REKEY_TOPIC)
         self.dead_letter_topic = settings.topic("engagement-dead-letters")
         self.newest_event_ms = 0
+        # Per-batch tallies, published to Prometheus once per batch (labels() per event is costly).
+        self._messages: Counter[str] = Counter()
+        self._events: Counter[tuple[str, str]] = Counter()
+        self._outcomes: Counter[str] = Counter()
+        self._dead: Counter[str] = Counter()
         self._announced: dict[int, int | None] = {}
         self._announced_at = 0.0
 
@@ -193,7 +209,22 @@ class BatchProcessor:
             for partition in touched:
                 self._advance(partition)
             await self._finish(dead, rekeyed, raw, touched & self.owned)
+            self._publish_counts()
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _publish_counts(self) -> None:
+        for topic, n in self._messages.items():
+            metrics.MESSAGES_CONSUMED.labels(topic).inc(n)
+        for (topic, event_type), n in self._events.items():
+            metrics.EVENTS_CONSUMED.labels(topic, event_type).inc(n)
+        for outcome, n in self._outcomes.items():
+            metrics.EVENT_OUTCOMES.labels(outcome).inc(n)
+        for reason, n in self._dead.items():
+            metrics.DEAD_LETTERS.labels(reason).inc(n)
+        for tally in (self._messages, self._events, self._outcomes, self._dead):
+            tally.clear()
+        if self.newest_event_ms:
+            metrics.NEWEST_EVENT_SECONDS.set(self.newest_event_ms / 1000)
 
     async def write_deferred(self) -> int:
         """Upsert open windows whose changes waited for their interval (a timer calls this, so rows
@@ -231,7 +262,7 @@ class BatchProcessor:
             finals = sum(1 for r in rows if r.final)
             if finals:
                 metrics.WINDOWS_FINALIZED.inc(finals)
-        self.store.commit()
+        await self.store.commit()
         if self.aggregator.unmatched_responses:
             metrics.EVENT_OUTCOMES.labels(Outcome.UNMATCHED.value).inc(self.aggregator.unmatched_responses)
             self.aggregator.unmatched_responses = 0
@@ -250,12 +281,12 @@ class BatchProcessor:
             self._consume_rekeyed(message, dead, raw)
             return
         kind = self.source_kinds.get(message.topic)
-        metrics.MESSAGES_CONSUMED.labels(message.topic).inc()
+        self._messages[message.topic] += 1
         events, rejections = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejection in rejections:
             self._dead_letter(rejection, message, dead)
         for event in events:
-            metrics.EVENTS_CONSUMED.labels(message.topic, event.type).inc()
+            self._events[(message.topic, event.type)] += 1
             self._watermark(key, event.ts_ms)
             if self.partition_of(event.account_id) != message.partition:
                 rekeyed.append(
@@ -287,7 +318,7 @@ class BatchProcessor:
             if data["k"] == "r":
                 candidate = ResponseCandidate(data["e"], data["a"], data["i"], data["t"])
                 outcome = self.aggregator.apply_response(candidate, message.partition)
-                metrics.EVENT_OUTCOMES.labels(outcome.value).inc()
+                self._outcomes[outcome.value] += 1
                 return
             event = validate_event(data["v"], None)
             self._apply(event, data["t"], data["p"], data["o"], dead, raw)
@@ -299,7 +330,7 @@ class BatchProcessor:
         self, event: Event, topic: str, partition: int, offset: int, dead: list[DeadLetter], raw: list[SourcedEvent]
     ) -> None:
         outcome = self.aggregator.apply_event(event, self.partition_of(event.account_id))
-        metrics.EVENT_OUTCOMES.labels(outcome.value).inc()
+        self._outcomes[outcome.value] += 1
         if outcome is Outcome.LATE:
             window_end = self.config.window_start(event.ts_ms) + self.config.window_ms
             rejection = Rejection(
@@ -313,12 +344,11 @@ class BatchProcessor:
                 rejection, topic, partition, offset, self.settings.dead_letter_payload_bytes
             )
             dead.append(_with_id(letter, f"{letter.dead_letter_id}/late/{event.event_id}"))
-            metrics.DEAD_LETTERS.labels(Reason.LATE.value).inc()
+            self._dead[Reason.LATE.value] += 1
         elif outcome is not Outcome.DUPLICATE:
             raw.append((event, topic, partition, offset))
         if event.ts_ms > self.newest_event_ms:
             self.newest_event_ms = event.ts_ms
-            metrics.NEWEST_EVENT_SECONDS.set(event.ts_ms / 1000)
 
     def _dead_letter(self, rejection: Rejection, message: Message, dead: list[DeadLetter]) -> None:
         dead.append(
@@ -326,7 +356,7 @@ class BatchProcessor:
                 rejection, message.topic, message.partition, message.offset, self.settings.dead_letter_payload_bytes
             )
         )
-        metrics.DEAD_LETTERS.labels(rejection.reason.value).inc()
+        self._dead[rejection.reason.value] += 1
 
     # -- event time -------------------------------------------------------------------------------
 
@@ -380,11 +410,14 @@ class BatchProcessor:
         constraints.extend(v for v in announced.values() if v is not None)
         return min(constraints) if constraints else NO_FRONTIER
 
-    async def announce_watermarks(self, every: float = 10.0) -> None:
+    async def announce_watermarks(self, owned: set[int] | None = None, every: float = 10.0) -> None:
         """Announce owned partitions' source frontiers on all re-key partitions where they changed, and all
         of them every ``every`` seconds (a timer calls this: idle partitions still let time pass downstream,
-        and a new owner of a re-key partition learns every upstream frontier)."""
+        and a new owner of a re-key partition learns every upstream frontier). ``owned``: the consumer's
+        current assignment, taken over first."""
         async with self.lock:
+            if owned is not None:
+                self.on_assignment(owned)
             now = time.monotonic()
             if now - self._announced_at >= every:
                 self._announced.clear()

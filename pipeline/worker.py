@@ -13,11 +13,13 @@ embedded store ``/query`` (read-only SQL, since only this process may open chDB'
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -28,7 +30,7 @@ from pipeline import metrics
 from pipeline.deadletter import DeadLetter
 from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
 from pipeline.kafka_admin import ensure_topics
-from pipeline.partitioning import account_partitioner
+from pipeline.partitioning import account_partitioner, partition_for
 from pipeline.processor import BatchProcessor, Message, StagedStore
 from pipeline.query_client import LOCK_FILE
 from pipeline.readonly_sql import ReadOnlyViolation, check_read_only
@@ -93,7 +95,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         "account-state",
         partitions=settings.partitions,
         use_partitioner=True,
-        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        key_type=bytes,  # bytes types make Faust use the "raw" codec for the changelog and its recovery
+        value_type=bytes,
     )
     writer = WarehouseWriter(lambda: warehouse, settings.insert_retry_max_seconds)
     partition_of = account_partitioner(settings.partitions)
@@ -110,8 +113,30 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         value = app.consumer._committed_offset.get(faust.types.TP(topic, partition))  # type: ignore[attr-defined]
         return int(value) if value is not None else None
 
+    async def write_changelog(changes: list[tuple[bytes, bytes]]) -> None:
+        """Store account states locally and in the table's changelog, in bulk.
+
+        ``table[key] = value`` would send each change through Faust's per-message producer buffer, which
+        caps a worker at a few thousand account updates per second; this produces the same changelog
+        records (raw key and value, the key's murmur2 partition) straight through the producer and
+        returns once all are acknowledged, then records them in the in-memory store the way Faust's
+        recovery does.
+        """
+        topic = cast(Any, table).changelog_topic_name
+        pending = []
+        for key, value in changes:
+            pending.append(
+                await app.producer.send(topic, key, value, partition_for(key, settings.partitions), None, None)
+            )
+        if pending:
+            await asyncio.gather(*pending)
+        store: Any = table.data
+        for key, value in changes:
+            store.data[key] = value
+            store._key_partition[key] = partition_for(key, settings.partitions)
+
     processor = BatchProcessor(
-        settings, StagedStore(table), writer, KafkaOutbox(app), partition_of, highwater, committed
+        settings, StagedStore(table, write_changelog), writer, KafkaOutbox(app), partition_of, highwater, committed
     )
 
     def owned_partitions() -> set[int]:
@@ -154,9 +179,10 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def announce_watermarks() -> None:
-        if processor.owned:
-            await processor.announce_watermarks()
-            await processor.write_deferred()
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return
+        await processor.announce_watermarks(owned_partitions())
+        await processor.write_deferred()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def update_lag() -> None:
@@ -170,7 +196,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Request) -> Response:
-        return web.json({"status": "ok", "partitions": sorted(processor.owned)})  # type: ignore[no-any-return]
+        return web.json({"status": "ok", "partitions": sorted(owned_partitions())})  # type: ignore[no-any-return]
 
     @app.page("/query")
     class QueryPage(View):
@@ -211,6 +237,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     warehouse = open_warehouse(settings)
     migrate(warehouse, settings)
     app, _ = create_app(settings, warehouse)
+    # The hot path allocates many short-lived objects next to a large, long-lived state: collect the
+    # young generation less often, and move everything alive at start-up out of the collector's sight.
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
     lock = _write_lock(settings) if settings.warehouse == "embedded" else None
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     try:

@@ -1,0 +1,522 @@
+"""The benchmark harness: our pipeline against the physical limit and against its peers, in one run.
+
+Everything runs on the same generated data, the same embedded broker (tansu) and embedded ClickHouse
+(chDB); every figure is reported with its ratio to baselines measured in the same run (absolute numbers
+drift between machines; ratios hold).
+
+    .venv/bin/python bench/harness.py [--quick] [--json] [--events N]
+    make bench                     (the full run; results go to bench/RESULTS.md by hand, with the command)
+
+Figures: raw_consume_eps (aiokafka reading the messages, doing nothing), naive_faust_eps (textbook Faust
+agent), peer_eps (Quix Streams), single_eps / batch_eps (our full pipeline, one event per message / JSON
+arrays), p50/p99_latency_s (produce -> row visible in ClickHouse at half of batch_eps), peak_rss_mb (worker
+in the batch run), rss_1m_accounts_mb (worker RSS with 1,000,000 distinct accounts in open windows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
+from kafka.admin import NewTopic  # noqa: E402
+
+from pipeline.broker import EmbeddedBroker  # noqa: E402
+from pipeline.events import SOURCE_TOPICS  # noqa: E402
+from pipeline.generate import TrafficModel, lines  # noqa: E402
+from pipeline.ingest import ingest_lines  # noqa: E402
+from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics  # noqa: E402
+from pipeline.partitioning import account_partitioner  # noqa: E402
+from pipeline.processes import free_port, spawn, stop, wait_for_port  # noqa: E402
+from pipeline.replay import worker_command  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
+
+PARTITIONS = 4
+KEYS = (
+    "raw_consume_eps",
+    "naive_faust_eps",
+    "peer_eps",
+    "single_eps",
+    "batch_eps",
+    "p50_latency_s",
+    "p99_latency_s",
+    "peak_rss_mb",
+    "rss_1m_accounts_mb",
+)
+
+
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+class Collector:
+    """A stand-in producer that keeps what ``ingest_lines`` would send, to replay it later."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes, int | None]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return set(range(PARTITIONS))
+
+    def flush(self) -> None:
+        pass
+
+
+def encode(data: list[bytes], settings: Settings, batch: int) -> list[tuple[str, bytes, bytes, int | None]]:
+    collector = Collector()
+    ingest_lines(data, settings, collector, "bench", batch_events=batch)  # type: ignore[arg-type]
+    return collector.sent
+
+
+def producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20, acks=1, max_request_size=4 << 20
+    )
+
+
+def publish(bootstrap: str, messages: Iterable[tuple[str, bytes, bytes, int | None]]) -> int:
+    out = producer(bootstrap)
+    count = 0
+    for topic, key, value, partition in messages:
+        out.send(topic, key=key, value=value, partition=partition)
+        count += 1
+    out.flush()
+    out.close()
+    return count
+
+
+# -- baselines ------------------------------------------------------------------------------------
+
+
+async def _raw_consume(bootstrap: str, topics: list[str], expected: int) -> float:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=16 << 20,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = 0
+        started = 0.0
+        while seen < expected:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batch.values():
+                if records and not started:
+                    started = time.perf_counter()
+                seen += len(records)
+        return expected / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def raw_consume_eps(bootstrap: str, topics: list[str], expected: int) -> float:
+    return asyncio.run(_raw_consume(bootstrap, topics, expected))
+
+
+def _child_rate(args: list[str], env: dict[str, str], result: Path, timeout: float, log_path: Path) -> float:
+    process = spawn(args, env=env, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    try:
+        while not result.exists():
+            if process.poll() is not None and not result.exists():
+                raise RuntimeError(f"{args[-1]} exited with {process.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{args[-1]} did not finish within {timeout:.0f}s; see {log_path}")
+            time.sleep(0.2)
+        time.sleep(0.1)
+        data = orjson.loads(result.read_bytes())
+        return float(data["events"] / data["seconds"])
+    finally:
+        stop(process, timeout=10)
+
+
+def naive_faust_eps(bootstrap: str, topic: str, expected: int, work: Path) -> float:
+    result = work / "naive.json"
+    env = {
+        "BENCH_BOOTSTRAP": bootstrap,
+        "BENCH_TOPIC": topic,
+        "BENCH_EVENTS": str(expected),
+        "BENCH_RESULT": str(result),
+        "BENCH_WEB_PORT": str(free_port()),
+        "BENCH_DATADIR": str(work / "naive"),
+    }
+    return _child_rate([sys.executable, str(ROOT / "bench" / "naive_faust.py")], env, result, 1800, work / "naive.log")
+
+
+def peer_eps(bootstrap: str, topic: str, expected: int, work: Path) -> tuple[float | None, str]:
+    try:
+        import quixstreams  # noqa: F401
+    except ImportError as exc:
+        return None, f"quixstreams is not installed ({exc}); `make bench` installs it"
+    result = work / "quix.json"
+    env = {
+        "BENCH_BOOTSTRAP": bootstrap,
+        "BENCH_TOPIC": topic,
+        "BENCH_EVENTS": str(expected),
+        "BENCH_RESULT": str(result),
+        "BENCH_STATE_DIR": str(work / "quix-state"),
+    }
+    try:
+        return _child_rate(
+            [sys.executable, str(ROOT / "bench" / "peer_quix.py")], env, result, 900, work / "quix.log"
+        ), ""
+    except (RuntimeError, TimeoutError) as exc:
+        return None, str(exc)
+
+
+# -- our pipeline ---------------------------------------------------------------------------------
+
+
+def _scrape(settings: Settings, name: str) -> float:
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def _rss_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Worker:
+    """Our worker as a child process, with its settings."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.process = spawn(worker_command(), env=settings.to_env(), log_path=log_path)
+        wait_for_port(settings.web_host, settings.web_port, 120, self.process)
+
+    def wait_drained(self, timeout: float = 1800) -> tuple[float, float]:
+        """Seconds from the first event consumed to every message committed; and when it started."""
+        deadline = time.monotonic() + timeout
+        started = None
+        topics = pipeline_topics(self.settings)
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError("worker died")
+            now = time.perf_counter()
+            if started is None and _scrape(self.settings, "engagement_events_consumed_total") > 0:
+                started = now
+            if started is not None and sum(group_lag(self.settings, topics).values()) == 0:
+                return now - started, started
+            if time.monotonic() > deadline:
+                raise TimeoutError("worker did not drain")
+            time.sleep(0.05 if started is None else 0.2)
+
+    def wait_assigned(self, timeout: float = 120) -> None:
+        """Until the worker owns every partition (its consumer group has joined)."""
+        url = f"http://{self.settings.web_host}:{self.settings.web_port}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if len(orjson.loads(response.read())["partitions"]) == PARTITIONS:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("worker never got its partitions")
+
+    def stop(self) -> None:
+        stop(self.process, timeout=30)
+
+
+def worker_settings(bootstrap: str, work: Path, name: str) -> Settings:
+    return Settings.from_env(
+        {},
+        bootstrap_servers=bootstrap,
+        topic_prefix=f"{name}.",
+        app_id=f"bench-{name}",
+        partitions=PARTITIONS,
+        data_dir=work / name,
+        web_port=free_port(),
+    )
+
+
+def pipeline_eps(settings: Settings, expected: int, work: Path) -> tuple[float, float]:
+    worker = Worker(settings, work / f"{settings.app_id}.log")
+    try:
+        seconds, _ = worker.wait_drained()
+        return expected / seconds, _rss_mb(worker.process.pid, "VmHWM")
+    finally:
+        worker.stop()
+
+
+def latency(
+    settings: Settings,
+    messages: list[tuple[str, bytes, bytes, int | None]],
+    rate_eps: float,
+    seconds: float,
+    events_per_message: float,
+) -> tuple[float, float]:
+    """Produce ``messages`` at ``rate_eps`` events/s with a probe every 100 ms; seconds from send to the
+    probe's row being visible in ClickHouse (through the worker's /query), p50 and p99."""
+    worker = Worker(settings, settings.data_dir.parent / "latency-worker.log")
+    out = producer(settings.bootstrap_servers)
+    sent: dict[str, float] = {}
+    visible: dict[str, float] = {}
+    done = threading.Event()
+
+    def poll() -> None:
+        url = f"http://{settings.web_host}:{settings.web_port}/query"
+        while not done.is_set() or len(visible) < len(sent):
+            body = orjson.dumps({"sql": "SELECT event_id FROM engagement_events WHERE account_id = 'probe'"})
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as response:
+                    rows = orjson.loads(response.read())["rows"]
+            except OSError:
+                rows = []
+            now = time.perf_counter()
+            for (event_id,) in rows:
+                visible.setdefault(event_id, now)
+            if done.is_set() and time.perf_counter() - stop_at > 30:
+                return
+            time.sleep(0.02)
+
+    try:
+        worker.wait_assigned()
+        poller = threading.Thread(target=poll, daemon=True)
+        stop_at = float("inf")
+        poller.start()
+        began = time.perf_counter()
+        sent_events = 0.0
+        last_probe = 0.0
+        probe_ts = 0
+        iterator = iter(messages)
+        while time.perf_counter() - began < seconds:
+            topic, key, value, partition = next(iterator)
+            out.send(topic, key=key, value=value, partition=partition)
+            sent_events += events_per_message
+            if not probe_ts:
+                first = orjson.loads(value)
+                probe_ts = (first[0] if isinstance(first, list) else first)["ts"]
+            now = time.perf_counter()
+            if now - last_probe >= 0.1:
+                last_probe = now
+                probe_id = f"probe-{len(sent)}"
+                probe = {
+                    "event_id": probe_id,
+                    "type": "like",
+                    "ts": probe_ts,
+                    "actor_id": "bench",
+                    "account_id": "probe",
+                }
+                out.send(settings.topic("likes"), key=b"probe", value=orjson.dumps(probe))
+                out.flush()
+                sent[probe_id] = time.perf_counter()
+            ahead = sent_events / rate_eps - (time.perf_counter() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+        out.flush()
+        done.set()
+        stop_at = time.perf_counter()
+        poller.join(timeout=60)
+    finally:
+        out.close()
+        worker.stop()
+    delays = sorted(visible[k] - sent[k] for k in sent if k in visible)
+    if not delays:
+        raise RuntimeError("no probe became visible")
+    p99 = delays[min(len(delays) - 1, round(0.99 * (len(delays) - 1)))]
+    return statistics.median(delays), p99
+
+
+def rss_with_accounts(bootstrap: str, work: Path, accounts: int) -> float:
+    """Worker RSS (MB) once ``accounts`` distinct accounts each have an open window."""
+    settings = worker_settings(bootstrap, work, "rss")
+    ensure_topics(settings)
+    owner = account_partitioner(PARTITIONS)
+    start = 1_767_225_600_000
+    buckets: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
+    messages: list[tuple[str, bytes, bytes, int]] = []
+    for i in range(accounts):
+        account = f"account-{i:07d}"
+        event = orjson.dumps(
+            {
+                "event_id": f"r{i}",
+                "type": "like",
+                "ts": start + i % 50_000,
+                "actor_id": f"u{i % 997}",
+                "account_id": account,
+            }
+        )
+        p = owner(account)
+        buckets[p].append(event)
+        if len(buckets[p]) == 500:
+            messages.append((settings.topic("likes"), b"x", b"[" + b",".join(buckets[p]) + b"]", p))
+            buckets[p] = []
+    messages += [(settings.topic("likes"), b"x", b"[" + b",".join(v) + b"]", p) for p, v in buckets.items() if v]
+    out = producer(bootstrap)
+    for topic, key, value, p in messages:
+        out.send(topic, key=key, value=value, partition=p)
+    out.flush()
+    out.close()
+    worker = Worker(settings, work / "rss-worker.log")
+    try:
+        worker.wait_drained()
+        return _rss_mb(worker.process.pid, "VmRSS")
+    finally:
+        worker.stop()
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def make_flat_topic(bootstrap: str, name: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    configs = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+    admin.create_topics([NewTopic(name, PARTITIONS, 1, topic_configs=configs)])
+    admin.close()
+
+
+def flat_messages(data: list[bytes]) -> Iterator[tuple[str, bytes, bytes, int | None]]:
+    for line in data:
+        obj = orjson.loads(line)
+        yield "flat", obj["account_id"].encode(), line, None
+
+
+def run(quick: bool, events: int | None) -> dict[str, Any]:
+    n = events or (30_000 if quick else 300_000)
+    accounts = 5_000 if quick else 20_000
+    results: dict[str, Any] = dict.fromkeys(KEYS)
+    notes: dict[str, str] = {}
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
+    ):
+        work = Path(tmp)
+        bootstrap = broker.bootstrap_servers
+        log(f"generating {n:,} events over {accounts:,} accounts")
+        model = TrafficModel(accounts=accounts, users=accounts * 10, events_per_second=2000, events=n, seed=1)
+        data = list(lines(model))
+        single = worker_settings(bootstrap, work, "single")
+        batch = worker_settings(bootstrap, work, "batch")
+        for settings in (single, batch):
+            ensure_topics(settings)
+        make_flat_topic(bootstrap, "flat")
+        log("publishing: flat (one event per message), single (one per message), batch (JSON arrays)")
+        publish(bootstrap, flat_messages(data))
+        publish(bootstrap, encode(data, single, batch=1))
+        batch_messages = encode(data, batch, batch=100)
+        publish(bootstrap, batch_messages)
+
+        log("raw_consume_eps: aiokafka reading the single-event messages")
+        results["raw_consume_eps"] = raw_consume_eps(bootstrap, [single.topic(t) for t in SOURCE_TOPICS], n)
+        log("naive_faust_eps: the textbook Faust agent")
+        results["naive_faust_eps"] = naive_faust_eps(bootstrap, "flat", n, work)
+        log("peer_eps: Quix Streams")
+        results["peer_eps"], reason = peer_eps(bootstrap, "flat", n, work)
+        if reason:
+            notes["peer_eps"] = reason
+        log("single_eps: our pipeline, one event per message")
+        results["single_eps"], _ = pipeline_eps(single, n, work)
+        log("batch_eps: our pipeline, JSON-array messages")
+        results["batch_eps"], results["peak_rss_mb"] = pipeline_eps(batch, n, work)
+
+        log("latency at half of batch_eps")
+        lat = worker_settings(bootstrap, work, "latency")
+        ensure_topics(lat)
+        live_model = replace(model, seed=2, events=None, seconds=600, start_ms=model.start_ms + 3_600_000)
+        live = encode(list(lines(replace(live_model, events=max(n, 200_000)))), lat, batch=100)
+        per_message = max(n, 200_000) / max(1, len(live))
+        results["p50_latency_s"], results["p99_latency_s"] = latency(
+            lat, live, results["batch_eps"] / 2, 10 if quick else 20, per_message
+        )
+        if quick:
+            notes["rss_1m_accounts_mb"] = "not measured with --quick"
+        else:
+            log("rss_1m_accounts_mb: 1,000,000 accounts with open windows")
+            results["rss_1m_accounts_mb"] = rss_with_accounts(bootstrap, work, 1_000_000)
+    return {**results, "machine": machine, "events": n, "_notes": notes}
+
+
+def report(results: dict[str, Any]) -> str:
+    raw = results["raw_consume_eps"]
+    naive = results["naive_faust_eps"]
+    peer = results["peer_eps"]
+
+    def ratio(value: float | None, base: float | None) -> str:
+        return "-" if value is None or not base else f"{value / base:6.2f}x"
+
+    lines_out = [f"events: {results['events']:,}   machine: {results['machine']}", ""]
+    lines_out.append(f"{'figure':<22}{'value':>14}  {'/ raw':>8}  {'/ naive':>8}  {'/ peer':>8}")
+    for key in ("raw_consume_eps", "naive_faust_eps", "peer_eps", "single_eps", "batch_eps"):
+        value = results[key]
+        shown = "null" if value is None else f"{value:,.0f}"
+        lines_out.append(
+            f"{key:<22}{shown:>14}  {ratio(value, raw):>8}  {ratio(value, naive):>8}  {ratio(value, peer):>8}"
+        )
+    for key in ("p50_latency_s", "p99_latency_s", "peak_rss_mb", "rss_1m_accounts_mb"):
+        value = results[key]
+        lines_out.append(f"{key:<22}{'null' if value is None else f'{value:,.3f}':>14}")
+    lines_out.append("")
+    targets = [
+        ("batch_eps >= 0.25 x raw_consume_eps", results["batch_eps"] >= 0.25 * raw),
+        ("single_eps >= 3 x naive_faust_eps", results["single_eps"] >= 3 * naive),
+        ("single_eps >= peer_eps", peer is not None and results["single_eps"] >= peer),
+        ("batch_eps >= 5 x peer_eps", peer is not None and results["batch_eps"] >= 5 * peer),
+        ("p99_latency_s <= 2", results["p99_latency_s"] is not None and results["p99_latency_s"] <= 2),
+        (
+            "rss_1m_accounts_mb <= 2048",
+            results["rss_1m_accounts_mb"] is not None and results["rss_1m_accounts_mb"] <= 2048,
+        ),
+    ]
+    lines_out += [f"  [{'x' if ok else ' '}] {name}" for name, ok in targets]
+    for key, note in results["_notes"].items():
+        lines_out.append(f"  note: {key}: {note}")
+    return "\n".join(lines_out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer events, no 1M-account RSS run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--events", type=int, default=None)
+    args = parser.parse_args(argv)
+    results = run(args.quick, args.events)
+    if args.json:
+        print(orjson.dumps({k: v for k, v in results.items() if not k.startswith("_")}).decode())
+    else:
+        print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
