@@ -509,7 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer events, no 1M-account RSS run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--events", type=int, default=None)
+    parser.add_argument("--rss-only", action="store_true", help="only the 1,000,000-account RSS figure")
     args = parser.parse_args(argv)
+    if args.rss_only:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp, EmbeddedBroker() as broker:
+            print(f"rss_1m_accounts_mb {rss_with_accounts(broker.bootstrap_servers, Path(tmp), 1_000_000):,.1f}")
+        return 0
     results = run(args.quick, args.events)
     if args.json:
         print(orjson.dumps({k: v for k, v in results.items() if not k.startswith("_")}).decode())

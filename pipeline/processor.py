@@ -181,36 +181,40 @@ class BatchProcessor:
     # -- the data path ----------------------------------------------------------------------------
 
     async def process(self, messages: Sequence[Message]) -> None:
-        """Process one batch durably (see the module docstring). Blocks while ClickHouse is down."""
+        """Process one batch durably (see the module docstring). Blocks while ClickHouse is down.
+
+        A batch carrying more than ``batch_max_events`` events is processed and written in chunks of
+        about that many, so memory stays bounded whatever the messages carry.
+        """
         async with self.lock:
             started = time.perf_counter()
-            dead: list[DeadLetter] = []
-            rekeyed: list[tuple[str, bytes]] = []
-            raw: list[SourcedEvent] = []
-            touched: set[int] = set()
+            chunk: list[Message] = []
+            events = 0
             for message in messages:
-                self._consume(message, dead, rekeyed, raw)
-                touched.add(message.partition)
-            for candidate in self.aggregator.take_forwards():
-                rekeyed.append(
-                    (
-                        candidate.responder,
-                        orjson.dumps(
-                            {
-                                "k": "r",
-                                "e": candidate.event_id,
-                                "a": candidate.responder,
-                                "i": candidate.in_reply_to,
-                                "t": candidate.ts_ms,
-                            }
-                        ),
-                    )
-                )
-            for partition in touched:
-                self._advance(partition)
-            await self._finish(dead, rekeyed, raw, touched & self.owned)
-            self._publish_counts()
+                chunk.append(message)
+                events += _estimated_events(message)
+                if events >= self.settings.batch_max_events:
+                    await self._process_chunk(chunk)
+                    chunk, events = [], 0
+            if chunk:
+                await self._process_chunk(chunk)
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _process_chunk(self, messages: Sequence[Message]) -> None:
+        dead: list[DeadLetter] = []
+        rekeyed: list[tuple[str, bytes]] = []
+        raw: list[SourcedEvent] = []
+        touched: set[int] = set()
+        for message in messages:
+            self._consume(message, dead, rekeyed, raw)
+            touched.add(message.partition)
+        for c in self.aggregator.take_forwards():
+            response = {"k": "r", "e": c.event_id, "a": c.responder, "i": c.in_reply_to, "t": c.ts_ms}
+            rekeyed.append((c.responder, orjson.dumps(response)))
+        for partition in touched:
+            self._advance(partition)
+        await self._finish(dead, rekeyed, raw, touched & self.owned)
+        self._publish_counts()
 
     def _publish_counts(self) -> None:
         for topic, n in self._messages.items():
@@ -461,6 +465,14 @@ class BatchProcessor:
                     total += max(0, highwater - self._next_offset((topic, partition)))
             out[topic] = total
         return out
+
+
+def _estimated_events(message: Message) -> int:
+    """About how many events a message carries (a JSON array of ~200-byte events, or one)."""
+    value = message.value
+    if not value or value[:1] != b"[":
+        return 1
+    return max(1, len(value) // 200)
 
 
 def _with_id(letter: DeadLetter, dead_letter_id: str) -> DeadLetter:

@@ -71,7 +71,8 @@ class Settings:
     weight_reply: int = 3
 
     # Batching
-    batch_max_events: int = 2000
+    batch_max_events: int = 10000  # events written per chunk
+    batch_max_messages: int = 2000  # Kafka messages taken per batch (bounds the bytes held at once)
     batch_max_seconds: float = 0.5
     upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
 
@@ -123,8 +124,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
         if self.warehouse not in ("embedded", "server"):
             raise SettingsError("ENGAGEMENT_WAREHOUSE must be 'embedded' or 'server'")
-        if self.batch_max_events <= 0 or self.batch_max_seconds <= 0:
-            raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS and _SECONDS must be > 0")
+        if self.batch_max_events <= 0 or self.batch_max_seconds <= 0 or self.batch_max_messages <= 0:
+            raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS, _MESSAGES and _SECONDS must be > 0")
 
     def topic(self, name: str) -> str:
         """The full name of a pipeline topic (``likes``, ``follows``, ...), with the prefix."""

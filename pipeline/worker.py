@@ -144,7 +144,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
     @app.agent(source_topic, name="aggregate")
     async def aggregate(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
+        async for batch in stream.take_events(settings.batch_max_messages, within=settings.batch_max_seconds):
             try:
                 processor.on_assignment(owned_partitions())
                 await processor.process(
