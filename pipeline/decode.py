@@ -209,6 +209,18 @@ def _encode_element(obj: Any) -> bytes:
         return repr(obj).encode("utf-8", "replace")
 
 
+def load_json(payload: bytes) -> tuple[Any, Rejection | None]:
+    """Parse JSON; on failure, a rejection saying whether the bytes were not UTF-8 or not JSON."""
+    try:
+        return orjson.loads(payload), None
+    except orjson.JSONDecodeError as exc:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return None, Rejection(Reason.INVALID_UTF8, f"not valid UTF-8: {uexc.reason}", -1, payload)
+        return None, Rejection(Reason.INVALID_JSON, f"not valid JSON: {exc}", -1, payload)
+
+
 def decode_message(
     payload: bytes | None, topic_kind: str | None, max_bytes: int = 1024 * 1024
 ) -> tuple[list[Event], list[Rejection]]:
@@ -223,15 +235,9 @@ def decode_message(
             Rejection(Reason.TOO_LARGE, f"message of {len(payload)} bytes exceeds {max_bytes}", -1, payload)
         )
         return events, rejections
-    try:
-        value = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            rejections.append(Rejection(Reason.INVALID_UTF8, f"not valid UTF-8: {uexc.reason}", -1, payload))
-        else:
-            rejections.append(Rejection(Reason.INVALID_JSON, f"not valid JSON: {exc}", -1, payload))
+    value, unreadable = load_json(payload)
+    if unreadable is not None:
+        rejections.append(unreadable)
         return events, rejections
     if isinstance(value, list):
         if not value:

@@ -20,7 +20,7 @@ import orjson
 from kafka import KafkaProducer
 
 from pipeline.deadletter import DeadLetter
-from pipeline.decode import _Invalid, validate_event
+from pipeline.decode import _Invalid, load_json, validate_event
 from pipeline.events import DEAD_LETTER_TOPIC, TYPE_TOPIC, Reason, Rejection
 from pipeline.partitioning import partition_for
 from pipeline.settings import Settings
@@ -49,14 +49,9 @@ def make_producer(settings: Settings) -> KafkaProducer:
 
 def _objects(line: bytes) -> tuple[list[Any] | None, Rejection | None]:
     """The JSON objects of one line (one object, or the elements of an array)."""
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            return None, Rejection(Reason.INVALID_UTF8, f"not valid UTF-8: {uexc.reason}", -1, line)
-        return None, Rejection(Reason.INVALID_JSON, f"not valid JSON: {exc}", -1, line)
+    value, unreadable = load_json(line)
+    if unreadable is not None:
+        return None, unreadable
     if isinstance(value, list):
         if not value:
             return None, Rejection(Reason.EMPTY_BATCH, "an empty JSON array carries no event", -1, line)
