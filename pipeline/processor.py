@@ -31,7 +31,7 @@ from pipeline import metrics
 from pipeline.aggregator import NO_FRONTIER, Aggregator, Outcome, ResponseCandidate, WindowConfig
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import decode_message, validate_event
-from pipeline.events import REKEY_TOPIC, SOURCE_TOPICS, Event, Reason, Rejection
+from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Event, Reason, Rejection
 from pipeline.settings import Settings
 from pipeline.sink import (
     EVENTS_TABLE,
@@ -153,7 +153,7 @@ class BatchProcessor:
         self.owned: frozenset[int] = frozenset()
         self.source_kinds = {settings.topic(t): t for t in SOURCE_TOPICS}
         self.rekey_topic = settings.topic(REKEY_TOPIC)
-        self.dead_letter_topic = settings.topic("engagement-dead-letters")
+        self.dead_letter_topic = settings.topic(DEAD_LETTER_TOPIC)
         self.newest_event_ms = 0
         # Per-batch tallies, published to Prometheus once per batch (labels() per event is costly).
         self._messages: Counter[str] = Counter()
@@ -175,6 +175,7 @@ class BatchProcessor:
         self.progress = Progress(
             {k: v for k, v in self.progress.next_offset.items() if k[1] in partitions},
             {k: v for k, v in self.progress.watermark.items() if k[1] in partitions},
+            {p: v for p, v in self.progress.upstream.items() if p in partitions},
         )
         log.info("owning partitions %s", sorted(partitions))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -220,3 +221,17 @@ def test_corrupt_rekey_messages_are_dead_lettered_not_raised(value: bytes) -> No
     processor, outbox, _, _, _ = make()
     asyncio.run(processor.process([Message("engagement-rekeyed", 0, 0, value)]))
     assert len(outbox.on("engagement-dead-letters")) == 1
+
+
+def test_large_batches_are_written_in_chunks_and_count_the_same() -> None:
+    processor, _, warehouse, _, _ = make()
+    processor.settings = replace(processor.settings, batch_max_events=50)
+    account = owned_by(0)
+    payloads = [orjson.dumps([like(f"e{m}-{i}", account, actor=f"u{i}") for i in range(40)]) for m in range(5)]
+    asyncio.run(processor.process([Message("likes", 0, m, p) for m, p in enumerate(payloads)]))
+    writes = [name for name, _ in warehouse.inserts if name == "engagement_events"]
+    assert len(writes) > 1  # more than one chunk
+    assert len(warehouse.rows("engagement_events")) == 200
+    asyncio.run(processor.flush())
+    final = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1]
+    assert [(r["likes"], r["engagers"]) for r in final] == [(200, 40)]
