@@ -4,11 +4,13 @@ private ClickHouse 18.16 server (Debian package; ``make test`` installs it)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pipeline.broker import EmbeddedBroker
+from pipeline.kafka_admin import ensure_topics
 from pipeline.processes import free_port, spawn, stop, wait_for_port
 from pipeline.settings import Settings
 
@@ -55,3 +57,17 @@ def embedded_settings(tmp_path: Path) -> Settings:
 def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as running:
         yield running
+
+
+@pytest.fixture()
+def live_settings(broker: EmbeddedBroker, embedded_settings: Settings) -> Settings:
+    """Settings for a real worker on the embedded broker and store: 2 partitions, topics created."""
+    settings = replace(
+        embedded_settings,
+        bootstrap_servers=broker.bootstrap_servers,
+        partitions=2,
+        web_port=free_port(),
+        commit_interval=0.3,
+    )
+    ensure_topics(settings)
+    return settings

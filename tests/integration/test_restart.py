@@ -4,15 +4,11 @@ that were open keep their counts and re-delivered events are not counted twice."
 from __future__ import annotations
 
 import urllib.request
-from dataclasses import replace
 
 import orjson
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.kafka_admin import ensure_topics
-from pipeline.processes import free_port
 from pipeline.query_client import run_query
 from pipeline.settings import Settings
 from tests.integration.helpers import running_worker, wait_processed
@@ -32,15 +28,8 @@ def publish(settings: Settings, first: int, last: int) -> None:
     producer.close()
 
 
-def test_restart_recovers_state_from_the_changelog(broker: EmbeddedBroker, embedded_settings: Settings) -> None:
-    settings = replace(
-        embedded_settings,
-        bootstrap_servers=broker.bootstrap_servers,
-        partitions=2,
-        web_port=free_port(),
-        commit_interval=0.3,
-    )
-    ensure_topics(settings)
+def test_restart_recovers_state_from_the_changelog(live_settings: Settings) -> None:
+    settings = live_settings
     publish(settings, 0, 50)
     with running_worker(settings):
         wait_processed(settings)

@@ -6,16 +6,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import replace
 
 import orjson
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.kafka_admin import ensure_topics
 from pipeline.partitioning import account_partitioner
-from pipeline.processes import free_port
 from pipeline.settings import Settings
 from tests.integration.helpers import running_worker, wait_processed
 
@@ -37,15 +33,8 @@ def sql(settings: Settings, query: str, fmt: str = "json") -> subprocess.Complet
     )
 
 
-def test_worker_end_to_end(broker: EmbeddedBroker, embedded_settings: Settings) -> None:
-    settings = replace(
-        embedded_settings,
-        bootstrap_servers=broker.bootstrap_servers,
-        partitions=2,
-        web_port=free_port(),
-        commit_interval=0.3,
-    )
-    ensure_topics(settings)
+def test_worker_end_to_end(live_settings: Settings) -> None:
+    settings = live_settings
     owner = account_partitioner(2)
     home = next(f"acct-{i}" for i in range(100) if owner(f"acct-{i}") == 0)
     away = next(f"acct-{i}" for i in range(100) if owner(f"acct-{i}") == 1)
