@@ -125,9 +125,13 @@ class WarehouseWriter:
         """Run one read query on the warehouse thread (no retry: the caller reports the error)."""
         return await self.call(lambda w: w.query(sql, params))
 
-    def close(self) -> None:
-        if self._warehouse is not None:
-            warehouse = self._warehouse
-            self._executor.submit(warehouse.close).result(timeout=30)
-            self._warehouse = None
-        self._executor.shutdown(wait=True)
+    def close(self, timeout: float = 30.0) -> None:
+        """Close the warehouse on its thread; gives up (logged) after ``timeout`` s, e.g. behind a stuck
+        insert. Never raises."""
+        warehouse, self._warehouse = self._warehouse, None
+        if warehouse is not None:
+            try:
+                self._executor.submit(warehouse.close).result(timeout=timeout)
+            except Exception as exc:
+                log.warning("closing the warehouse failed: %r", exc)
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -231,26 +231,34 @@ def _write_lock(settings: Settings) -> Path:
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> int:
-    """Create topics and tables if missing, then run the worker until SIGTERM/SIGINT. Returns an exit code."""
+    """Create topics and tables if missing, then run the worker until SIGTERM/SIGINT, then exit the
+    process with the worker's exit code (it does not return after a run)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
     warehouse = open_warehouse(settings)
     migrate(warehouse, settings)
-    app, _ = create_app(settings, warehouse)
+    app, processor = create_app(settings, warehouse)
     # The hot path allocates many short-lived objects next to a large, long-lived state: collect the
     # young generation less often, and move everything alive at start-up out of the collector's sight.
     gc.set_threshold(50_000, 20, 100)
     gc.freeze()
     lock = _write_lock(settings) if settings.warehouse == "embedded" else None
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
     finally:
+        processor.writer.close()  # the warehouse (chDB) is closed on its own thread, before exit
         if lock is not None:
             lock.unlink(missing_ok=True)
-    return 0
+    # chDB's native threads can crash the interpreter's own teardown after a clean stop: everything is
+    # closed and committed by now, so leave without it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
