@@ -160,16 +160,22 @@ def _child_rate(args: list[str], env: dict[str, str], result: Path, timeout: flo
         stop(process, timeout=10)
 
 
-def naive_faust_eps(bootstrap: str, topic: str, expected: int, work: Path) -> float:
-    result = work / "naive.json"
-    env = {
+def _peer_env(bootstrap: str, topic: str, expected: int, result: Path, **extra: str) -> dict[str, str]:
+    """The environment of a peer baseline process (see bench/finish_line.py)."""
+    return {
         "BENCH_BOOTSTRAP": bootstrap,
         "BENCH_TOPIC": topic,
         "BENCH_EVENTS": str(expected),
         "BENCH_RESULT": str(result),
-        "BENCH_WEB_PORT": str(free_port()),
-        "BENCH_DATADIR": str(work / "naive"),
+        **extra,
     }
+
+
+def naive_faust_eps(bootstrap: str, topic: str, expected: int, work: Path) -> float:
+    result = work / "naive.json"
+    env = _peer_env(
+        bootstrap, topic, expected, result, BENCH_WEB_PORT=str(free_port()), BENCH_DATADIR=str(work / "naive")
+    )
     return _child_rate([sys.executable, str(ROOT / "bench" / "naive_faust.py")], env, result, 1800, work / "naive.log")
 
 
@@ -179,13 +185,7 @@ def peer_eps(bootstrap: str, topic: str, expected: int, work: Path) -> tuple[flo
     except ImportError as exc:
         return None, f"quixstreams is not installed ({exc}); `make bench` installs it"
     result = work / "quix.json"
-    env = {
-        "BENCH_BOOTSTRAP": bootstrap,
-        "BENCH_TOPIC": topic,
-        "BENCH_EVENTS": str(expected),
-        "BENCH_RESULT": str(result),
-        "BENCH_STATE_DIR": str(work / "quix-state"),
-    }
+    env = _peer_env(bootstrap, topic, expected, result, BENCH_STATE_DIR=str(work / "quix-state"))
     try:
         return _child_rate(
             [sys.executable, str(ROOT / "bench" / "peer_quix.py")], env, result, 900, work / "quix.log"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import timedelta
 
 import faust
+from finish_line import FinishLine
 
 app = faust.App(
     "bench-naive-faust",
@@ -28,8 +28,7 @@ app = faust.App(
 )
 topic = app.topic(os.environ["BENCH_TOPIC"], value_type=bytes, value_serializer="raw")
 counts = app.Table("counts", default=int).tumbling(timedelta(seconds=60), expires=timedelta(minutes=10))
-expected = int(os.environ["BENCH_EVENTS"])
-state = {"seen": 0, "first": 0.0}
+finish = FinishLine()
 
 
 @app.agent(topic)
@@ -37,14 +36,7 @@ async def count(stream):  # type: ignore[no-untyped-def]
     async for raw in stream:
         event = json.loads(raw)
         counts[event["account_id"]] += 1
-        state["seen"] += 1
-        if state["seen"] == 1:
-            state["first"] = time.perf_counter()
-        if state["seen"] == expected:
-            elapsed = time.perf_counter() - state["first"]
-            with open(os.environ["BENCH_RESULT"], "w") as handle:
-                handle.write(json.dumps({"events": expected, "seconds": elapsed}))
-            os._exit(0)
+        finish.tick()
 
 
 if __name__ == "__main__":

@@ -9,15 +9,13 @@ Env: BENCH_BOOTSTRAP, BENCH_TOPIC, BENCH_EVENTS, BENCH_RESULT, BENCH_STATE_DIR.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from typing import Any
 
+from finish_line import FinishLine
 from quixstreams import Application
 
-expected = int(os.environ["BENCH_EVENTS"])
-state = {"seen": 0, "first": 0.0}
+finish = FinishLine()
 
 app = Application(
     broker_address=os.environ["BENCH_BOOTSTRAP"],
@@ -31,14 +29,7 @@ topic = app.topic(os.environ["BENCH_TOPIC"], value_deserializer="json", key_dese
 
 
 def seen(_: Any) -> None:
-    state["seen"] += 1
-    if state["seen"] == 1:
-        state["first"] = time.perf_counter()
-    if state["seen"] == expected:
-        elapsed = time.perf_counter() - state["first"]
-        with open(os.environ["BENCH_RESULT"], "w") as handle:
-            handle.write(json.dumps({"events": expected, "seconds": elapsed}))
-        os._exit(0)
+    finish.tick()
 
 
 sdf = app.dataframe(topic)
