@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.followers import FollowerLedger, LedgerEntry
+from pipeline.followers import FollowerLedger
 
 
 @dataclass
@@ -26,23 +26,6 @@ class WindowCounts:
     engagers: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
     response_ids: set[str] = field(default_factory=set)
-
-    def to_list(self) -> list[Any]:
-        return [
-            self.likes,
-            self.replies,
-            self.mentions,
-            self.follows,
-            self.unfollows,
-            self.responses,
-            list(self.engagers),
-            list(self.ids),
-            list(self.response_ids),
-        ]
-
-    @classmethod
-    def from_list(cls, raw: list[Any]) -> WindowCounts:
-        return cls(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], set(raw[6]), set(raw[7]), set(raw[8]))
 
 
 @dataclass
@@ -65,26 +48,45 @@ class AccountState:
     dirty: set[int] = field(default_factory=set)
 
     def dumps(self) -> bytes:
+        """Compact JSON: ``[windows, final_through, conversations, pending, ledger base, folded_until,
+        ledger entries]``, each window as ``[start, likes, replies, mentions, follows, unfollows,
+        responses, engagers, ids, response_ids]`` (a positional layout: no key strings to write or read)."""
+        ledger = self.ledger
         return orjson.dumps(
-            {
-                "w": {str(k): v.to_list() for k, v in self.windows.items()},
-                "f": self.final_through,
-                "c": self.conversations,
-                "p": self.pending,
-                "lb": self.ledger.base,
-                "lf": self.ledger.folded_until,
-                "le": [list(e) for e in self.ledger.entries],
-            }
+            [
+                [
+                    [
+                        s,
+                        w.likes,
+                        w.replies,
+                        w.mentions,
+                        w.follows,
+                        w.unfollows,
+                        w.responses,
+                        list(w.engagers),
+                        list(w.ids),
+                        list(w.response_ids),
+                    ]
+                    for s, w in self.windows.items()
+                ],
+                self.final_through,
+                self.conversations,
+                self.pending,
+                ledger.base,
+                ledger.folded_until,
+                ledger.entries,
+            ]
         )
 
     @classmethod
     def loads(cls, raw: bytes) -> AccountState:
-        data = orjson.loads(raw)
-        entries: list[LedgerEntry] = [(e[0], e[1], e[2], e[3]) for e in data["le"]]
+        windows, final_through, conversations, pending, base, folded_until, entries = orjson.loads(raw)
         return cls(
-            windows={int(k): WindowCounts.from_list(v) for k, v in data["w"].items()},
-            final_through=data["f"],
-            conversations=data["c"],
-            pending=data["p"],
-            ledger=FollowerLedger(data["lb"], data["lf"], entries),
+            windows={
+                w[0]: WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9])) for w in windows
+            },
+            final_through=final_through,
+            conversations=conversations,
+            pending=pending,
+            ledger=FollowerLedger(base, folded_until, [(e[0], e[1], e[2], e[3]) for e in entries]),
         )

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pipeline.account_state import AccountState, WindowCounts
 from pipeline.events import FOLLOW, FOLLOWERS, LIKE, MENTION, REPLY, UNFOLLOW, Event
@@ -49,9 +49,9 @@ class WindowConfig:
         return ts_ms - ts_ms % self.window_ms
 
 
-@dataclass(frozen=True, slots=True)
-class WindowRow:
-    """One row of ``engagement_windows`` (times in epoch ms; ``version`` orders upserts)."""
+class WindowRow(NamedTuple):
+    """One row of ``engagement_windows`` (times in epoch ms; ``version`` orders upserts). A named tuple:
+    one is built per upserted window, and a block of them transposes into columns with ``zip``."""
 
     account_id: str
     window_start: int
@@ -74,22 +74,7 @@ class WindowRow:
 
     def values(self) -> tuple[object, ...]:
         """The row without its version: what two runs over the same input must agree on."""
-        return (
-            self.account_id,
-            self.window_start,
-            self.window_end,
-            self.likes,
-            self.replies,
-            self.mentions,
-            self.engagers,
-            self.follows,
-            self.unfollows,
-            self.followers,
-            self.responses,
-            self.score,
-            self.engagement_rate,
-            self.final,
-        )
+        return self[:-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +183,14 @@ class Aggregator:
         self._touched[account_id] = state
         return state
 
-    def _window(self, account_id: str, state: AccountState, start: int) -> WindowCounts:
+    def _window(self, account_id: str, state: AccountState, start: int, partition: int) -> WindowCounts:
+        """The window of ``account_id`` (owned by ``partition``) starting at ``start``, opened if new;
+        marked dirty."""
         window = state.windows.get(start)
         if window is None:
             window = WindowCounts()
             state.windows[start] = window
-            heap = self._heaps.setdefault(self.partition_of(account_id), [])
-            heapq.heappush(heap, (start + self.config.window_ms, account_id, start))
+            heapq.heappush(self._heaps.setdefault(partition, []), (start + self.config.window_ms, account_id, start))
         state.dirty.add(start)
         return window
 
@@ -216,16 +202,23 @@ class Aggregator:
 
     def apply_event(self, event: Event, partition: int) -> Outcome:
         """Count one valid event of an account owned by ``partition``. Never raises, never blocks."""
-        if event.actor_id == event.account_id:
+        account_id = event.account_id
+        if event.actor_id == account_id:
             return Outcome.SELF
-        state = self._state(event.account_id)
-        start = self.config.window_start(event.ts_ms)
-        if self._is_late(state, start, partition):
+        state = self._touched.get(account_id) or self._state(account_id)
+        ts = event.ts_ms
+        window_ms = self.config.window_ms
+        start = ts - ts % window_ms
+        end = start + window_ms
+        if end <= state.final_through or end + self.config.lateness_ms <= self._frontier.get(partition, NO_FRONTIER):
             return Outcome.LATE
-        existing = state.windows.get(start)
-        if existing is not None and event.event_id in existing.ids:
+        window = state.windows.get(start)
+        if window is None:
+            window = self._window(account_id, state, start, partition)
+        elif event.event_id in window.ids:
             return Outcome.DUPLICATE
-        window = self._window(event.account_id, state, start)
+        else:
+            state.dirty.add(start)
         window.ids.add(event.event_id)
         kind = event.type
         if kind == LIKE:
@@ -237,23 +230,24 @@ class Aggregator:
             else:
                 window.mentions += 1
             window.engagers.add(event.actor_id)
-            state.conversations[event.event_id] = event.ts_ms
-            self._match_pending(event.account_id, state, event.event_id, event.ts_ms)
+            state.conversations[event.event_id] = ts
+            if state.pending:
+                self._match_pending(account_id, state, event.event_id, ts, partition)
             if kind == REPLY and event.in_reply_to is not None:
-                self._forwards.append(ResponseCandidate(event.event_id, event.actor_id, event.in_reply_to, event.ts_ms))
+                self._forwards.append(ResponseCandidate(event.event_id, event.actor_id, event.in_reply_to, ts))
         else:
             if kind == FOLLOW:
                 window.follows += 1
-                state.ledger.add((event.ts_ms, LEDGER_FOLLOW, 0, event.event_id))
+                state.ledger.add((ts, LEDGER_FOLLOW, 0, event.event_id))
             elif kind == UNFOLLOW:
                 window.unfollows += 1
-                state.ledger.add((event.ts_ms, LEDGER_UNFOLLOW, 0, event.event_id))
+                state.ledger.add((ts, LEDGER_UNFOLLOW, 0, event.event_id))
             elif kind == FOLLOWERS:
                 assert event.followers is not None
-                state.ledger.add((event.ts_ms, LEDGER_SNAPSHOT, event.followers, event.event_id))
+                state.ledger.add((ts, LEDGER_SNAPSHOT, event.followers, event.event_id))
             # The count at every later open window's end may have changed: re-emit those rows.
             for other in state.windows:
-                if other + self.config.window_ms > event.ts_ms:
+                if other + window_ms > ts:
                     state.dirty.add(other)
         return Outcome.COUNTED
 
@@ -274,15 +268,17 @@ class Aggregator:
             return Outcome.PENDING
         if answered_ts < candidate.ts_ms - self.config.conversation_horizon_ms:
             return Outcome.UNMATCHED
-        self._count_response(candidate.responder, state, candidate.event_id, start)
+        self._count_response(candidate.responder, state, candidate.event_id, start, partition)
         return Outcome.COUNTED
 
-    def _count_response(self, account_id: str, state: AccountState, event_id: str, start: int) -> None:
-        window = self._window(account_id, state, start)
+    def _count_response(self, account_id: str, state: AccountState, event_id: str, start: int, partition: int) -> None:
+        window = self._window(account_id, state, start, partition)
         window.response_ids.add(event_id)
         window.responses += 1
 
-    def _match_pending(self, account_id: str, state: AccountState, answered_id: str, answered_ts: int) -> None:
+    def _match_pending(
+        self, account_id: str, state: AccountState, answered_id: str, answered_ts: int, partition: int
+    ) -> None:
         waiting = state.pending.pop(answered_id, None)
         if not waiting:
             return
@@ -296,7 +292,7 @@ class Aggregator:
             existing = state.windows.get(start)
             if existing is not None and response_id in existing.response_ids:
                 continue
-            self._count_response(account_id, state, response_id, start)
+            self._count_response(account_id, state, response_id, start, partition)
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -385,21 +381,21 @@ class Aggregator:
         engagers = len(w.engagers)
         c = self.config
         return WindowRow(
-            account_id=account_id,
-            window_start=start,
-            window_end=end,
-            likes=w.likes,
-            replies=w.replies,
-            mentions=w.mentions,
-            engagers=engagers,
-            follows=w.follows,
-            unfollows=w.unfollows,
-            followers=followers,
-            responses=w.responses,
-            score=c.weight_like * w.likes + c.weight_mention * w.mentions + c.weight_reply * w.replies,
-            engagement_rate=engagers / followers if followers else None,
-            final=final,
-            version=self.clock.next(),
+            account_id,
+            start,
+            end,
+            w.likes,
+            w.replies,
+            w.mentions,
+            engagers,
+            w.follows,
+            w.unfollows,
+            followers,
+            w.responses,
+            c.weight_like * w.likes + c.weight_mention * w.mentions + c.weight_reply * w.replies,
+            engagers / followers if followers else None,
+            final,
+            self.clock.next(),
         )
 
     @property
@@ -413,33 +409,47 @@ class Aggregator:
         return out
 
     def end_batch(self) -> list[WindowRow]:
-        """Rows to write for everything since the last call, then persist touched states to the store.
+        """:meth:`take_rows`, then :meth:`persist`: everything since the last call, in one step."""
+        rows = self.take_rows()
+        self.persist()
+        return rows
+
+    def take_rows(self) -> list[WindowRow]:
+        """Rows to write for everything since the last call (states stay in memory until :meth:`persist`).
 
         Open windows that changed come first (``final=0``; a window is upserted at most once every
         ``upsert_interval_s``, later changes wait for a later call), then windows that became final.
         """
         rows: list[WindowRow] = []
         now = self._monotonic()
+        deferred = self._deferred
         for account_id, state in self._touched.items():
-            for start in state.dirty:
-                self._deferred.add((account_id, start))
-            state.dirty.clear()
+            if state.dirty:
+                for start in state.dirty:
+                    deferred.add((account_id, start))
+                state.dirty.clear()
         last = self._last_upsert
         interval = self.upsert_interval_s
-        due = [key for key in self._deferred if now - last.get(key, -1e18) >= interval]
+        due = [key for key in deferred if now - last.get(key, -1e18) >= interval]
         for key in due:
-            self._deferred.discard(key)
+            deferred.discard(key)
             account_id, start = key
             state = self._state(account_id)
             window = state.windows.get(start)
             if window is not None:
                 rows.append(self._row(account_id, state, start, window, final=0))
-                self._last_upsert[key] = now
+                last[key] = now
         rows.extend(self._final_rows)
         self._final_rows = []
+        return rows
+
+    def persist(self) -> None:
+        """Write every state touched since the last call to the store (once each, however many events
+        and row takes touched it), then bound the live cache. Call after the rows taken so far are
+        durable: the store's contents are what a restart resumes from."""
+        put = self.store.put
         for account_id, state in self._touched.items():
-            self.store.put(account_id, state.dumps())
+            put(account_id, state.dumps())
         self._touched.clear()
         while len(self._live) > self.cache_accounts:  # everything live is persisted: evict the coldest
             self._live.popitem(last=False)
-        return rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 LIKE = "like"
 REPLY = "reply"
@@ -36,9 +37,11 @@ MAX_EVENT_ID_CHARS = 128
 MAX_ID_CHARS = 256
 
 
-@dataclass(slots=True, frozen=True)
-class Event:
+class Event(NamedTuple):
     """One valid event. ``ts_ms`` is event time in epoch milliseconds (UTC).
+
+    A named tuple rather than a dataclass: one is built per event on the hot path, and a tuple is the
+    cheapest immutable record CPython builds (the raw-events block is a tuple concatenation of it).
 
     ``actor_id`` is ``""`` for ``followers`` snapshots (they have no actor); ``followers`` is set only on
     those snapshots.

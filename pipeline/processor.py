@@ -158,7 +158,8 @@ class BatchProcessor:
         # Per-batch tallies, published to Prometheus once per batch (labels() per event is costly).
         self._messages: Counter[str] = Counter()
         self._events: Counter[tuple[str, str]] = Counter()
-        self._outcomes: Counter[str] = Counter()
+        self._outcomes: Counter[Outcome] = Counter()
+        self._counted = 0  # Outcome.COUNTED, the common case, kept apart (hashing an Enum is slow)
         self._dead: Counter[str] = Counter()
         self._announced: dict[int, int | None] = {}
         self._announced_at = 0.0
@@ -184,24 +185,47 @@ class BatchProcessor:
     async def process(self, messages: Sequence[Message]) -> None:
         """Process one batch durably (see the module docstring). Blocks while ClickHouse is down.
 
-        A batch carrying more than ``batch_max_events`` events is processed and written in chunks of
-        about that many, so memory stays bounded whatever the messages carry.
+        A batch carrying more than ``batch_max_events`` events is processed in chunks of about that
+        many, so memory stays bounded whatever the messages carry. The chunks form a pipeline: a
+        chunk's ClickHouse inserts start as soon as it is aggregated and run on the warehouse thread
+        while the next chunk is decoded; a chunk's deliveries are awaited before the one after next
+        begins. Account states are written once, after every chunk's rows are durable.
         """
         async with self.lock:
             started = time.perf_counter()
-            chunk: list[Message] = []
-            events = 0
-            for message in messages:
-                chunk.append(message)
-                events += _estimated_events(message)
-                if events >= self.settings.batch_max_events:
-                    await self._process_chunk(chunk)
-                    chunk, events = [], 0
-            if chunk:
-                await self._process_chunk(chunk)
+            in_flight: Awaitable[None] | None = None
+            try:
+                chunk: list[Message] = []
+                events = 0
+                for message in messages:
+                    chunk.append(message)
+                    events += _estimated_events(message)
+                    if events >= self.settings.batch_max_events:
+                        in_flight = await self._pipeline(self._process_chunk(chunk), in_flight)
+                        chunk, events = [], 0
+                if chunk:
+                    in_flight = await self._pipeline(self._process_chunk(chunk), in_flight)
+                if in_flight is not None:
+                    delivery: Awaitable[None] = in_flight
+                    in_flight = None
+                    await delivery
+                await self._persist()
+            finally:
+                if in_flight is not None:  # an exception: nothing of this batch is persisted
+                    _abandon(in_flight)
+            self._publish_counts()
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    async def _process_chunk(self, messages: Sequence[Message]) -> None:
+    @staticmethod
+    async def _pipeline(started: Awaitable[None], previous: Awaitable[None] | None) -> Awaitable[None]:
+        """Wait for the previous chunk's delivery while this one's inserts run; returns this one's."""
+        if previous is not None:
+            await previous
+        return started
+
+    def _process_chunk(self, messages: Sequence[Message]) -> Awaitable[None]:
+        """Decode and aggregate ``messages`` now and start their inserts; returns the awaitable that
+        completes once the chunk is delivered (Kafka acknowledged its sends, ClickHouse its rows)."""
         dead: list[DeadLetter] = []
         rekeyed: list[tuple[str, bytes]] = []
         raw: list[SourcedEvent] = []
@@ -214,16 +238,60 @@ class BatchProcessor:
             rekeyed.append((c.responder, orjson.dumps(response)))
         for partition in touched:
             self._advance(partition)
-        await self._finish(dead, rekeyed, raw, touched & self.owned)
-        self._publish_counts()
+        # What this chunk lets us announce, fixed now: later chunks' progress must wait for their sends.
+        frontiers = {q: self.source_frontier(q) for q in touched & self.owned}
+        return self._deliver(dead, rekeyed, raw, frontiers)
+
+    def _deliver(
+        self,
+        dead: list[DeadLetter],
+        rekeyed: list[tuple[str, bytes]],
+        raw: list[SourcedEvent],
+        frontiers: Mapping[int, int | None],
+    ) -> Awaitable[None]:
+        rows = self.aggregator.take_rows()
+        writes = []
+        if raw:
+            writes.append(self.writer.write_soon(EVENTS_TABLE, event_columns(raw, int(time.time() * 1000))))
+        if rows:
+            writes.append(self.writer.write_soon(WINDOWS_TABLE, window_columns(rows)))
+            finals = sum(1 for r in rows if r.final)
+            if finals:
+                metrics.WINDOWS_FINALIZED.inc(finals)
+        sends = [self.outbox.send(self.dead_letter_topic, d.dead_letter_id.encode(), d.to_json()) for d in dead]
+        sends += [self.outbox.send(self.rekey_topic, key.encode("utf-8"), value) for key, value in rekeyed]
+        return self._delivered(sends, frontiers, writes)
+
+    async def _delivered(
+        self, sends: list[Awaitable[Any]], frontiers: Mapping[int, int | None], writes: list[Awaitable[None]]
+    ) -> None:
+        try:
+            if sends:
+                await asyncio.gather(*sends)
+            # Only once everything re-keyed from these partitions is acknowledged, announce their progress.
+            await self._announce(frontiers)
+        finally:
+            for write in writes:  # awaited even after a failed send, so no insert is left unobserved
+                await write
+
+    async def _persist(self) -> None:
+        """Write touched account states to the table (its changelog) — only after their rows are durable."""
+        self.aggregator.persist()
+        await self.store.commit()
+        if self.aggregator.unmatched_responses:
+            metrics.EVENT_OUTCOMES.labels(Outcome.UNMATCHED.value).inc(self.aggregator.unmatched_responses)
+            self.aggregator.unmatched_responses = 0
 
     def _publish_counts(self) -> None:
         for topic, n in self._messages.items():
             metrics.MESSAGES_CONSUMED.labels(topic).inc(n)
         for (topic, event_type), n in self._events.items():
             metrics.EVENTS_CONSUMED.labels(topic, event_type).inc(n)
+        if self._counted:
+            self._outcomes[Outcome.COUNTED] += self._counted
+            self._counted = 0
         for outcome, n in self._outcomes.items():
-            metrics.EVENT_OUTCOMES.labels(outcome).inc(n)
+            metrics.EVENT_OUTCOMES.labels(outcome.value).inc(n)
         for reason, n in self._dead.items():
             metrics.DEAD_LETTERS.labels(reason).inc(n)
         for tally in (self._messages, self._events, self._outcomes, self._dead):
@@ -237,40 +305,20 @@ class BatchProcessor:
         async with self.lock:
             if not self.aggregator.has_deferred_upserts:
                 return 0
-            return await self._finish([], [], [])
+            return await self._write_rows()
 
     async def flush(self) -> int:
         """Finalize every open window now (end of a replay) and write them. Returns the rows written."""
         async with self.lock:
             self.aggregator.flush()
-            rows = await self._finish([], [], [])
-            return rows
+            return await self._write_rows()
 
-    async def _finish(
-        self,
-        dead: list[DeadLetter],
-        rekeyed: list[tuple[str, bytes]],
-        raw: list[SourcedEvent],
-        announce: Iterable[int] = (),
-    ) -> int:
-        rows = self.aggregator.end_batch()
-        pending = [self.outbox.send(self.dead_letter_topic, d.dead_letter_id.encode(), d.to_json()) for d in dead]
-        pending += [self.outbox.send(self.rekey_topic, key.encode("utf-8"), value) for key, value in rekeyed]
-        if pending:
-            await asyncio.gather(*pending)
-        # Only once everything re-keyed from these partitions is acknowledged, announce their progress.
-        await self._announce(announce)
-        if raw:
-            await self.writer.write(EVENTS_TABLE, event_columns(raw, int(time.time() * 1000)))
+    async def _write_rows(self) -> int:
+        rows = self.aggregator.take_rows()
         if rows:
             await self.writer.write(WINDOWS_TABLE, window_columns(rows))
-            finals = sum(1 for r in rows if r.final)
-            if finals:
-                metrics.WINDOWS_FINALIZED.inc(finals)
-        await self.store.commit()
-        if self.aggregator.unmatched_responses:
-            metrics.EVENT_OUTCOMES.labels(Outcome.UNMATCHED.value).inc(self.aggregator.unmatched_responses)
-            self.aggregator.unmatched_responses = 0
+            metrics.WINDOWS_FINALIZED.inc(sum(1 for r in rows if r.final))
+        await self._persist()
         return len(rows)
 
     def _consume(
@@ -280,36 +328,36 @@ class BatchProcessor:
         rekeyed: list[tuple[str, bytes]],
         raw: list[SourcedEvent],
     ) -> None:
-        key = (message.topic, message.partition)
-        self.progress.next_offset[key] = message.offset + 1
-        if message.topic == self.rekey_topic:
+        topic, partition, offset = message.topic, message.partition, message.offset
+        key = (topic, partition)
+        self.progress.next_offset[key] = offset + 1
+        if topic == self.rekey_topic:
             self._consume_rekeyed(message, dead, raw)
             return
-        kind = self.source_kinds.get(message.topic)
-        self._messages[message.topic] += 1
+        self._messages[topic] += 1
+        kind = self.source_kinds.get(topic)
         events, rejections = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejection in rejections:
             self._dead_letter(rejection, message, dead)
+        if not events:
+            return
+        # The per-event loop of the hot path: locals only, one aggregator call per owned event.
+        watermark = self.progress.watermark.get(key, NO_FRONTIER)
+        types = self._events
+        owner = self.partition_of
+        apply = self._apply
         for event in events:
-            self._events[(message.topic, event.type)] += 1
-            self._watermark(key, event.ts_ms)
-            if self.partition_of(event.account_id) != message.partition:
-                rekeyed.append(
-                    (
-                        event.account_id,
-                        orjson.dumps(
-                            {
-                                "k": "e",
-                                "v": event.to_json_dict(),
-                                "t": message.topic,
-                                "p": message.partition,
-                                "o": message.offset,
-                            }
-                        ),
-                    )
-                )
+            if event.ts_ms > watermark:
+                watermark = event.ts_ms
+            types[(topic, event.type)] += 1
+            if owner(event.account_id) != partition:
+                forward = {"k": "e", "v": event.to_json_dict(), "t": topic, "p": partition, "o": offset}
+                rekeyed.append((event.account_id, orjson.dumps(forward)))
                 continue
-            self._apply(event, message.topic, message.partition, message.offset, dead, raw)
+            apply(event, partition, topic, partition, offset, dead, raw)
+        self.progress.watermark[key] = watermark
+        if watermark > self.newest_event_ms:
+            self.newest_event_ms = watermark
 
     def _consume_rekeyed(self, message: Message, dead: list[DeadLetter], raw: list[SourcedEvent]) -> None:
         try:
@@ -323,20 +371,37 @@ class BatchProcessor:
             if data["k"] == "r":
                 candidate = ResponseCandidate(data["e"], data["a"], data["i"], data["t"])
                 outcome = self.aggregator.apply_response(candidate, message.partition)
-                self._outcomes[outcome.value] += 1
+                self._outcomes[outcome] += 1
                 return
             event = validate_event(data["v"], None)
-            self._apply(event, data["t"], data["p"], data["o"], dead, raw)
+            self._apply(event, self.partition_of(event.account_id), data["t"], data["p"], data["o"], dead, raw)
+            if event.ts_ms > self.newest_event_ms:
+                self.newest_event_ms = event.ts_ms
         except Exception as exc:  # the re-key topic is ours, but it must never crash the worker either
             rejection = Rejection(Reason.INVALID_JSON, f"bad re-keyed message: {exc!r}"[:300], -1, message.value or b"")
             self._dead_letter(rejection, message, dead)
 
     def _apply(
-        self, event: Event, topic: str, partition: int, offset: int, dead: list[DeadLetter], raw: list[SourcedEvent]
+        self,
+        event: Event,
+        owner: int,
+        topic: str,
+        partition: int,
+        offset: int,
+        dead: list[DeadLetter],
+        raw: list[SourcedEvent],
     ) -> None:
-        outcome = self.aggregator.apply_event(event, self.partition_of(event.account_id))
-        self._outcomes[outcome.value] += 1
-        if outcome is Outcome.LATE:
+        """Aggregate one event of an account owned by partition ``owner``; it came from ``topic``,
+        ``partition``, ``offset`` (where its dead letter and raw row point)."""
+        outcome = self.aggregator.apply_event(event, owner)
+        if outcome is Outcome.COUNTED:
+            self._counted += 1
+            raw.append((*event, topic, partition, offset))
+            return
+        self._outcomes[outcome] += 1
+        if outcome is Outcome.SELF:
+            raw.append((*event, topic, partition, offset))
+        elif outcome is Outcome.LATE:
             window_end = self.config.window_start(event.ts_ms) + self.config.window_ms
             rejection = Rejection(
                 Reason.LATE,
@@ -350,10 +415,6 @@ class BatchProcessor:
             )
             dead.append(_with_id(letter, f"{letter.dead_letter_id}/late/{event.event_id}"))
             self._dead[Reason.LATE.value] += 1
-        elif outcome is not Outcome.DUPLICATE:
-            raw.append((event, topic, partition, offset))
-        if event.ts_ms > self.newest_event_ms:
-            self.newest_event_ms = event.ts_ms
 
     def _dead_letter(self, rejection: Rejection, message: Message, dead: list[DeadLetter]) -> None:
         dead.append(
@@ -426,12 +487,12 @@ class BatchProcessor:
             now = time.monotonic()
             if now - self._announced_at >= every:
                 self._announced.clear()
-            await self._announce(self.owned)
+            await self._announce({q: self.source_frontier(q) for q in self.owned})
 
-    async def _announce(self, partitions: Iterable[int]) -> None:
+    async def _announce(self, frontiers: Mapping[int, int | None]) -> None:
+        """Tell every re-key partition the source frontiers of ``frontiers`` that changed since last told."""
         pending = []
-        for q in partitions:
-            frontier = self.source_frontier(q)
+        for q, frontier in frontiers.items():
             if q in self._announced and self._announced[q] == frontier:
                 continue
             if not self._announced:
@@ -466,6 +527,13 @@ class BatchProcessor:
                     total += max(0, highwater - self._next_offset((topic, partition)))
             out[topic] = total
         return out
+
+
+def _abandon(awaitable: Awaitable[None]) -> None:
+    """Drop a delivery that will never be awaited (its batch failed) without a 'never awaited' warning."""
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()
 
 
 def _estimated_events(message: Message) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -31,49 +31,41 @@ EVENTS_TABLE = "engagement_events"
 WINDOWS_TABLE = "engagement_windows"
 DEAD_LETTERS_TABLE = "engagement_dead_letters"
 
-# (event, source topic, partition, offset)
-SourcedEvent = tuple[Event, str, int, int]
+# An event's fields (see :class:`~pipeline.events.Event`) followed by its source topic, partition, offset:
+# ``event + (topic, partition, offset)``.
+SourcedEvent = tuple[Any, ...]
+EVENT_COLUMNS = (*Event._fields, "source_topic", "source_partition", "source_offset")
 
 
 def event_columns(events: Sequence[SourcedEvent], ingested_ms: int) -> dict[str, list[Any]]:
-    return {
-        "event_id": [e.event_id for e, _, _, _ in events],
-        "type": [e.type for e, _, _, _ in events],
-        "ts_ms": [e.ts_ms for e, _, _, _ in events],
-        "actor_id": [e.actor_id for e, _, _, _ in events],
-        "account_id": [e.account_id for e, _, _, _ in events],
-        "post_id": [e.post_id for e, _, _, _ in events],
-        "in_reply_to": [e.in_reply_to for e, _, _, _ in events],
-        "followers": [e.followers for e, _, _, _ in events],
-        "source_topic": [t for _, t, _, _ in events],
-        "source_partition": [p for _, _, p, _ in events],
-        "source_offset": [o for _, _, _, o in events],
-        "ingested_ms": [ingested_ms] * len(events),
+    """Columns of ``engagement_events`` for a block of sourced events (a transposition, in C)."""
+    if not events:
+        return {}
+    columns: dict[str, list[Any]] = {
+        name: list(values) for name, values in zip(EVENT_COLUMNS, zip(*events, strict=True), strict=True)
     }
+    columns["ingested_ms"] = [ingested_ms] * len(events)
+    return columns
 
 
 def window_columns(rows: Sequence[WindowRow]) -> dict[str, list[Any]]:
-    return {
-        "account_id": [r.account_id for r in rows],
-        "window_start": [r.window_start // 1000 for r in rows],
-        "window_end": [r.window_end // 1000 for r in rows],
-        "likes": [r.likes for r in rows],
-        "replies": [r.replies for r in rows],
-        "mentions": [r.mentions for r in rows],
-        "engagers": [r.engagers for r in rows],
-        "follows": [r.follows for r in rows],
-        "unfollows": [r.unfollows for r in rows],
-        "followers": [r.followers for r in rows],
-        "responses": [r.responses for r in rows],
-        "score": [r.score for r in rows],
-        "engagement_rate": [r.engagement_rate for r in rows],
-        "final": [r.final for r in rows],
-        "version": [r.version for r in rows],
+    """Columns of ``engagement_windows`` for a block of rows (window bounds in seconds)."""
+    if not rows:
+        return {}
+    columns: dict[str, list[Any]] = {
+        name: list(values) for name, values in zip(WindowRow._fields, zip(*rows, strict=True), strict=True)
     }
+    columns["window_start"] = [ms // 1000 for ms in columns["window_start"]]
+    columns["window_end"] = [ms // 1000 for ms in columns["window_end"]]
+    return columns
 
 
 def dead_letter_columns(letters: Sequence[DeadLetter]) -> dict[str, list[Any]]:
     return {name: [getattr(d, name) for d in letters] for name in DeadLetter.__slots__}
+
+
+async def _nothing_to_write() -> None:
+    return None
 
 
 class WarehouseWriter:
@@ -103,19 +95,43 @@ class WarehouseWriter:
 
     async def write(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
         """Insert one block; returns when durable. Retries forever (see the module docstring)."""
+        await self.write_soon(table, columns)
+
+    def write_soon(self, table: str, columns: Mapping[str, Sequence[Any]]) -> Awaitable[None]:
+        """Start inserting one block on the warehouse thread right away (before the caller yields to the
+        event loop), and return what to await for it to be durable (retried as :meth:`write` does).
+
+        The insert then runs while the caller goes on with other work: ClickHouse releases the GIL, so
+        on two cores the next batch is decoded while this one is written. Blocks are inserted in the
+        order of the calls. Must be called from the event loop's thread.
+        """
         rows = len(next(iter(columns.values()), ()))
         if rows == 0:
-            return
+            return _nothing_to_write()
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        first = loop.run_in_executor(self._executor, self._on_thread, lambda w: w.insert(table, columns))
+        return self._settle(table, columns, rows, first, started)
+
+    async def _settle(
+        self,
+        table: str,
+        columns: Mapping[str, Sequence[Any]],
+        rows: int,
+        attempt: Awaitable[None],
+        started: float,
+    ) -> None:
         backoff = 0.2
         while True:
-            started = time.perf_counter()
             try:
-                await self.call(lambda w: w.insert(table, columns))
+                await attempt
             except WarehouseError as exc:
                 metrics.INSERT_FAILURES.labels(table).inc()
                 log.warning("insert of %d rows into %s failed (%s); retrying in %.1fs", rows, table, exc, backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
+                started = time.perf_counter()
+                attempt = self.call(lambda w: w.insert(table, columns))
                 continue
             metrics.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
             metrics.ROWS_WRITTEN.labels(table).inc(rows)
