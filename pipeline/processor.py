@@ -63,7 +63,8 @@ class Outbox(Protocol):
     def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> Awaitable[Any]: ...
 
 
-ChangelogWriter = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
+# Receives (key, value, partition) of every change; see StagedStore.
+ChangelogWriter = Callable[[list[tuple[bytes, bytes, int]]], Awaitable[None]]
 
 
 class StagedStore:
@@ -71,13 +72,20 @@ class StagedStore:
 
     The aggregator writes states at the end of its batch; they reach the table (and its changelog) only
     when the processor commits them, after ClickHouse has the rows. With ``changelog``, :meth:`commit`
-    hands all changes of the batch to it at once (it must store them locally and return once the
-    changelog has them); without, it sets ``table[key]`` one by one.
+    hands all changes of the batch to it at once, each with its key's partition from ``partition_of``
+    (it must store them locally and return once the changelog has them); without, it sets
+    ``table[key]`` one by one.
     """
 
-    def __init__(self, table: Any, changelog: ChangelogWriter | None = None) -> None:
+    def __init__(
+        self,
+        table: Any,
+        changelog: ChangelogWriter | None = None,
+        partition_of: Callable[[str], int] = lambda account_id: 0,
+    ) -> None:
         self.table = table
         self.changelog = changelog
+        self.partition_of = partition_of
         self.staged: dict[str, bytes] = {}
 
     def get(self, account_id: str) -> bytes | None:
@@ -95,13 +103,13 @@ class StagedStore:
         return [*keys, *[k for k in self.staged if k.encode("utf-8") not in self.table]]
 
     async def commit(self) -> None:
-        changes = [(account_id.encode("utf-8"), value) for account_id, value in self.staged.items()]
-        self.staged.clear()
+        staged, self.staged = self.staged, {}
         if self.changelog is not None:
-            await self.changelog(changes)
+            owner = self.partition_of
+            await self.changelog([(a.encode("utf-8"), value, owner(a)) for a, value in staged.items()])
             return
-        for key, value in changes:
-            self.table[key] = value
+        for account_id, value in staged.items():
+            self.table[account_id.encode("utf-8")] = value
 
 
 @dataclass

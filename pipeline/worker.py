@@ -30,7 +30,7 @@ from pipeline import metrics
 from pipeline.deadletter import DeadLetter
 from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
 from pipeline.kafka_admin import ensure_topics
-from pipeline.partitioning import account_partitioner, partition_for
+from pipeline.partitioning import account_partitioner
 from pipeline.processor import BatchProcessor, Message, StagedStore
 from pipeline.query_client import LOCK_FILE
 from pipeline.readonly_sql import ReadOnlyViolation, check_read_only
@@ -113,7 +113,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         value = app.consumer._committed_offset.get(faust.types.TP(topic, partition))  # type: ignore[attr-defined]
         return int(value) if value is not None else None
 
-    async def write_changelog(changes: list[tuple[bytes, bytes]]) -> None:
+    async def write_changelog(changes: list[tuple[bytes, bytes, int]]) -> None:
         """Store account states locally and in the table's changelog, in bulk.
 
         ``table[key] = value`` would send each change through Faust's per-message producer buffer, which
@@ -123,20 +123,24 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         recovery does.
         """
         topic = cast(Any, table).changelog_topic_name
-        pending = []
-        for key, value in changes:
-            pending.append(
-                await app.producer.send(topic, key, value, partition_for(key, settings.partitions), None, None)
-            )
+        send = app.producer.send
+        pending = [await send(topic, key, value, partition, None, None) for key, value, partition in changes]
         if pending:
             await asyncio.gather(*pending)
         store: Any = table.data
-        for key, value in changes:
-            store.data[key] = value
-            store._key_partition[key] = partition_for(key, settings.partitions)
+        data, key_partition = store.data, store._key_partition
+        for key, value, partition in changes:
+            data[key] = value
+            key_partition[key] = partition
 
     processor = BatchProcessor(
-        settings, StagedStore(table, write_changelog), writer, KafkaOutbox(app), partition_of, highwater, committed
+        settings,
+        StagedStore(table, write_changelog, partition_of),
+        writer,
+        KafkaOutbox(app),
+        partition_of,
+        highwater,
+        committed,
     )
 
     def owned_partitions() -> set[int]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.decode import decode_message, parse_ts
 from pipeline.events import Event, Reason
@@ -155,3 +159,15 @@ def test_in_reply_to_is_kept_on_replies_only() -> None:
 def test_ingest_mode_skips_topic_check() -> None:
     events, reasons = one(enc(type="follow"), topic=None)
     assert reasons == [] and events[0].type == "follow"
+
+
+@given(st.integers(min_value=0, max_value=253402300799999), st.booleans())
+def test_canonical_utc_timestamps_parse_exactly(ms: int, with_millis: bool) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{moment.microsecond // 1000:03d}Z" if with_millis else "Z")
+    assert parse_ts(text) == (ms if with_millis else ms - ms % 1000)
+
+
+@pytest.mark.parametrize("ts", ["2023-02-29T00:00:00Z", "2026-01-01T24:00:00.000Z", "2026-01-01T00:00:0a.123Z"])
+def test_canonical_shaped_but_invalid_timestamps_are_rejected(ts: str) -> None:
+    assert one(enc(ts=ts))[1] == [Reason.INVALID_TS]
