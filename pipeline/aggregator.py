@@ -183,6 +183,14 @@ class Aggregator:
         self._touched[account_id] = state
         return state
 
+    def _peek(self, account_id: str) -> AccountState:
+        """The state of ``account_id`` for reading only: not marked touched (so not persisted again)."""
+        state = self._touched.get(account_id) or self._live.get(account_id)
+        if state is None:
+            raw = self.store.get(account_id)
+            state = AccountState.loads(raw) if raw is not None else AccountState()
+        return state
+
     def _window(self, account_id: str, state: AccountState, start: int, partition: int) -> WindowCounts:
         """The window of ``account_id`` (owned by ``partition``) starting at ``start``, opened if new;
         marked dirty."""
@@ -434,7 +442,7 @@ class Aggregator:
         for key in due:
             deferred.discard(key)
             account_id, start = key
-            state = self._state(account_id)
+            state = self._peek(account_id)
             window = state.windows.get(start)
             if window is not None:
                 rows.append(self._row(account_id, state, start, window, final=0))

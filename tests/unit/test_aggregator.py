@@ -179,3 +179,30 @@ def test_open_window_upserts_are_throttled_and_catch_up() -> None:
     agg.flush()
     rows = agg.end_batch()
     assert [(r.likes, r.final) for r in rows] == [(3, 1)]  # finalization is never throttled
+
+
+class CountingStore(DictStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[str] = []
+
+    def put(self, account_id: str, value: bytes) -> None:
+        self.puts.append(account_id)
+        super().put(account_id, value)
+
+
+def test_states_are_persisted_once_per_change_not_per_row_taken() -> None:
+    clock = [0.0]
+    store = CountingStore()
+    agg = Aggregator(CFG, store, lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
+    agg.assign({0})
+    agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
+    agg.apply_event(ev("2", "like", 2, "u2", "A"), 0)
+    assert len(agg.take_rows()) == 1 and store.puts == []  # rows come out before the state is written
+    agg.apply_event(ev("3", "like", 3, "u3", "A"), 0)
+    assert agg.take_rows() == []  # throttled
+    agg.persist()
+    assert store.puts == ["A"]  # once for the three events
+    clock[0] = 3.0
+    assert [r.likes for r in agg.end_batch()] == [3]  # the deferred upsert: the state did not change
+    assert store.puts == ["A"]
