@@ -18,6 +18,7 @@ rows from a whole event list and is the test oracle.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -154,8 +155,12 @@ class Aggregator:
         self.clock = clock or VersionClock()
         self.upsert_interval_s = upsert_interval_s
         self._monotonic = monotonic
+        # Upsert throttle: when each open window was last upserted, the changed windows waiting for
+        # theirs, and those as a heap by when they are due (entries of finalized windows go stale and
+        # are skipped when popped).
         self._last_upsert: dict[tuple[str, int], float] = {}
         self._deferred: set[tuple[str, int]] = set()
+        self._due: list[tuple[float, str, int]] = []
         # Live states, most recently used last (an LRU bounded by ``cache_accounts``), and the accounts
         # touched since the last end_batch (persisted then).
         self._live: OrderedDict[str, AccountState] = OrderedDict()
@@ -366,6 +371,8 @@ class Aggregator:
         self._live.clear()
         self._deferred = {k for k in self._deferred if self.partition_of(k[0]) in partitions}
         self._last_upsert = {k: v for k, v in self._last_upsert.items() if self.partition_of(k[0]) in partitions}
+        self._due = [(self._due_at(key), *key) for key in self._deferred]
+        heapq.heapify(self._due)
         self._heaps = {p: [] for p in partitions}
         self._frontier = {p: f for p, f in self._frontier.items() if p in partitions}
         for account_id in self.store.accounts():
@@ -406,6 +413,11 @@ class Aggregator:
             self.clock.next(),
         )
 
+    def _due_at(self, key: tuple[str, int]) -> float:
+        """When the window ``key`` may next be upserted (monotonic seconds; never upserted: at once)."""
+        last = self._last_upsert.get(key)
+        return -math.inf if last is None else last + self.upsert_interval_s
+
     @property
     def has_deferred_upserts(self) -> bool:
         """Whether changed open windows wait for their upsert interval (call :meth:`end_batch` later)."""
@@ -430,18 +442,22 @@ class Aggregator:
         """
         rows: list[WindowRow] = []
         now = self._monotonic()
-        deferred = self._deferred
+        deferred, due = self._deferred, self._due
         for account_id, state in self._touched.items():
             if state.dirty:
                 for start in state.dirty:
-                    deferred.add((account_id, start))
+                    key = (account_id, start)
+                    if key not in deferred:
+                        deferred.add(key)
+                        heapq.heappush(due, (self._due_at(key), account_id, start))
                 state.dirty.clear()
         last = self._last_upsert
-        interval = self.upsert_interval_s
-        due = [key for key in deferred if now - last.get(key, -1e18) >= interval]
-        for key in due:
+        while due and due[0][0] <= now:
+            _, account_id, start = heapq.heappop(due)
+            key = (account_id, start)
+            if key not in deferred:  # finalized meanwhile
+                continue
             deferred.discard(key)
-            account_id, start = key
             state = self._peek(account_id)
             window = state.windows.get(start)
             if window is not None:

@@ -32,6 +32,7 @@ _RFC3339 = re.compile(
 _MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 _ENGAGE_OR_FOLLOW = frozenset({"like", "reply", "mention", "follow", "unfollow"})  # not "followers"
 _INT64_MAX = 2**63 - 1
+_new_tuple = tuple.__new__
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
@@ -167,7 +168,7 @@ def validate_event(obj: Any, topic_kind: str | None) -> Event:
                 ts_ms = parse_ts(ts)
             else:
                 return _validate_detailed(obj, topic_kind)
-            return Event(
+            fields = (
                 event_id,
                 event_type,
                 ts_ms,
@@ -177,6 +178,7 @@ def validate_event(obj: Any, topic_kind: str | None) -> Event:
                 in_reply_to if event_type == REPLY else None,
                 None,
             )
+            return _new_tuple(Event, fields)  # Event(*fields) without its Python-level __new__
     return _validate_detailed(obj, topic_kind)
 
 
