@@ -6,13 +6,16 @@ at-least-once delivery:
 1. decode and validate every message; bad input becomes dead letters (never an exception);
 2. events of accounts owned by another partition, and responses, are re-keyed to the owner's partition;
 3. the aggregator counts events, moves the event-time frontier and finalizes windows;
-4. dead letters and re-keyed messages are produced and acknowledged by Kafka;
-5. raw events and window rows are inserted into ClickHouse (retried until durable);
-6. only then are account states written to the Faust table (changelog) — Faust commits the source
-   offsets after the batch returns, flushing the changelog first.
+4. raw events and window rows are inserted into ClickHouse (retried until durable), while dead letters
+   and re-keyed messages are produced and acknowledged by Kafka;
+5. only when all of that is done for the whole batch are the account states written to the Faust table
+   (changelog), once per touched account — Faust commits the source offsets after the batch returns,
+   flushing the changelog first.
 
-A crash anywhere before 6 replays the batch from the previous state: the same rows are written again and
-absorbed by ReplacingMergeTree. The method blocks (awaits) while ClickHouse is down, pausing consumption.
+A large batch runs 1-4 in chunks, pipelined: a chunk's inserts run on the warehouse thread while the next
+chunk is decoded and aggregated. A crash anywhere before 5 replays the batch from the previous state: the
+same rows are written again and absorbed by ReplacingMergeTree. The method blocks (awaits) while
+ClickHouse is down, pausing consumption.
 """
 
 from __future__ import annotations
