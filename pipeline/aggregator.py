@@ -155,10 +155,11 @@ class Aggregator:
         self.clock = clock or VersionClock()
         self.upsert_interval_s = upsert_interval_s
         self._monotonic = monotonic
-        # Upsert throttle: when each open window was last upserted, the changed windows waiting for
-        # theirs, and those as a heap by when they are due (entries of finalized windows go stale and
-        # are skipped when popped).
-        self._last_upsert: dict[tuple[str, int], float] = {}
+        # Upsert throttle: when each open window was last upserted (oldest first; an entry older than the
+        # interval throttles nothing and is dropped, so this holds only the last interval's upserts), the
+        # changed windows waiting for theirs, and those as a heap by when they are due (entries of
+        # finalized windows go stale and are skipped when popped).
+        self._last_upsert: OrderedDict[tuple[str, int], float] = OrderedDict()
         self._deferred: set[tuple[str, int]] = set()
         self._due: list[tuple[float, str, int]] = []
         # Live states, most recently used last (an LRU bounded by ``cache_accounts``), and the accounts
@@ -166,7 +167,10 @@ class Aggregator:
         self._live: OrderedDict[str, AccountState] = OrderedDict()
         self._touched: dict[str, AccountState] = {}
         self.cache_accounts = cache_accounts
-        self._heaps: dict[int, list[tuple[int, str, int]]] = {}
+        # The finalization index, per partition: a heap of the distinct ends of open windows, and the
+        # accounts with an open window ending there (one list slot per window, not one tuple per window).
+        self._ends: dict[int, list[int]] = {}
+        self._ending: dict[int, dict[int, list[str]]] = {}
         self._frontier: dict[int, int] = {}
         self._final_rows: list[WindowRow] = []
         self._forwards: list[ResponseCandidate] = []
@@ -203,7 +207,7 @@ class Aggregator:
         if window is None:
             window = WindowCounts()
             state.windows[start] = window
-            heapq.heappush(self._heaps.setdefault(partition, []), (start + self.config.window_ms, account_id, start))
+            self._index(partition, account_id, start + self.config.window_ms)
         state.dirty.add(start)
         return window
 
@@ -309,6 +313,27 @@ class Aggregator:
 
     # -- time -------------------------------------------------------------------------------------
 
+    def _index(self, partition: int, account_id: str, end: int) -> None:
+        """Finalize ``account_id``'s window ending at ``end`` once the frontier passes ``end + lateness``."""
+        ending = self._ending.setdefault(partition, {})
+        accounts = ending.get(end)
+        if accounts is None:
+            accounts = ending[end] = []
+            heapq.heappush(self._ends.setdefault(partition, []), end)
+        accounts.append(account_id)
+
+    def _finalize_through(self, partition: int, horizon: int) -> None:
+        """Finalize ``partition``'s windows ending at or before ``horizon``, by end, then account."""
+        ends = self._ends.get(partition)
+        ending = self._ending.get(partition)
+        if not ends or ending is None:
+            return
+        window_ms = self.config.window_ms
+        while ends and ends[0] <= horizon:
+            end = heapq.heappop(ends)
+            for account_id in sorted(ending.pop(end, ())):
+                self._finalize(account_id, end - window_ms)
+
     def frontier(self, partition: int) -> int:
         return self._frontier.get(partition, NO_FRONTIER)
 
@@ -317,21 +342,12 @@ class Aggregator:
         if frontier_ms <= self._frontier.get(partition, NO_FRONTIER):
             return
         self._frontier[partition] = frontier_ms
-        heap = self._heaps.get(partition)
-        if not heap:
-            return
-        horizon = frontier_ms - self.config.lateness_ms
-        while heap and heap[0][0] <= horizon:
-            _, account_id, start = heapq.heappop(heap)
-            self._finalize(account_id, start)
+        self._finalize_through(partition, frontier_ms - self.config.lateness_ms)
 
     def flush(self) -> None:
         """Finalize every open window of every owned partition (end of a replay)."""
-        for partition in list(self._heaps):
-            heap = self._heaps[partition]
-            while heap:
-                _, account_id, start = heapq.heappop(heap)
-                self._finalize(account_id, start)
+        for partition in list(self._ends):
+            self._finalize_through(partition, 2**62)
             self._frontier[partition] = 2**62
 
     def _finalize(self, account_id: str, start: int) -> None:
@@ -370,10 +386,13 @@ class Aggregator:
         self._touched.clear()
         self._live.clear()
         self._deferred = {k for k in self._deferred if self.partition_of(k[0]) in partitions}
-        self._last_upsert = {k: v for k, v in self._last_upsert.items() if self.partition_of(k[0]) in partitions}
+        self._last_upsert = OrderedDict(
+            (k, v) for k, v in self._last_upsert.items() if self.partition_of(k[0]) in partitions
+        )
         self._due = [(self._due_at(key), *key) for key in self._deferred]
         heapq.heapify(self._due)
-        self._heaps = {p: [] for p in partitions}
+        self._ends = {p: [] for p in partitions}
+        self._ending = {p: {} for p in partitions}
         self._frontier = {p: f for p, f in self._frontier.items() if p in partitions}
         for account_id in self.store.accounts():
             partition = self.partition_of(account_id)
@@ -382,11 +401,8 @@ class Aggregator:
             raw = self.store.get(account_id)
             if raw is None:
                 continue
-            state = AccountState.loads(raw)
-            for start in state.windows:
-                self._heaps[partition].append((start + self.config.window_ms, account_id, start))
-        for heap in self._heaps.values():
-            heapq.heapify(heap)
+            for start in AccountState.loads(raw).windows:
+                self._index(partition, account_id, start + self.config.window_ms)
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -412,6 +428,11 @@ class Aggregator:
             final,
             self.clock.next(),
         )
+
+    @property
+    def touched_accounts(self) -> int:
+        """Accounts changed since the last :meth:`persist` (their states are held until then)."""
+        return len(self._touched)
 
     def _due_at(self, key: tuple[str, int]) -> float:
         """When the window ``key`` may next be upserted (monotonic seconds; never upserted: at once)."""
@@ -442,6 +463,10 @@ class Aggregator:
         """
         rows: list[WindowRow] = []
         now = self._monotonic()
+        last = self._last_upsert
+        interval = self.upsert_interval_s
+        while last and next(iter(last.values())) + interval <= now:  # throttles nothing any more
+            last.popitem(last=False)
         deferred, due = self._deferred, self._due
         for account_id, state in self._touched.items():
             if state.dirty:
@@ -451,7 +476,6 @@ class Aggregator:
                         deferred.add(key)
                         heapq.heappush(due, (self._due_at(key), account_id, start))
                 state.dirty.clear()
-        last = self._last_upsert
         while due and due[0][0] <= now:
             _, account_id, start = heapq.heappop(due)
             key = (account_id, start)
@@ -463,6 +487,7 @@ class Aggregator:
             if window is not None:
                 rows.append(self._row(account_id, state, start, window, final=0))
                 last[key] = now
+                last.move_to_end(key)
         rows.extend(self._final_rows)
         self._final_rows = []
         return rows

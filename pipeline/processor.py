@@ -9,7 +9,8 @@ at-least-once delivery:
 4. raw events and window rows are inserted into ClickHouse (retried until durable), while dead letters
    and re-keyed messages are produced and acknowledged by Kafka;
 5. only when all of that is done for the whole batch are the account states written to the Faust table
-   (changelog), once per touched account — Faust commits the source offsets after the batch returns,
+   (changelog), once per touched account (or earlier, for what is done so far, once a batch has touched
+   more accounts than the live cache holds) — Faust commits the source offsets after the batch returns,
    flushing the changelog first.
 
 A large batch runs 1-4 in chunks, pipelined: a chunk's inserts run on the warehouse thread while the next
@@ -214,6 +215,13 @@ class BatchProcessor:
                     if events >= self.settings.batch_max_events:
                         in_flight = await self._pipeline(self._process_chunk(chunk), in_flight)
                         chunk, events = [], 0
+                        if self.aggregator.touched_accounts >= self.aggregator.cache_accounts:
+                            # Memory stays bounded: persist what this batch touched so far, once its
+                            # rows are durable (a crash still replays the whole batch from its offsets).
+                            delivered: Awaitable[None] = in_flight
+                            in_flight = None
+                            await delivered
+                            await self._persist()
                 if chunk:
                     in_flight = await self._pipeline(self._process_chunk(chunk), in_flight)
                 if in_flight is not None:

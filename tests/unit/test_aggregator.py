@@ -206,3 +206,51 @@ def test_states_are_persisted_once_per_change_not_per_row_taken() -> None:
     clock[0] = 3.0
     assert [r.likes for r in agg.end_batch()] == [3]  # the deferred upsert: the state did not change
     assert store.puts == ["A"]
+
+
+def test_upsert_bookkeeping_only_holds_the_last_interval() -> None:
+    clock = [0.0]
+    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
+    agg.assign({0})
+    for i in range(50):
+        agg.apply_event(ev(str(i), "like", 1, "u", f"A{i}"), 0)
+    assert len(agg.end_batch()) == 50 and len(agg._last_upsert) == 50
+    clock[0] = 1.0
+    agg.apply_event(ev("x", "like", 2, "u", "A0"), 0)
+    assert agg.end_batch() == [] and len(agg._last_upsert) == 50  # still throttling
+    clock[0] = 2.0
+    assert [r.account_id for r in agg.end_batch()] == ["A0"]
+    assert list(agg._last_upsert) == [("A0", T0)]  # the other 49 throttle nothing any more
+
+
+def test_windows_finalize_by_end_then_account() -> None:
+    agg = Aggregator(CFG, DictStore(), lambda a: 0)
+    agg.assign({0})
+    for i, (account, sec) in enumerate([("B", 61), ("A", 61), ("C", 1), ("B", 1), ("A", 121)]):
+        agg.apply_event(ev(str(i), "like", sec, "u", account), 0)
+    agg.end_batch()
+    agg.advance(0, T0 + 120_000 + CFG.lateness_ms)
+    assert [(r.account_id, r.window_start - T0, r.final) for r in agg.end_batch()] == [
+        ("B", 0, 1),
+        ("C", 0, 1),
+        ("A", 60_000, 1),
+        ("B", 60_000, 1),
+    ]
+    agg.flush()
+    assert [(r.account_id, r.window_start - T0) for r in agg.end_batch()] == [("A", 120_000)]
+
+
+def test_stored_state_is_allocated_at_its_size() -> None:
+    import tracemalloc
+
+    from pipeline.account_state import AccountState
+
+    state = AccountState()
+    tracemalloc.start()
+    try:
+        raw = state.dumps()
+        allocated, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert AccountState.loads(raw) == state
+    assert allocated < 512  # not orjson's 4 KiB output buffer, kept per account in the table
