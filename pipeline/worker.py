@@ -1,9 +1,10 @@
 """The Faust worker: agents, table, web endpoints. ``engagement worker`` runs :func:`run_worker`.
 
 Agents:
-- ``aggregate`` reads the four source topics and the re-key topic in batches (``take_events``) and hands
-  each batch to :class:`~pipeline.processor.BatchProcessor`; the batch is acknowledged (and its offsets
-  become committable) only after the processor returned, i.e. after the rows are durable.
+- ``aggregate`` (an app task) takes the four source topics and the re-key topic in batches straight from
+  the consumer (:mod:`pipeline.intake`, below Faust's per-message stream path) and hands each batch to
+  :class:`~pipeline.processor.BatchProcessor`; the batch is acknowledged (and its offsets become
+  committable) only after the processor returned, i.e. after the rows are durable.
 - ``dead_letters`` copies the dead-letter topic into ``engagement_dead_letters``.
 
 Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
@@ -29,6 +30,7 @@ from prometheus_client import generate_latest
 from pipeline import metrics
 from pipeline.deadletter import DeadLetter
 from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
+from pipeline.intake import IntakeApp, IntakeBuffer, IntakeConsumer
 from pipeline.kafka_admin import ensure_topics
 from pipeline.partitioning import account_partitioner
 from pipeline.processor import BatchProcessor, Message, StagedStore
@@ -57,7 +59,7 @@ class KafkaOutbox:
 
 def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, BatchProcessor]:
     """Build the Faust app for ``settings`` writing to ``warehouse`` (already migrated)."""
-    app = faust.App(
+    app = IntakeApp(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",
@@ -146,17 +148,23 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic in our_topics}
 
-    @app.agent(source_topic, name="aggregate")
-    async def aggregate(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_max_messages, within=settings.batch_max_seconds):
+    # The source topics bypass Faust's per-message stream path (see pipeline.intake); registering the
+    # topic with the conductor makes the consumer subscribe to it and enables acks for its offsets.
+    app.intake = IntakeBuffer(our_topics, settings.batch_max_messages, settings.batch_max_seconds)
+    app.topics.add(source_topic)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def aggregate() -> None:
+        consumer = cast(IntakeConsumer, app.consumer)
+        while True:
+            batch = await app.take_batch()
             try:
                 processor.on_assignment(owned_partitions())
-                await processor.process(
-                    [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in batch]
-                )
+                await processor.process([Message(m.topic, m.partition, m.offset, m.value) for m in batch])
             except Exception:  # a bug, not bad input: stop before the batch is acknowledged
                 log.critical("batch processing failed; exiting without committing", exc_info=True)
                 os._exit(70)
+            consumer.ack_batch(batch)  # only now may the offsets be committed
 
     @app.agent(dead_letter_topic, name="dead-letters")
     async def dead_letters(stream: Any) -> None:

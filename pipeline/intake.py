@@ -1,0 +1,207 @@
+"""Bulk intake: Kafka messages of the source topics go from Faust's consumer straight into batches.
+
+Faust delivers every message through a per-message path: its fetch loop (``Consumer._drain_messages``)
+awaits ``wait_first(callback(message), ...)`` (four asyncio tasks per message), the conductor decodes it
+into an ``Event`` and puts it on the channel's queue, the ``Stream`` takes it off, tracks it, calls the
+sensors, and ``take_events`` buffers it again. With one event per message that path costs more than the
+pipeline's own work. Here the fetch loop appends the messages of the source topics to an
+:class:`IntakeBuffer` (a list; no task, no event object), the worker takes them off in batches of
+``batch_max_messages`` (or whatever arrived within ``batch_max_seconds``), processes them and only then
+acknowledges each to the consumer (:meth:`IntakeConsumer.ack_batch`), which makes its offset committable
+exactly as a stream's ack would. Messages of every other topic (dead letters, changelogs) still take
+Faust's own path.
+
+What is kept from Faust's path: offsets are read and gaps recorded as in ``_drain_messages``; messages of
+an older consumer generation (fetched before a rebalance) are dropped when taken, like the ``Stream``
+does, and the buffer is emptied when partitions are revoked; they are fetched again from the committed
+offset. Flow control: the fetch loop stops while the buffer holds ``capacity`` messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Iterable
+from typing import Any, cast
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP, Message
+from faust.types.tuples import ack_lock
+
+
+class IntakeBuffer:
+    """Messages waiting to be processed, cut into batches as they arrive.
+
+    :meth:`put` is called by the fetch loop for every message (keep it cheap): it appends to the open
+    batch and closes it at ``batch_size``. :meth:`take` returns the oldest closed batch, or the open one
+    once its first message is ``within`` seconds old.
+    """
+
+    def __init__(self, topics: Iterable[str], batch_size: int, within: float, capacity_batches: int = 2) -> None:
+        self.topics = frozenset(topics)
+        self.batch_size = batch_size
+        self.within = within
+        self.capacity_batches = max(1, capacity_batches)
+        self._closed: collections.deque[list[Message]] = collections.deque()
+        self._open: list[Message] = []
+        self._open_since = 0.0
+        self._changed = asyncio.Event()  # the first message of a batch arrived, or a batch closed
+        self.space = asyncio.Event()  # set while the fetch loop may put more
+        self.space.set()
+
+    def __len__(self) -> int:
+        return sum(map(len, self._closed)) + len(self._open)
+
+    def put(self, message: Message) -> bool:
+        """Append ``message``; False when the buffer is full (wait for :attr:`space` before the next)."""
+        current = self._open
+        current.append(message)
+        if len(current) == 1:
+            self._open_since = time.monotonic()
+            self._changed.set()
+        if len(current) >= self.batch_size:
+            self._closed.append(current)
+            self._open = []
+            self._changed.set()
+            if len(self._closed) >= self.capacity_batches:
+                self.space.clear()
+                return False
+        return True
+
+    async def take(self) -> list[Message]:
+        """The next batch (never empty)."""
+        while True:
+            if self._closed:
+                batch = self._closed.popleft()
+                if len(self._closed) < self.capacity_batches:
+                    self.space.set()
+                return batch
+            timeout: float | None = None
+            if self._open:
+                timeout = self._open_since + self.within - time.monotonic()
+                if timeout <= 0:
+                    batch, self._open = self._open, []
+                    return batch
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def clear(self) -> None:
+        """Drop everything buffered (partitions revoked: it will be fetched again)."""
+        self._closed.clear()
+        self._open = []
+        self.space.set()
+        self._changed.set()
+
+
+class IntakeConsumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer whose fetch loop hands the intake topics' messages to ``app.intake``."""
+
+    def _intake(self) -> IntakeBuffer | None:
+        return cast(IntakeBuffer | None, getattr(self.app, "intake", None))
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        intake = self._intake()
+        if intake is not None:
+            intake.clear()
+        await super().on_partitions_revoked(revoked)
+
+    def ack_batch(self, messages: Iterable[Message]) -> None:
+        """:meth:`~faust.transport.consumer.Consumer.ack` for each message (under one lock): each offset
+        becomes committable once every offset before it is."""
+        ack = self.ack
+        with ack_lock:
+            for message in messages:
+                ack(message)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover (covered by integration)
+        """``faust.transport.consumer.Consumer._drain_messages`` (faust-streaming 0.15), but messages of
+        the intake topics are appended to the buffer instead of being awaited through the conductor."""
+        intake = self._intake()
+        if intake is None:
+            await super()._drain_messages(fetcher)
+            return
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        intake_topics = intake.topics
+        put = intake.put
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in getmany(timeout=1.0):
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if message.topic in intake_topics:
+                                if not put(message):
+                                    await self.wait_first(intake.space.wait(), self.suspend_flow.wait())
+                            else:
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            set_read_offset(tp, offset)
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+class IntakeTransport(aiokafka_driver.Transport):
+    Consumer = IntakeConsumer
+
+
+class IntakeApp(faust.App):
+    """A Faust app whose consumer feeds :attr:`intake` (set it before the worker starts)."""
+
+    intake: IntakeBuffer | None = None
+
+    def _new_transport(self) -> Any:
+        return IntakeTransport(self.conf.broker_consumer, self)
+
+    async def take_batch(self) -> list[Message]:
+        """The next batch of intake messages of the current consumer generation, once flow is active
+        (not during a rebalance). Messages fetched before a rebalance are dropped: they are fetched again
+        from the committed offset."""
+        assert self.intake is not None
+        while True:
+            batch = await self.intake.take()
+            await self.flow_control.acquire()
+            generation = self.consumer_generation_id
+            fresh = [m for m in batch if m.generation_id == generation]
+            if fresh:
+                return fresh

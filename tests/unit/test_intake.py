@@ -1,0 +1,57 @@
+"""The bulk intake: its batching, and the guard on the Faust code it copies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from typing import Any
+
+import faust.transport.consumer
+
+from pipeline.intake import IntakeBuffer
+
+# sha256 of faust-streaming 0.15.3's Consumer._drain_messages, which IntakeConsumer._drain_messages copies.
+FAUST_DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+
+def test_the_copied_faust_fetch_loop_is_unchanged_upstream() -> None:
+    source = inspect.getsource(faust.transport.consumer.Consumer._drain_messages)
+    assert hashlib.sha256(source.encode()).hexdigest() == FAUST_DRAIN_MESSAGES_SHA256, (
+        "faust-streaming changed Consumer._drain_messages: port the change to pipeline/intake.py, then update this hash"
+    )
+
+
+def test_batches_close_at_their_size_and_the_buffer_pushes_back() -> None:
+    async def run() -> None:
+        buffer = IntakeBuffer({"t"}, batch_size=3, within=10.0, capacity_batches=2)
+        accepted = [buffer.put(message) for message in range(6)]  # type: ignore[arg-type]
+        assert accepted == [True, True, True, True, True, False] and not buffer.space.is_set()
+        assert await buffer.take() == [0, 1, 2] and buffer.space.is_set()
+        assert await buffer.take() == [3, 4, 5]
+
+    asyncio.run(run())
+
+
+def test_an_open_batch_is_taken_within_its_time() -> None:
+    async def run() -> tuple[list[Any], float]:
+        buffer = IntakeBuffer({"t"}, batch_size=100, within=0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        buffer.put("a")  # type: ignore[arg-type]
+        loop.call_later(0.05, buffer.put, "b")
+        batch = await buffer.take()
+        return batch, loop.time() - started
+
+    batch, waited = asyncio.run(run())
+    assert batch == ["a", "b"] and 0.15 <= waited < 1.0
+
+
+def test_clearing_drops_everything_and_frees_space() -> None:
+    async def run() -> None:
+        buffer = IntakeBuffer({"t"}, batch_size=1, within=10.0, capacity_batches=1)
+        assert buffer.put("a") is False  # type: ignore[arg-type]
+        buffer.clear()
+        assert len(buffer) == 0 and buffer.space.is_set()
+
+    asyncio.run(run())
