@@ -18,7 +18,6 @@ rows from a whole event list and is the test oracle.
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -155,17 +154,16 @@ class Aggregator:
         self.clock = clock or VersionClock()
         self.upsert_interval_s = upsert_interval_s
         self._monotonic = monotonic
-        # Upsert throttle: when each open window was last upserted (oldest first; an entry older than the
-        # interval throttles nothing and is dropped, so this holds only the last interval's upserts), the
-        # changed windows waiting for theirs, and those as a heap by when they are due (entries of
-        # finalized windows go stale and are skipped when popped).
+        # Upsert throttle: when each open window was last upserted, oldest first (an entry is dropped
+        # once older than the interval, so this holds only the last interval's upserts), and the changed
+        # windows waiting for their entry to expire (each has one: it is upserted when the entry goes).
         self._last_upsert: OrderedDict[tuple[str, int], float] = OrderedDict()
         self._deferred: set[tuple[str, int]] = set()
-        self._due: list[tuple[float, str, int]] = []
-        # Live states, most recently used last (an LRU bounded by ``cache_accounts``), and the accounts
-        # touched since the last end_batch (persisted then).
+        # Live states, most recently used last (an LRU bounded by ``cache_accounts``); the accounts
+        # touched since the last persist (written then), and those touched since the last take_rows.
         self._live: OrderedDict[str, AccountState] = OrderedDict()
         self._touched: dict[str, AccountState] = {}
+        self._fresh: dict[str, AccountState] = {}
         self.cache_accounts = cache_accounts
         # The finalization index, per partition: a heap of the distinct ends of open windows, and the
         # accounts with an open window ending there (one list slot per window, not one tuple per window).
@@ -179,17 +177,22 @@ class Aggregator:
     # -- state access -----------------------------------------------------------------------------
 
     def _state(self, account_id: str) -> AccountState:
-        state = self._touched.get(account_id)
+        """The state of ``account_id`` for changing: marked touched (persisted at the next
+        :meth:`persist`) and fresh (its dirty windows collected at the next :meth:`take_rows`)."""
+        state = self._fresh.get(account_id)
         if state is not None:
             return state
-        state = self._live.get(account_id)
+        state = self._touched.get(account_id)
         if state is None:
-            raw = self.store.get(account_id)
-            state = AccountState.loads(raw) if raw is not None else AccountState()
-            self._live[account_id] = state
-        else:
-            self._live.move_to_end(account_id)
-        self._touched[account_id] = state
+            state = self._live.get(account_id)
+            if state is None:
+                raw = self.store.get(account_id)
+                state = AccountState.loads(raw) if raw is not None else AccountState()
+                self._live[account_id] = state
+            else:
+                self._live.move_to_end(account_id)
+            self._touched[account_id] = state
+        self._fresh[account_id] = state
         return state
 
     def _peek(self, account_id: str) -> AccountState:
@@ -222,7 +225,7 @@ class Aggregator:
         account_id = event.account_id
         if event.actor_id == account_id:
             return Outcome.SELF
-        state = self._touched.get(account_id) or self._state(account_id)
+        state = self._fresh.get(account_id) or self._state(account_id)
         ts = event.ts_ms
         window_ms = self.config.window_ms
         start = ts - ts % window_ms
@@ -384,13 +387,12 @@ class Aggregator:
     def assign(self, partitions: set[int]) -> None:
         """Own exactly ``partitions``: drop the rest, rebuild the finalization index from the store."""
         self._touched.clear()
+        self._fresh.clear()
         self._live.clear()
         self._deferred = {k for k in self._deferred if self.partition_of(k[0]) in partitions}
         self._last_upsert = OrderedDict(
             (k, v) for k, v in self._last_upsert.items() if self.partition_of(k[0]) in partitions
         )
-        self._due = [(self._due_at(key), *key) for key in self._deferred]
-        heapq.heapify(self._due)
         self._ends = {p: [] for p in partitions}
         self._ending = {p: {} for p in partitions}
         self._frontier = {p: f for p, f in self._frontier.items() if p in partitions}
@@ -434,11 +436,6 @@ class Aggregator:
         """Accounts changed since the last :meth:`persist` (their states are held until then)."""
         return len(self._touched)
 
-    def _due_at(self, key: tuple[str, int]) -> float:
-        """When the window ``key`` may next be upserted (monotonic seconds; never upserted: at once)."""
-        last = self._last_upsert.get(key)
-        return -math.inf if last is None else last + self.upsert_interval_s
-
     @property
     def has_deferred_upserts(self) -> bool:
         """Whether changed open windows wait for their upsert interval (call :meth:`end_batch` later)."""
@@ -463,31 +460,33 @@ class Aggregator:
         """
         rows: list[WindowRow] = []
         now = self._monotonic()
-        last = self._last_upsert
-        interval = self.upsert_interval_s
-        while last and next(iter(last.values())) + interval <= now:  # throttles nothing any more
-            last.popitem(last=False)
-        deferred, due = self._deferred, self._due
-        for account_id, state in self._touched.items():
+        last, deferred = self._last_upsert, self._deferred
+        ready: list[tuple[str, int]] = []
+        for account_id, state in self._fresh.items():
             if state.dirty:
                 for start in state.dirty:
                     key = (account_id, start)
-                    if key not in deferred:
+                    if key in deferred:
+                        continue
+                    if key in last:  # upserted within the interval: wait for that entry to expire
                         deferred.add(key)
-                        heapq.heappush(due, (self._due_at(key), account_id, start))
+                    else:
+                        ready.append(key)
                 state.dirty.clear()
-        while due and due[0][0] <= now:
-            _, account_id, start = heapq.heappop(due)
-            key = (account_id, start)
-            if key not in deferred:  # finalized meanwhile
-                continue
-            deferred.discard(key)
+        self._fresh.clear()
+        interval = self.upsert_interval_s
+        while last and next(iter(last.values())) + interval <= now:  # oldest first: expired entries
+            key, _ = last.popitem(last=False)
+            if key in deferred:
+                deferred.discard(key)
+                ready.append(key)
+        for key in ready:
+            account_id, start = key
             state = self._peek(account_id)
             window = state.windows.get(start)
             if window is not None:
                 rows.append(self._row(account_id, state, start, window, final=0))
-                last[key] = now
-                last.move_to_end(key)
+                last[key] = now  # appended: the dict stays in upsert-time order
         rows.extend(self._final_rows)
         self._final_rows = []
         return rows
@@ -499,6 +498,7 @@ class Aggregator:
         put = self.store.put
         for account_id, state in self._touched.items():
             put(account_id, state.dumps())
-        self._touched.clear()
+        # States changed since the last take_rows stay touched: their next changes skip _state().
+        self._touched = dict(self._fresh)
         while len(self._live) > self.cache_accounts:  # everything live is persisted: evict the coldest
             self._live.popitem(last=False)
