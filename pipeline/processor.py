@@ -8,15 +8,15 @@ at-least-once delivery:
 3. the aggregator counts events, moves the event-time frontier and finalizes windows;
 4. raw events and window rows are inserted into ClickHouse (retried until durable), while dead letters
    and re-keyed messages are produced and acknowledged by Kafka;
-5. only when all of that is done for the whole batch are the account states written to the Faust table
-   (changelog), once per touched account (or earlier, for what is done so far, once a batch has touched
-   more accounts than the live cache holds) — Faust commits the source offsets after the batch returns,
-   flushing the changelog first.
+5. only when all of that is done are the account states written to the Faust table (changelog), once
+   per touched account — at the end of the batch, or for several batches at once (the worker calls
+   :meth:`BatchProcessor.persist`), or early once more accounts are touched than the live cache holds;
+6. the batches are acknowledged once the changelog has their states, and Faust commits their offsets.
 
 A large batch runs 1-4 in chunks, pipelined: a chunk's inserts run on the warehouse thread while the next
-chunk is decoded and aggregated. A crash anywhere before 5 replays the batch from the previous state: the
-same rows are written again and absorbed by ReplacingMergeTree. The method blocks (awaits) while
-ClickHouse is down, pausing consumption.
+chunk is decoded and aggregated. A crash anywhere before 6 replays the batches from their committed
+offsets: the same rows are written again and absorbed by ReplacingMergeTree, events already in a state
+are recognized as duplicates. The method blocks (awaits) while ClickHouse is down, pausing consumption.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ class Outbox(Protocol):
     def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> Awaitable[Any]: ...
 
 
-# Receives (key, value, partition) of every change; see StagedStore.
-ChangelogWriter = Callable[[list[tuple[bytes, bytes, int]]], Awaitable[None]]
+# Receives (key, value, partition) of every change: stores them locally, starts sending them to the
+# changelog and returns what completes once the changelog has them all; see StagedStore.
+ChangelogWriter = Callable[[list[tuple[bytes, bytes, int]]], Awaitable[Awaitable[object]]]
 
 
 class StagedStore:
@@ -76,9 +77,8 @@ class StagedStore:
 
     The aggregator writes states at the end of its batch; they reach the table (and its changelog) only
     when the processor commits them, after ClickHouse has the rows. With ``changelog``, :meth:`commit`
-    hands all changes of the batch to it at once, each with its key's partition from ``partition_of``
-    (it must store them locally and return once the changelog has them); without, it sets
-    ``table[key]`` one by one.
+    hands all changes of the batch to it at once, each with its key's partition from ``partition_of``;
+    without, it sets ``table[key]`` one by one.
     """
 
     def __init__(
@@ -106,14 +106,15 @@ class StagedStore:
         keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in list(self.table.keys())]
         return [*keys, *[k for k in self.staged if k.encode("utf-8") not in self.table]]
 
-    async def commit(self) -> None:
+    async def commit(self) -> Awaitable[object]:
+        """Hand every staged change to the table; returns what completes once its changelog has them."""
         staged, self.staged = self.staged, {}
         if self.changelog is not None:
             owner = self.partition_of
-            await self.changelog([(a.encode("utf-8"), value, owner(a)) for a, value in staged.items()])
-            return
+            return await self.changelog([(a.encode("utf-8"), value, owner(a)) for a, value in staged.items()])
         for account_id, value in staged.items():
             self.table[account_id.encode("utf-8")] = value
+        return asyncio.gather()  # already complete
 
 
 @dataclass
@@ -175,6 +176,7 @@ class BatchProcessor:
         self._dead: Counter[str] = Counter()
         self._announced: dict[int, int | None] = {}
         self._announced_at = 0.0
+        self._durable: list[Awaitable[object]] = []  # changelog sends not yet known to be stored
 
     # -- ownership --------------------------------------------------------------------------------
 
@@ -184,6 +186,7 @@ class BatchProcessor:
             return
         self.owned = frozenset(partitions)
         self._announced.clear()
+        self.aggregator.persist()  # into the store's staging: assign() rebuilds from the store
         self.aggregator.assign(set(partitions))
         self.progress = Progress(
             {k: v for k, v in self.progress.next_offset.items() if k[1] in partitions},
@@ -194,14 +197,19 @@ class BatchProcessor:
 
     # -- the data path ----------------------------------------------------------------------------
 
-    async def process(self, messages: Sequence[Message]) -> None:
-        """Process one batch durably (see the module docstring). Blocks while ClickHouse is down.
+    async def process(self, messages: Sequence[Message], persist: bool = True) -> None:
+        """Process one batch (see the module docstring). Blocks while ClickHouse is down.
+
+        Returns once the batch's rows are durable; with ``persist``, also once the account states it
+        changed are in the table and its changelog. With ``persist=False`` the states wait for
+        :meth:`persist` (the worker persists several batches at once, then acknowledges them).
 
         A batch carrying more than ``batch_max_events`` events is processed in chunks of about that
         many, so memory stays bounded whatever the messages carry. The chunks form a pipeline: a
         chunk's ClickHouse inserts start as soon as it is aggregated and run on the warehouse thread
         while the next chunk is decoded; a chunk's deliveries are awaited before the one after next
-        begins. Account states are written once, after every chunk's rows are durable.
+        begins. Once more accounts are touched than the live cache holds, their states are written to
+        the table early (after the rows so far are durable), which bounds memory.
         """
         async with self.lock:
             started = time.perf_counter()
@@ -216,8 +224,6 @@ class BatchProcessor:
                         in_flight = await self._pipeline(self._process_chunk(chunk), in_flight)
                         chunk, events = [], 0
                         if self.aggregator.touched_accounts >= self.aggregator.cache_accounts:
-                            # Memory stays bounded: persist what this batch touched so far, once its
-                            # rows are durable (a crash still replays the whole batch from its offsets).
                             delivered: Awaitable[None] = in_flight
                             in_flight = None
                             await delivered
@@ -228,12 +234,24 @@ class BatchProcessor:
                     delivery: Awaitable[None] = in_flight
                     in_flight = None
                     await delivery
-                await self._persist()
+                if persist:
+                    await self._persist()
+                    await self._durable_now()
             finally:
                 if in_flight is not None:  # an exception: nothing of this batch is persisted
                     _abandon(in_flight)
             self._publish_counts()
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def persist(self) -> Awaitable[object]:
+        """Write the account states changed by every batch processed so far to the table (waits for a
+        batch being processed to finish). Returns what completes once the table's changelog has them:
+        only then may those batches be acknowledged. An exception from it means a state was not stored:
+        the batches must not be acknowledged."""
+        async with self.lock:
+            await self._persist()
+            durable, self._durable = self._durable, []
+            return asyncio.gather(*durable)
 
     @staticmethod
     async def _pipeline(started: Awaitable[None], previous: Awaitable[None] | None) -> Awaitable[None]:
@@ -294,12 +312,19 @@ class BatchProcessor:
                 await write
 
     async def _persist(self) -> None:
-        """Write touched account states to the table (its changelog) — only after their rows are durable."""
+        """Write touched account states to the table and start sending them to its changelog — only
+        after their rows are durable. What completes once the changelog has them is kept for
+        :meth:`persist`."""
         self.aggregator.persist()
-        await self.store.commit()
+        self._durable.append(await self.store.commit())
         if self.aggregator.unmatched_responses:
             metrics.EVENT_OUTCOMES.labels(Outcome.UNMATCHED.value).inc(self.aggregator.unmatched_responses)
             self.aggregator.unmatched_responses = 0
+
+    async def _durable_now(self) -> None:
+        durable, self._durable = self._durable, []
+        if durable:
+            await asyncio.gather(*durable)
 
     def _publish_counts(self) -> None:
         for topic, n in self._messages.items():
@@ -327,17 +352,20 @@ class BatchProcessor:
             return await self._write_rows()
 
     async def flush(self) -> int:
-        """Finalize every open window now (end of a replay) and write them. Returns the rows written."""
+        """Finalize every open window now (end of a replay), write them and persist the states. Returns
+        the rows written."""
         async with self.lock:
             self.aggregator.flush()
-            return await self._write_rows()
+            rows = await self._write_rows()
+            await self._persist()
+            await self._durable_now()
+            return rows
 
     async def _write_rows(self) -> int:
         rows = self.aggregator.take_rows()
         if rows:
             await self.writer.write(WINDOWS_TABLE, window_columns(rows))
             metrics.WINDOWS_FINALIZED.inc(sum(1 for r in rows if r.final))
-        await self._persist()
         return len(rows)
 
     def _consume(

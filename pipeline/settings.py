@@ -75,6 +75,7 @@ class Settings:
     batch_max_messages: int = 2000  # Kafka messages taken per batch (bounds the bytes held at once)
     batch_max_seconds: float = 0.5
     upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
+    persist_interval_seconds: float = 5.0  # under load, states are persisted (and batches acked) this often
 
     # Warehouse
     warehouse: WarehouseKind = "embedded"
@@ -124,6 +125,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
         if self.warehouse not in ("embedded", "server"):
             raise SettingsError("ENGAGEMENT_WAREHOUSE must be 'embedded' or 'server'")
+        if self.persist_interval_seconds < 0:
+            raise SettingsError("ENGAGEMENT_PERSIST_INTERVAL_SECONDS must be >= 0")
         if self.batch_max_events <= 0 or self.batch_max_seconds <= 0 or self.batch_max_messages <= 0:
             raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS, _MESSAGES and _SECONDS must be > 0")
 

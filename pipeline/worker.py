@@ -19,6 +19,8 @@ import gc
 import logging
 import os
 import sys
+import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, cast
 
@@ -115,25 +117,24 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         value = app.consumer._committed_offset.get(faust.types.TP(topic, partition))  # type: ignore[attr-defined]
         return int(value) if value is not None else None
 
-    async def write_changelog(changes: list[tuple[bytes, bytes, int]]) -> None:
-        """Store account states locally and in the table's changelog, in bulk.
+    async def write_changelog(changes: list[tuple[bytes, bytes, int]]) -> Awaitable[object]:
+        """Store account states locally and start producing them to the table's changelog, in bulk;
+        returns what completes once the broker acknowledged them all.
 
         ``table[key] = value`` would send each change through Faust's per-message producer buffer, which
         caps a worker at a few thousand account updates per second; this produces the same changelog
-        records (raw key and value, the key's murmur2 partition) straight through the producer and
-        returns once all are acknowledged, then records them in the in-memory store the way Faust's
-        recovery does.
+        records (raw key and value, the key's murmur2 partition) straight through the producer, and
+        records them in the in-memory store the way Faust's recovery does.
         """
         topic = cast(Any, table).changelog_topic_name
         send = app.producer.send
         pending = [await send(topic, key, value, partition, None, None) for key, value, partition in changes]
-        if pending:
-            await asyncio.gather(*pending)
         store: Any = table.data
         data, key_partition = store.data, store._key_partition
         for key, value, partition in changes:
             data[key] = value
             key_partition[key] = partition
+        return asyncio.gather(*pending)
 
     processor = BatchProcessor(
         settings,
@@ -153,18 +154,54 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     app.intake = IntakeBuffer(our_topics, settings.batch_max_messages, settings.batch_max_seconds)
     app.topics.add(source_topic)
 
+    # Batches processed but not yet acknowledged: their states are persisted (and they are acked, so
+    # Faust may commit their offsets) every persist_interval_seconds under load, at once when idle.
+    unacked: list[list[Any]] = []
+    acking: list[asyncio.Future[None]] = []  # the latest acknowledgement, which waits for the ones before
+    last_settled = [time.monotonic()]
+
+    async def settle() -> None:
+        """Persist the states of every batch processed so far; acknowledge those batches once the
+        changelog has the states (in the background, in order). A changelog failure stops the worker
+        before anything is acknowledged."""
+        batches = list(unacked)
+        unacked.clear()
+        last_settled[0] = time.monotonic()
+        durable = await processor.persist()
+        previous = acking.pop() if acking else None
+        acking.append(asyncio.ensure_future(acknowledge(batches, durable, previous)))
+
+    async def acknowledge(
+        batches: list[list[Any]], durable: Awaitable[object], previous: Awaitable[None] | None
+    ) -> None:
+        if previous is not None:
+            await previous
+        try:
+            await durable
+        except Exception:
+            log.critical("writing account states to the changelog failed; exiting without committing", exc_info=True)
+            os._exit(70)
+        consumer = cast(IntakeConsumer, app.consumer)
+        for batch in batches:
+            consumer.ack_batch(batch)  # only now may their offsets be committed
+
     @app.task  # type: ignore[untyped-decorator]
     async def aggregate() -> None:
-        consumer = cast(IntakeConsumer, app.consumer)
+        assert app.intake is not None
         while True:
             batch = await app.take_batch()
             try:
                 processor.on_assignment(owned_partitions())
-                await processor.process([Message(m.topic, m.partition, m.offset, m.value) for m in batch])
+                await processor.process(
+                    [Message(m.topic, m.partition, m.offset, m.value) for m in batch], persist=False
+                )
+                unacked.append(batch)
+                idle = len(app.intake) == 0
+                if idle or time.monotonic() - last_settled[0] >= settings.persist_interval_seconds:
+                    await settle()
             except Exception:  # a bug, not bad input: stop before the batch is acknowledged
                 log.critical("batch processing failed; exiting without committing", exc_info=True)
                 os._exit(70)
-            consumer.ack_batch(batch)  # only now may the offsets be committed
 
     @app.agent(dead_letter_topic, name="dead-letters")
     async def dead_letters(stream: Any) -> None:
@@ -195,6 +232,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             return
         await processor.announce_watermarks(owned_partitions())
         await processor.write_deferred()
+        if unacked and time.monotonic() - last_settled[0] >= settings.persist_interval_seconds:
+            await settle()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def update_lag() -> None:

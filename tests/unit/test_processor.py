@@ -236,3 +236,23 @@ def test_large_batches_are_written_in_chunks_and_count_the_same() -> None:
     asyncio.run(processor.flush())
     final = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1]
     assert [(r["likes"], r["engagers"]) for r in final] == [(200, 40)]
+
+
+def test_states_of_several_batches_are_persisted_together_and_survive_a_reassignment() -> None:
+    processor, _, warehouse, table, _ = make()
+    account = owned_by(0)
+
+    async def run() -> None:
+        await processor.process([Message("likes", 0, 0, orjson.dumps(like("e1", account)))], persist=False)
+        await processor.process([Message("likes", 0, 1, orjson.dumps(like("e2", account, actor="u2")))], persist=False)
+        assert len(warehouse.rows("engagement_events")) == 2  # rows are durable at once...
+        assert account.encode() not in table  # ...states wait for persist()
+        processor.on_assignment({0})  # a rebalance in between keeps what is not persisted yet
+        await processor.process([Message("likes", 0, 2, orjson.dumps(like("e2", account, actor="u2")))], persist=False)
+        await (await processor.persist())
+        assert account.encode() in table
+        await processor.flush()
+
+    asyncio.run(run())
+    final = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1]
+    assert [(r["likes"], r["engagers"]) for r in final] == [(2, 2)]  # e2 again was a duplicate
