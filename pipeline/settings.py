@@ -61,6 +61,7 @@ class Settings:
     app_id: str = "engagement"
     broker_session_timeout: float = 10.0
     commit_interval: float = 1.0
+    fetch_max_wait_ms: int = 100  # the fetch long-poll: brokers that hold it delay messages this long
 
     # Windows
     window_seconds: int = 60

@@ -59,6 +59,30 @@ class KafkaOutbox:
         return await pending
 
 
+async def produce_in_batches(
+    producer: Any, topic: str, records: list[tuple[bytes, bytes, int]]
+) -> list[asyncio.Future[Any]]:
+    """Queue ``(key, value, partition)`` records on an aiokafka ``producer`` as whole record batches
+    (one per partition and size limit: no per-record send path). Returns one future per batch, done
+    when the broker acknowledged it."""
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value, partition in records:
+        by_partition.setdefault(partition, []).append((key, value))
+    futures: list[asyncio.Future[Any]] = []
+    for partition, items in by_partition.items():
+        batch = producer.create_batch()
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
+                batch.close()
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
+        batch.close()
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
+
+
 def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, BatchProcessor]:
     """Build the Faust app for ``settings`` writing to ``warehouse`` (already migrated)."""
     app = IntakeApp(
@@ -123,12 +147,12 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
         ``table[key] = value`` would send each change through Faust's per-message producer buffer, which
         caps a worker at a few thousand account updates per second; this produces the same changelog
-        records (raw key and value, the key's murmur2 partition) straight through the producer, and
-        records them in the in-memory store the way Faust's recovery does.
+        records (raw key and value, the key's murmur2 partition) as record batches of the producer, and
+        records them in the in-memory store the way Faust's recovery does. Faust flushes the producer
+        before it commits offsets.
         """
         topic = cast(Any, table).changelog_topic_name
-        send = app.producer.send
-        pending = [await send(topic, key, value, partition, None, None) for key, value, partition in changes]
+        pending = await produce_in_batches(cast(Any, app.producer)._ensure_producer(), topic, changes)
         store: Any = table.data
         data, key_partition = store.data, store._key_partition
         for key, value, partition in changes:
@@ -152,6 +176,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     # The source topics bypass Faust's per-message stream path (see pipeline.intake); registering the
     # topic with the conductor makes the consumer subscribe to it and enables acks for its offsets.
     app.intake = IntakeBuffer(our_topics, settings.batch_max_messages, settings.batch_max_seconds)
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.topics.add(source_topic)
 
     # Batches processed but not yet acknowledged: their states are persisted (and they are acked, so
