@@ -177,6 +177,7 @@ class BatchProcessor:
         self._announced: dict[int, int | None] = {}
         self._announced_at = 0.0
         self._durable: list[Awaitable[object]] = []  # changelog sends not yet known to be stored
+        self._in_flight: Awaitable[None] | None = None  # see process(persist=False)
 
     # -- ownership --------------------------------------------------------------------------------
 
@@ -200,9 +201,11 @@ class BatchProcessor:
     async def process(self, messages: Sequence[Message], persist: bool = True) -> None:
         """Process one batch (see the module docstring). Blocks while ClickHouse is down.
 
-        Returns once the batch's rows are durable; with ``persist``, also once the account states it
-        changed are in the table and its changelog. With ``persist=False`` the states wait for
-        :meth:`persist` (the worker persists several batches at once, then acknowledges them).
+        With ``persist``, returns once the batch's rows are durable and the account states it changed
+        are in the table and its changelog. With ``persist=False`` the states wait for :meth:`persist`
+        (the worker persists several batches at once, then acknowledges them), and the batch's last
+        chunk may still be in flight (its inserts overlap the next batch's decoding): :meth:`persist`
+        and every other method that writes await it first.
 
         A batch carrying more than ``batch_max_events`` events is processed in chunks of about that
         many, so memory stays bounded whatever the messages carry. The chunks form a pipeline: a
@@ -213,7 +216,7 @@ class BatchProcessor:
         """
         async with self.lock:
             started = time.perf_counter()
-            in_flight: Awaitable[None] | None = None
+            in_flight, self._in_flight = self._in_flight, None  # the previous batch's last chunk
             try:
                 chunk: list[Message] = []
                 events = 0
@@ -230,13 +233,15 @@ class BatchProcessor:
                             await self._persist()
                 if chunk:
                     in_flight = await self._pipeline(self._process_chunk(chunk), in_flight)
-                if in_flight is not None:
-                    delivery: Awaitable[None] = in_flight
-                    in_flight = None
-                    await delivery
                 if persist:
+                    if in_flight is not None:
+                        delivery: Awaitable[None] = in_flight
+                        in_flight = None
+                        await delivery
                     await self._persist()
                     await self._durable_now()
+                else:  # its inserts run on while the next batch is decoded; persist() awaits them
+                    self._in_flight, in_flight = in_flight, None
             finally:
                 if in_flight is not None:  # an exception: nothing of this batch is persisted
                     _abandon(in_flight)
@@ -249,9 +254,16 @@ class BatchProcessor:
         only then may those batches be acknowledged. An exception from it means a state was not stored:
         the batches must not be acknowledged."""
         async with self.lock:
+            await self._land_in_flight()
             await self._persist()
             durable, self._durable = self._durable, []
             return asyncio.gather(*durable)
+
+    async def _land_in_flight(self) -> None:
+        """Await the last chunk left in flight by ``process(persist=False)`` (hold the lock)."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            await in_flight
 
     @staticmethod
     async def _pipeline(started: Awaitable[None], previous: Awaitable[None] | None) -> Awaitable[None]:
@@ -347,6 +359,7 @@ class BatchProcessor:
         """Upsert open windows whose changes waited for their interval (a timer calls this, so rows
         catch up when traffic pauses). Returns the rows written."""
         async with self.lock:
+            await self._land_in_flight()
             if not self.aggregator.has_deferred_upserts:
                 return 0
             return await self._write_rows()
@@ -355,6 +368,7 @@ class BatchProcessor:
         """Finalize every open window now (end of a replay), write them and persist the states. Returns
         the rows written."""
         async with self.lock:
+            await self._land_in_flight()
             self.aggregator.flush()
             rows = await self._write_rows()
             await self._persist()
@@ -529,6 +543,7 @@ class BatchProcessor:
         and a new owner of a re-key partition learns every upstream frontier). ``owned``: the consumer's
         current assignment, taken over first."""
         async with self.lock:
+            await self._land_in_flight()  # its re-keyed messages must be acknowledged before we announce
             if owned is not None:
                 self.on_assignment(owned)
             now = time.monotonic()

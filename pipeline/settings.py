@@ -126,6 +126,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
         if self.warehouse not in ("embedded", "server"):
             raise SettingsError("ENGAGEMENT_WAREHOUSE must be 'embedded' or 'server'")
+        if self.fetch_max_wait_ms <= 0:
+            raise SettingsError("ENGAGEMENT_FETCH_MAX_WAIT_MS must be > 0")
         if self.persist_interval_seconds < 0:
             raise SettingsError("ENGAGEMENT_PERSIST_INTERVAL_SECONDS must be >= 0")
         if self.batch_max_events <= 0 or self.batch_max_seconds <= 0 or self.batch_max_messages <= 0:

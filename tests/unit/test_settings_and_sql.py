@@ -39,6 +39,8 @@ def test_settings_from_environment_and_overrides() -> None:
         {"ENGAGEMENT_WAREHOUSE": "mysql"},
         {"ENGAGEMENT_PARTITIONS": "-1"},
         {"ENGAGEMENT_ALLOWED_LATENESS_SECONDS": "-5"},
+        {"ENGAGEMENT_PERSIST_INTERVAL_SECONDS": "-1"},
+        {"ENGAGEMENT_FETCH_MAX_WAIT_MS": "0"},
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str]) -> None:
