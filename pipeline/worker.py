@@ -1,10 +1,11 @@
 """The Faust worker: agents, table, web endpoints. ``engagement worker`` runs :func:`run_worker`.
 
-Agents:
+Agents and tasks:
 - ``aggregate`` (an app task) takes the four source topics and the re-key topic in batches straight from
   the consumer (:mod:`pipeline.intake`, below Faust's per-message stream path) and hands each batch to
-  :class:`~pipeline.processor.BatchProcessor`; the batch is acknowledged (and its offsets become
-  committable) only after the processor returned, i.e. after the rows are durable.
+  :class:`~pipeline.processor.BatchProcessor`. A batch is acknowledged (its offsets become committable)
+  only once its rows are durable and the account states it changed are in the table's changelog; states
+  are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, at once when idle.
 - ``dead_letters`` copies the dead-letter topic into ``engagement_dead_letters``.
 
 Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
