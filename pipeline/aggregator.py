@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
@@ -491,13 +491,17 @@ class Aggregator:
         self._final_rows = []
         return rows
 
-    def persist(self) -> None:
+    def persist(self, partitions: Collection[int] | None = None) -> None:
         """Write every state touched since the last call to the store (once each, however many events
         and row takes touched it), then bound the live cache. Call after the rows taken so far are
-        durable: the store's contents are what a restart resumes from."""
+        durable: the store's contents are what a restart resumes from.
+
+        With ``partitions``, states of accounts owned by other partitions are dropped instead (they were
+        revoked: whatever changed them was not acknowledged and is replayed by their new owner)."""
         put = self.store.put
         for account_id, state in self._touched.items():
-            put(account_id, state.dumps())
+            if partitions is None or self.partition_of(account_id) in partitions:
+                put(account_id, state.dumps())
         # States changed since the last take_rows stay touched: their next changes skip _state().
         self._touched = dict(self._fresh)
         while len(self._live) > self.cache_accounts:  # everything live is persisted: evict the coldest

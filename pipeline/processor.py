@@ -102,6 +102,10 @@ class StagedStore:
     def put(self, account_id: str, value: bytes) -> None:
         self.staged[account_id] = value
 
+    def keep(self, wanted: Callable[[str], bool]) -> None:
+        """Drop the staged changes of accounts that are not ``wanted``."""
+        self.staged = {a: v for a, v in self.staged.items() if wanted(a)}
+
     def accounts(self) -> Iterable[str]:
         keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in list(self.table.keys())]
         return [*keys, *[k for k in self.staged if k.encode("utf-8") not in self.table]]
@@ -187,7 +191,11 @@ class BatchProcessor:
             return
         self.owned = frozenset(partitions)
         self._announced.clear()
-        self.aggregator.persist()  # into the store's staging: assign() rebuilds from the store
+        # Changes not persisted yet: kept (staged; assign() rebuilds from the store) for the partitions we
+        # keep, dropped for those revoked — their batches are never acknowledged, the new owner replays
+        # them, and a late write of ours to their changelog could overwrite its newer states.
+        self.aggregator.persist(partitions)
+        self.store.keep(lambda account_id: self.partition_of(account_id) in partitions)
         self.aggregator.assign(set(partitions))
         self.progress = Progress(
             {k: v for k, v in self.progress.next_offset.items() if k[1] in partitions},

@@ -256,3 +256,22 @@ def test_states_of_several_batches_are_persisted_together_and_survive_a_reassign
     asyncio.run(run())
     final = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1]
     assert [(r["likes"], r["engagers"]) for r in final] == [(2, 2)]  # e2 again was a duplicate
+
+
+def test_unpersisted_changes_of_revoked_partitions_are_dropped_not_written() -> None:
+    processor, _, _, table, _ = make()
+    kept, revoked = owned_by(0), owned_by(1)
+
+    async def run() -> None:
+        await processor.process(
+            [
+                Message("likes", 0, 0, orjson.dumps(like("e1", kept))),
+                Message("likes", 1, 0, orjson.dumps(like("e2", revoked))),
+            ],
+            persist=False,
+        )
+        processor.on_assignment({0})  # partition 1 moved to another worker before our persist
+        await (await processor.persist())
+
+    asyncio.run(run())
+    assert kept.encode() in table and revoked.encode() not in table
