@@ -186,9 +186,7 @@ class Aggregator:
         if state is None:
             state = self._live.get(account_id)
             if state is None:
-                raw = self.store.get(account_id)
-                state = AccountState.loads(raw) if raw is not None else AccountState()
-                self._live[account_id] = state
+                state = self._live[account_id] = self._load(account_id)
             else:
                 self._live.move_to_end(account_id)
             self._touched[account_id] = state
@@ -197,11 +195,11 @@ class Aggregator:
 
     def _peek(self, account_id: str) -> AccountState:
         """The state of ``account_id`` for reading only: not marked touched (so not persisted again)."""
-        state = self._touched.get(account_id) or self._live.get(account_id)
-        if state is None:
-            raw = self.store.get(account_id)
-            state = AccountState.loads(raw) if raw is not None else AccountState()
-        return state
+        return self._touched.get(account_id) or self._live.get(account_id) or self._load(account_id)
+
+    def _load(self, account_id: str) -> AccountState:
+        raw = self.store.get(account_id)
+        return AccountState.loads(raw) if raw is not None else AccountState()
 
     def _window(self, account_id: str, state: AccountState, start: int, partition: int) -> WindowCounts:
         """The window of ``account_id`` (owned by ``partition``) starting at ``start``, opened if new;

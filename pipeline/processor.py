@@ -224,7 +224,6 @@ class BatchProcessor:
         """
         async with self.lock:
             started = time.perf_counter()
-            in_flight, self._in_flight = self._in_flight, None  # the previous batch's last chunk
             try:
                 chunk: list[Message] = []
                 events = 0
@@ -232,27 +231,23 @@ class BatchProcessor:
                     chunk.append(message)
                     events += _estimated_events(message)
                     if events >= self.settings.batch_max_events:
-                        in_flight = await self._pipeline(self._process_chunk(chunk), in_flight)
+                        await self._next_chunk(chunk)
                         chunk, events = [], 0
                         if self.aggregator.touched_accounts >= self.aggregator.cache_accounts:
-                            delivered: Awaitable[None] = in_flight
-                            in_flight = None
-                            await delivered
+                            await self._land_in_flight()
                             await self._persist()
                 if chunk:
-                    in_flight = await self._pipeline(self._process_chunk(chunk), in_flight)
+                    await self._next_chunk(chunk)
                 if persist:
-                    if in_flight is not None:
-                        delivery: Awaitable[None] = in_flight
-                        in_flight = None
-                        await delivery
+                    await self._land_in_flight()
                     await self._persist()
                     await self._durable_now()
-                else:  # its inserts run on while the next batch is decoded; persist() awaits them
-                    self._in_flight, in_flight = in_flight, None
-            finally:
-                if in_flight is not None:  # an exception: nothing of this batch is persisted
+                # else: the last chunk's inserts run on while the next batch is decoded
+            except BaseException:  # nothing of this batch is persisted; its last delivery is dropped
+                in_flight, self._in_flight = self._in_flight, None
+                if in_flight is not None:
                     _abandon(in_flight)
+                raise
             self._publish_counts()
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
@@ -268,17 +263,17 @@ class BatchProcessor:
             return asyncio.gather(*durable)
 
     async def _land_in_flight(self) -> None:
-        """Await the last chunk left in flight by ``process(persist=False)`` (hold the lock)."""
+        """Await the chunk delivery still in flight (hold the lock)."""
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
             await in_flight
 
-    @staticmethod
-    async def _pipeline(started: Awaitable[None], previous: Awaitable[None] | None) -> Awaitable[None]:
-        """Wait for the previous chunk's delivery while this one's inserts run; returns this one's."""
+    async def _next_chunk(self, messages: Sequence[Message]) -> None:
+        """Process a chunk now, leave its delivery in flight, and wait for the previous chunk's delivery
+        meanwhile (its inserts ran while this chunk was decoded)."""
+        previous, self._in_flight = self._in_flight, self._process_chunk(messages)
         if previous is not None:
             await previous
-        return started
 
     def _process_chunk(self, messages: Sequence[Message]) -> Awaitable[None]:
         """Decode and aggregate ``messages`` now and start their inserts; returns the awaitable that

@@ -183,19 +183,19 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     # Batches processed but not yet acknowledged: their states are persisted (and they are acked, so
     # Faust may commit their offsets) every persist_interval_seconds under load, at once when idle.
     unacked: list[list[Any]] = []
-    acking: list[asyncio.Future[None]] = []  # the latest acknowledgement, which waits for the ones before
-    last_settled = [time.monotonic()]
+    acking: asyncio.Future[None] | None = None  # the latest acknowledgement; it waits for the ones before
+    last_settled = time.monotonic()
 
     async def settle() -> None:
         """Persist the states of every batch processed so far; acknowledge those batches once the
         changelog has the states (in the background, in order). A changelog failure stops the worker
         before anything is acknowledged."""
+        nonlocal acking, last_settled
         batches = list(unacked)
         unacked.clear()
-        last_settled[0] = time.monotonic()
+        last_settled = time.monotonic()
         durable = await processor.persist()
-        previous = acking.pop() if acking else None
-        acking.append(asyncio.ensure_future(acknowledge(batches, durable, previous)))
+        acking = asyncio.ensure_future(acknowledge(batches, durable, acking))
 
     async def acknowledge(
         batches: list[list[Any]], durable: Awaitable[object], previous: Awaitable[None] | None
@@ -223,7 +223,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 )
                 unacked.append(batch)
                 idle = len(app.intake) == 0
-                if idle or time.monotonic() - last_settled[0] >= settings.persist_interval_seconds:
+                if idle or time.monotonic() - last_settled >= settings.persist_interval_seconds:
                     await settle()
             except Exception:  # a bug, not bad input: stop before the batch is acknowledged
                 log.critical("batch processing failed; exiting without committing", exc_info=True)
@@ -258,7 +258,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             return
         await processor.announce_watermarks(owned_partitions())
         await processor.write_deferred()
-        if unacked and time.monotonic() - last_settled[0] >= settings.persist_interval_seconds:
+        if unacked and time.monotonic() - last_settled >= settings.persist_interval_seconds:
             await settle()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
