@@ -245,12 +245,13 @@ def test_states_of_several_batches_are_persisted_together_and_survive_a_reassign
     async def run() -> None:
         await processor.process([Message("likes", 0, 0, orjson.dumps(like("e1", account)))], persist=False)
         await processor.process([Message("likes", 0, 1, orjson.dumps(like("e2", account, actor="u2")))], persist=False)
-        assert len(warehouse.rows("engagement_events")) == 2  # rows are durable at once...
+        assert len(warehouse.rows("engagement_events")) >= 1  # the first batch's rows have landed...
         assert account.encode() not in table  # ...states wait for persist()
         processor.on_assignment({0})  # a rebalance in between keeps what is not persisted yet
         await processor.process([Message("likes", 0, 2, orjson.dumps(like("e2", account, actor="u2")))], persist=False)
         await (await processor.persist())
         assert account.encode() in table
+        assert len(warehouse.rows("engagement_events")) == 2  # ...the last one's were in flight until persist()
         await processor.flush()
 
     asyncio.run(run())
