@@ -48,6 +48,12 @@ class AccountState:
     - ``pending``: responses that arrived before what they answer: answered ``event_id`` ->
       ``[[response_event_id, ts], ...]``.
     - ``ledger``: follower history (:class:`~pipeline.followers.FollowerLedger`).
+    - ``applied``: per source partition (``"likes:3"``), the :func:`input_position` of the last input
+      element whose effect on this account is in this stored state. Inputs at or before it are replays
+      (Kafka redelivers what was processed but not yet committed) and are skipped: see
+      ``docs/DESIGN.md``.
+    - ``applying``: the same for inputs applied since the state was last stored (not serialized; folded
+      into ``applied`` when the state is stored, which happens only between whole messages).
     """
 
     windows: dict[int, WindowCounts] = field(default_factory=dict)
@@ -55,11 +61,22 @@ class AccountState:
     conversations: dict[str, int] = field(default_factory=dict)
     pending: dict[str, list[list[Any]]] = field(default_factory=dict)
     ledger: FollowerLedger = field(default_factory=FollowerLedger)
+    applied: dict[str, int] = field(default_factory=dict)
+    applying: dict[str, int] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)
+
+    def fold_applied(self) -> None:
+        """Record the inputs applied since the state was last stored as stored (call right before
+        :meth:`dumps`, between whole messages)."""
+        applied = self.applied
+        for origin, position in self.applying.items():
+            if position > applied.get(origin, -1):
+                applied[origin] = position
+        self.applying.clear()
 
     def dumps(self) -> bytes:
         """Compact JSON: ``[windows, final_through, conversations, pending, ledger base, folded_until,
-        ledger entries]``, each window as ``[start, likes, replies, mentions, follows, unfollows,
+        ledger entries, applied]``, each window as ``[start, likes, replies, mentions, follows, unfollows,
         responses, engagers, ids, response_ids]`` (a positional layout: no key strings to write or read)."""
         ledger = self.ledger
         return exact_bytes(
@@ -86,13 +103,16 @@ class AccountState:
                     ledger.base,
                     ledger.folded_until,
                     ledger.entries,
+                    self.applied,
                 ]
             )
         )
 
     @classmethod
     def loads(cls, raw: bytes) -> AccountState:
-        windows, final_through, conversations, pending, base, folded_until, entries = orjson.loads(raw)
+        fields = orjson.loads(raw)
+        windows, final_through, conversations, pending, base, folded_until, entries = fields[:7]
+        applied = fields[7] if len(fields) > 7 else {}  # states stored by earlier versions have none
         return cls(
             windows={
                 w[0]: WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9])) for w in windows
@@ -101,4 +121,16 @@ class AccountState:
             conversations=conversations,
             pending=pending,
             ledger=FollowerLedger(base, folded_until, [(e[0], e[1], e[2], e[3]) for e in entries]),
+            applied=applied,
         )
+
+
+# An input element's position: its message's offset, then its index in the message (a JSON array).
+_ELEMENTS_PER_MESSAGE = 1 << 22
+
+
+def input_position(offset: int, index: int) -> int:
+    """The position of the ``index``-th valid event of the message at ``offset`` in one source partition,
+    as one integer that orders events as Kafka delivers them. A valid event takes over 50 bytes, so a
+    message would need over 200 MB to reach the last slot (4,194,303), which larger indexes share."""
+    return offset * _ELEMENTS_PER_MESSAGE + min(index, _ELEMENTS_PER_MESSAGE - 1)

@@ -95,6 +95,7 @@ class Outcome(Enum):
     LATE = "late"
     PENDING = "pending"  # a response waiting for what it answers
     UNMATCHED = "unmatched"  # a reply answering a conversation older than the horizon: not a response
+    REPLAYED = "replayed"  # redelivered by Kafka after its effect was stored: skipped
 
 
 class StateStore(Protocol):
@@ -218,12 +219,21 @@ class Aggregator:
 
     # -- applying input ---------------------------------------------------------------------------
 
-    def apply_event(self, event: Event, partition: int) -> Outcome:
-        """Count one valid event of an account owned by ``partition``. Never raises, never blocks."""
+    def apply_event(self, event: Event, partition: int, origin: str = "", position: int = -1) -> Outcome:
+        """Count one valid event of an account owned by ``partition``. Never raises, never blocks.
+
+        ``origin`` and ``position`` say where the event was read (its source partition, and its
+        :func:`~pipeline.account_state.input_position` there): an event at or before the last position
+        whose effect the account's stored state holds is a replay and changes nothing (``REPLAYED``).
+        Without them (``position`` -1) replays are recognized by event id in open windows only."""
         account_id = event.account_id
         if event.actor_id == account_id:
             return Outcome.SELF
         state = self._fresh.get(account_id) or self._state(account_id)
+        if position >= 0:
+            if position <= state.applied.get(origin, -1):
+                return Outcome.REPLAYED
+            state.applying[origin] = position
         ts = event.ts_ms
         window_ms = self.config.window_ms
         start = ts - ts % window_ms
@@ -499,6 +509,8 @@ class Aggregator:
         put = self.store.put
         for account_id, state in self._touched.items():
             if partitions is None or self.partition_of(account_id) in partitions:
+                if state.applying:
+                    state.fold_applied()
                 put(account_id, state.dumps())
         # States changed since the last take_rows stay touched: their next changes skip _state().
         self._touched = dict(self._fresh)

@@ -15,8 +15,9 @@ at-least-once delivery:
 
 A large batch runs 1-4 in chunks, pipelined: a chunk's inserts run on the warehouse thread while the next
 chunk is decoded and aggregated. A crash anywhere before 6 replays the batches from their committed
-offsets: the same rows are written again and absorbed by ReplacingMergeTree, events already in a state
-are recognized as duplicates. The method blocks (awaits) while ClickHouse is down, pausing consumption.
+offsets: the same rows are written again and absorbed by ReplacingMergeTree, and an event whose effect
+an account's stored state already holds is skipped by its position (``docs/DESIGN.md``). The method
+blocks (awaits) while ClickHouse is down, pausing consumption.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline import metrics
+from pipeline.account_state import input_position
 from pipeline.aggregator import NO_FRONTIER, Aggregator, Outcome, ResponseCandidate, WindowConfig
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import decode_message, validate_event
@@ -182,6 +184,7 @@ class BatchProcessor:
         self._announced_at = 0.0
         self._durable: list[Awaitable[object]] = []  # changelog sends not yet known to be stored
         self._in_flight: Awaitable[None] | None = None  # see process(persist=False)
+        self._origins: dict[tuple[str, int], str] = {}
 
     # -- ownership --------------------------------------------------------------------------------
 
@@ -410,15 +413,17 @@ class BatchProcessor:
         types = self._events
         owner = self.partition_of
         apply = self._apply
-        for event in events:
+        origin = self._origin(topic, partition)
+        first = input_position(offset, 0)
+        for index, event in enumerate(events):
             if event.ts_ms > watermark:
                 watermark = event.ts_ms
             types[(topic, event.type)] += 1
             if owner(event.account_id) != partition:
-                forward = {"k": "e", "v": event.to_json_dict(), "t": topic, "p": partition, "o": offset}
+                forward = {"k": "e", "v": event.to_json_dict(), "t": topic, "p": partition, "o": offset, "i": index}
                 rekeyed.append((event.account_id, orjson.dumps(forward)))
                 continue
-            apply(event, partition, topic, partition, offset, dead, raw)
+            apply(event, partition, topic, partition, offset, dead, raw, origin, first + index)
         self.progress.watermark[key] = watermark
         if watermark > self.newest_event_ms:
             self.newest_event_ms = watermark
@@ -438,7 +443,19 @@ class BatchProcessor:
                 self._outcomes[outcome] += 1
                 return
             event = validate_event(data["v"], None)
-            self._apply(event, self.partition_of(event.account_id), data["t"], data["p"], data["o"], dead, raw)
+            topic, partition, offset = data["t"], data["p"], data["o"]
+            index = data.get("i")  # absent in messages of earlier versions: no replay detection for those
+            self._apply(
+                event,
+                self.partition_of(event.account_id),
+                topic,
+                partition,
+                offset,
+                dead,
+                raw,
+                self._origin(topic, partition),
+                -1 if index is None else input_position(offset, index),
+            )
             if event.ts_ms > self.newest_event_ms:
                 self.newest_event_ms = event.ts_ms
         except Exception as exc:  # the re-key topic is ours, but it must never crash the worker either
@@ -454,10 +471,13 @@ class BatchProcessor:
         offset: int,
         dead: list[DeadLetter],
         raw: list[SourcedEvent],
+        origin: str,
+        position: int,
     ) -> None:
         """Aggregate one event of an account owned by partition ``owner``; it came from ``topic``,
-        ``partition``, ``offset`` (where its dead letter and raw row point)."""
-        outcome = self.aggregator.apply_event(event, owner)
+        ``partition``, ``offset`` (where its dead letter and raw row point), ``origin`` and ``position``
+        name that place for replay detection (see :meth:`Aggregator.apply_event`)."""
+        outcome = self.aggregator.apply_event(event, owner, origin, position)
         if outcome is Outcome.COUNTED:
             self._counted += 1
             raw.append((*event, topic, partition, offset))
@@ -487,6 +507,14 @@ class BatchProcessor:
             )
         )
         self._dead[rejection.reason.value] += 1
+
+    def _origin(self, topic: str, partition: int) -> str:
+        """The short, stable name of a source partition in account states: ``"likes:3"``."""
+        key = (topic, partition)
+        name = self._origins.get(key)
+        if name is None:
+            name = self._origins[key] = f"{self.source_kinds.get(topic, topic)}:{partition}"
+        return name
 
     # -- event time -------------------------------------------------------------------------------
 

@@ -254,3 +254,27 @@ def test_stored_state_is_allocated_at_its_size() -> None:
         tracemalloc.stop()
     assert AccountState.loads(raw) == state
     assert allocated < 512  # not orjson's 4 KiB output buffer, kept per account in the table
+
+
+def test_replays_of_stored_positions_are_skipped_and_positions_are_stored_with_the_state() -> None:
+    from pipeline.account_state import AccountState, input_position
+
+    store = DictStore()
+    agg = Aggregator(CFG, store, lambda account: 0)
+    first, second = input_position(7, 0), input_position(7, 1)
+    assert agg.apply_event(ev("e1", "like", 0, "u1", "A"), 0, "likes:0", first) is Outcome.COUNTED
+    assert agg.apply_event(ev("e2", "like", 1, "u2", "A"), 0, "likes:0", second) is Outcome.COUNTED  # same message
+    agg.end_batch()
+    assert AccountState.loads(store.data["A"]).applied == {"likes:0": second}
+    resumed = Aggregator(CFG, store, lambda account: 0)
+    assert resumed.apply_event(ev("e1", "like", 0, "u1", "A"), 0, "likes:0", first) is Outcome.REPLAYED
+    assert resumed.apply_event(ev("e9", "like", 2, "u9", "A"), 0, "likes:1", first) is Outcome.COUNTED  # elsewhere
+    assert resumed.apply_event(ev("e3", "like", 3, "u3", "A"), 0, "likes:0", input_position(8, 0)) is Outcome.COUNTED
+
+
+def test_states_stored_before_positions_existed_still_load() -> None:
+    from pipeline.account_state import AccountState
+
+    legacy = b'[[[1767225600000,1,0,0,0,0,0,["u1"],["e1"],[]]],-1,{},{},null,-1,[]]'
+    state = AccountState.loads(legacy)
+    assert state.applied == {} and state.windows[1767225600000].likes == 1

@@ -68,7 +68,13 @@ class FakeWarehouse:
     def close(self) -> None: ...
 
 
-def make(partitions: int = 2, failures: int = 0, highwaters: dict[tuple[str, int], int] | None = None):  # type: ignore[no-untyped-def]
+def make(  # type: ignore[no-untyped-def]
+    partitions: int = 2,
+    failures: int = 0,
+    highwaters: dict[tuple[str, int], int] | None = None,
+    table: FakeTable | None = None,
+):
+    """A processor owning every partition, with its fakes; ``table``: a Faust table to resume from."""
     settings = Settings.from_env({}, partitions=partitions, window_seconds=60, allowed_lateness_seconds=60)
     warehouse = FakeWarehouse(failures)
     slept: list[float] = []
@@ -78,7 +84,7 @@ def make(partitions: int = 2, failures: int = 0, highwaters: dict[tuple[str, int
 
     writer = WarehouseWriter(lambda: warehouse, sleep=no_sleep)  # type: ignore[arg-type,return-value]
     outbox = FakeOutbox()
-    table = FakeTable()
+    table = FakeTable() if table is None else table
     marks = highwaters if highwaters is not None else {}
     processor = BatchProcessor(
         settings,
@@ -276,3 +282,33 @@ def test_unpersisted_changes_of_revoked_partitions_are_dropped_not_written() -> 
 
     asyncio.run(run())
     assert kept.encode() in table and revoked.encode() not in table
+
+
+def test_a_replay_of_what_the_stored_states_hold_is_skipped_even_where_windows_are_final() -> None:
+    """A crash after the states are stored but before the offsets are committed: the next worker reads
+    the same messages again. Their events must neither count twice nor be dead-lettered as late."""
+    account, elsewhere = owned_by(0), owned_by(1)
+    frontier = orjson.dumps({"k": "w", "q": 0, "t": T0 + 200_000})  # finalizes the first window
+    first_run = [
+        Message("likes", 0, 0, orjson.dumps([like("a", account), like("b", account, actor="u2")])),
+        Message("likes", 0, 1, orjson.dumps(like("c", account, sec=190))),
+        Message("likes", 0, 2, orjson.dumps(like("d", elsewhere, sec=190))),  # forwarded to partition 1
+    ]
+    processor, outbox, warehouse, table, _ = make(partitions=2, highwaters={("likes", 0): 3})
+    markers = [Message("engagement-rekeyed", 0, i, frontier.replace(b'"q":0', b'"q":%d' % i)) for i in range(2)]
+    asyncio.run(processor.process(markers + first_run))
+    (forward,) = [value for topic, key, value, _ in outbox.sent if topic == "engagement-rekeyed" and key]
+    asyncio.run(processor.process([Message("engagement-rekeyed", 1, 0, forward)]))
+    assert [(r["likes"], r["final"]) for r in warehouse.rows("engagement_windows") if r["final"]] == [(2, 1)]
+
+    # The restart: the same table, offsets never committed; the forward arrives again at a new offset.
+    again, outbox_again, warehouse_again, _, _ = make(partitions=2, highwaters={("likes", 0): 4}, table=table)
+    asyncio.run(
+        again.process(markers + first_run + [Message("likes", 0, 3, orjson.dumps(like("e", account, sec=191)))])
+    )
+    asyncio.run(again.process([Message("engagement-rekeyed", 1, 5, forward)]))
+    assert outbox_again.on("engagement-dead-letters") == []  # nothing "late"
+    assert [r["event_id"] for r in warehouse_again.rows("engagement_events")] == ["e"]  # the rest is durable
+    asyncio.run(again.flush())
+    windows = {(r["account_id"], r["window_start"]): r["likes"] for r in warehouse_again.rows("engagement_windows")}
+    assert windows == {(account, (T0 + 180_000) // 1000): 2, (elsewhere, (T0 + 180_000) // 1000): 1}  # c, e; d once
