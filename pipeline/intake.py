@@ -24,6 +24,7 @@ import collections
 import contextlib
 import time
 from collections.abc import Iterable
+from functools import cached_property
 from typing import Any, cast
 
 import faust
@@ -127,6 +128,8 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         intake = self._intake()
         if intake is not None:
             intake.clear()
+        async with cast(IntakeApp, self.app).changelog_lock:  # a changelog write in progress is queued
+            pass  # before Faust flushes the producer (the app is marked rebalancing: no new one starts)
         await super().on_partitions_revoked(revoked)
 
     def ack_batch(self, messages: Iterable[Message]) -> None:
@@ -209,6 +212,11 @@ class IntakeApp(faust.App):
 
     intake: IntakeBuffer | None = None
     fetch_max_wait_ms: int | None = None  # None: Faust's 1500
+
+    @cached_property
+    def changelog_lock(self) -> asyncio.Lock:
+        """Held while account states are written to the table's changelog (see the worker)."""
+        return asyncio.Lock()
 
     def _new_transport(self) -> Any:
         return IntakeTransport(self.conf.broker_consumer, self)

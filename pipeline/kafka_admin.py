@@ -83,7 +83,7 @@ def group_lag(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition,
     )
     try:
         tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends = consumer.end_offsets(tps)
+        ends = end_offsets(consumer, tps)
         lag: dict[TopicPartition, int] = {}
         for tp in tps:
             committed = consumer.committed(tp) or 0
@@ -91,3 +91,27 @@ def group_lag(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition,
         return lag
     finally:
         consumer.close()
+
+
+def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], timeout: float = 10.0) -> dict[TopicPartition, int]:
+    """The offset after the last message of each partition (assigns ``tps`` to ``consumer``).
+
+    The listed end offsets are checked against the high watermark of a fetch: the embedded broker
+    (tansu 0.6) lists a partition's end as its last record batch's base offset + 1, short of the end
+    when that batch holds several records; its fetch responses carry the right high watermark.
+    """
+    listed: dict[TopicPartition, int] = consumer.end_offsets(tps)
+    if not tps:
+        return listed
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, max(0, listed[tp] - 1))
+    fetched: dict[TopicPartition, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(fetched) < len(tps) and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=100)
+        for tp in tps:
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                fetched[tp] = highwater
+    return {tp: max(listed[tp], fetched.get(tp, 0)) for tp in tps}

@@ -65,22 +65,36 @@ async def produce_in_batches(
 ) -> list[asyncio.Future[Any]]:
     """Queue ``(key, value, partition)`` records on an aiokafka ``producer`` as whole record batches
     (one per partition and size limit: no per-record send path). Returns one future per batch, done
-    when the broker acknowledged it."""
+    when the broker acknowledged it.
+
+    A partition's last record goes in a batch of its own: the embedded broker (tansu 0.6) reports a
+    partition's end offset as its last batch's base offset + 1, and Faust's recovery reads a changelog
+    only up to that end, so the other records of a last batch would never be recovered."""
     by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for key, value, partition in records:
         by_partition.setdefault(partition, []).append((key, value))
     futures: list[asyncio.Future[Any]] = []
     for partition, items in by_partition.items():
-        batch = producer.create_batch()
-        for key, value in items:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
-                batch.close()
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
-        batch.close()
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        for part in (items[:-1], items[-1:]):
+            if part:
+                futures.extend(await _send_batches(producer, topic, partition, part))
+    return futures
+
+
+async def _send_batches(
+    producer: Any, topic: str, partition: int, items: list[tuple[bytes, bytes]]
+) -> list[asyncio.Future[Any]]:
+    futures: list[asyncio.Future[Any]] = []
+    batch = producer.create_batch()
+    for key, value in items:
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
+            batch.close()
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
+    batch.close()
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
     return futures
 
 
@@ -151,15 +165,30 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         records (raw key and value, the key's murmur2 partition) as record batches of the producer, and
         records them in the in-memory store the way Faust's recovery does. Faust flushes the producer
         before it commits offsets.
+
+        No write may be in flight while a rebalance recovers the table: Faust's recovery re-reads the
+        changelog of partitions kept up to its end at that moment, and a record of ours landing after
+        that would leave an older state of ours in the table. So a write waits while a rebalance runs
+        (when one begins, the consumer waits for a write in progress to be queued, then Faust flushes
+        the producer), and then drops the states of partitions this worker no longer owns: their
+        batches are not committed here, the new owner replays them.
         """
         topic = cast(Any, table).changelog_topic_name
-        pending = await produce_in_batches(cast(Any, app.producer)._ensure_producer(), topic, changes)
-        store: Any = table.data
-        data, key_partition = store.data, store._key_partition
-        for key, value, partition in changes:
-            data[key] = value
-            key_partition[key] = partition
-        return asyncio.gather(*pending)
+        while True:
+            while app.rebalancing:
+                await asyncio.sleep(0.05)
+            async with app.changelog_lock:
+                if app.rebalancing:
+                    continue
+                owned = owned_partitions()
+                kept = [change for change in changes if change[2] in owned]
+                pending = await produce_in_batches(cast(Any, app.producer)._ensure_producer(), topic, kept)
+                store: Any = table.data
+                data, key_partition = store.data, store._key_partition
+                for key, value, partition in kept:
+                    data[key] = value
+                    key_partition[key] = partition
+                return asyncio.gather(*pending)
 
     processor = BatchProcessor(
         settings,

@@ -1,0 +1,255 @@
+"""The fault-test harness: a generated stream published to the embedded broker while real workers process
+it, faults injected, then every ClickHouse result compared with the pure-Python reference, exactly.
+
+A scenario builds a :class:`Stream`, starts a :class:`Cluster` (broker topics, workers as processes), runs
+its fault, calls :meth:`Cluster.finish` (everything processed, open windows finalized) and then
+:func:`assert_exact`. ``ENGAGEMENT_CHAOS_EVENTS`` sets the stream's size (100,000 by default).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+
+from pipeline import queries
+from pipeline.decode import decode_message
+from pipeline.events import TYPE_TOPIC, Event
+from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics
+from pipeline.partitioning import account_partitioner
+from pipeline.processes import free_port, spawn, stop, wait_for_port
+from pipeline.query_client import run_query
+from pipeline.reference import reference_rows
+from pipeline.replay import worker_command
+from pipeline.settings import Settings
+from tests.integration.helpers import config_of, stored_windows
+
+EVENTS = int(os.environ.get("ENGAGEMENT_CHAOS_EVENTS", "100000"))
+SEED = int(os.environ.get("ENGAGEMENT_CHAOS_SEED", str(int(time.time()) % 100_000)))
+
+
+@dataclass
+class Stream:
+    """Kafka messages to publish, in order, as ``(topic, partition, value)``, and what they must give: every
+    valid event they carry (duplicates included) and the dead letters expected, by reason."""
+
+    messages: list[tuple[str, int, bytes]]
+    events: list[Event] = field(default_factory=list)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, messages: list[tuple[str, int, bytes]], settings: Settings) -> Stream:
+        """The stream of ``messages``, its expectations found by decoding each message as the worker does."""
+        stream = cls(messages)
+        kinds = {settings.topic(kind): kind for kind in ("likes", "replies", "mentions", "follows")}
+        for topic, _, value in messages:
+            events, rejections = decode_message(value, kinds[topic], settings.max_message_bytes)
+            stream.events.extend(events)
+            stream.dead_letters.update(r.reason.value for r in rejections)
+        return stream
+
+
+def generated_events(count: int = EVENTS, seed: int = SEED) -> list[dict[str, Any]]:
+    """``count`` realistic events (duplicates, disorder within the lateness, self-engagement, Unicode)."""
+    from pipeline.generate import TrafficModel, generate
+
+    model = TrafficModel(accounts=800, users=20_000, events_per_second=150, events=count, seed=seed)
+    return list(generate(model))
+
+
+def as_messages(
+    objects: Iterable[dict[str, Any]],
+    settings: Settings,
+    batch: int = 100,
+    stray_share: float = 0.03,
+    seed: int = SEED,
+) -> list[tuple[str, int, bytes]]:
+    """Events as Kafka messages the way producers send them: JSON arrays of up to ``batch`` events of one
+    topic and owning partition, in arrival order per account; ``stray_share`` of them alone on a random
+    partition instead (the worker re-keys those to their owner)."""
+    rnd = random.Random(seed)
+    owner = account_partitioner(settings.partitions)
+    buckets: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    out: list[tuple[str, int, bytes]] = []
+    for count, obj in enumerate(objects, start=1):
+        topic = settings.topic(TYPE_TOPIC[obj["type"]])
+        if rnd.random() < stray_share:
+            out.append((topic, rnd.randrange(settings.partitions), orjson.dumps(obj)))
+        else:
+            key = (topic, owner(obj["account_id"]))
+            bucket = buckets.setdefault(key, [])
+            bucket.append(obj)
+            if len(bucket) >= batch:
+                out.append((*key, orjson.dumps(buckets.pop(key))))
+        if count % 2000 == 0:  # bounds how long a slow topic's events wait (well inside the lateness)
+            out.extend((*key, orjson.dumps(bucket)) for key, bucket in buckets.items())
+            buckets.clear()
+    out.extend((*key, orjson.dumps(bucket)) for key, bucket in buckets.items())
+    return out
+
+
+def chaos_settings(base: Settings, bootstrap_servers: str) -> Settings:
+    """Settings for fault tests: 4 partitions, frequent persists and commits (so a fault finds states
+    stored ahead of committed offsets), and a short session timeout (a killed worker's partitions move
+    after ~6 s instead of 10)."""
+    return replace(
+        base,
+        bootstrap_servers=bootstrap_servers,
+        partitions=4,
+        commit_interval=0.3,
+        persist_interval_seconds=0.7,
+        broker_session_timeout=6.0,
+    )
+
+
+class Cluster:
+    """Workers of one consumer group on ``settings``, as processes; the publisher of a stream."""
+
+    def __init__(self, settings: Settings, directory: Path) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.workers: dict[str, tuple[subprocess.Popen[bytes], Settings]] = {}
+        self.exits: list[tuple[str, int | None]] = []
+        ensure_topics(settings)
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    def publish(self, messages: Sequence[tuple[str, int, bytes]], seconds: float = 0.0) -> threading.Thread:
+        """Publish ``messages`` in order, spread over about ``seconds`` (0: at once), on a thread; join it
+        to know every message was acknowledged."""
+        thread = threading.Thread(target=self._publish, args=(messages, seconds), daemon=True)
+        thread.start()
+        return thread
+
+    def _publish(self, messages: Sequence[tuple[str, int, bytes]], seconds: float) -> None:
+        producer = KafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            acks="all",
+            linger_ms=5,
+            max_request_size=self.settings.max_message_bytes + 64 * 1024,
+        )
+        started = time.monotonic()
+        for index, (topic, partition, value) in enumerate(messages):
+            producer.send(topic, value=value, partition=partition)
+            if seconds and index % 20 == 0:
+                ahead = index / len(messages) * seconds - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush()
+        producer.close()
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def start(self, name: str, **overrides: Any) -> Settings:
+        """Start worker ``name`` (a process; logs in ``<directory>/worker-<name>.log``) and wait until its
+        web server answers. Returns its settings."""
+        settings = replace(self.settings, web_port=free_port(), data_dir=self.directory / f"worker-{name}", **overrides)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        process = spawn(worker_command(), env=settings.to_env(), log_path=self.log(name))
+        self.workers[name] = (process, settings)
+        wait_for_port(settings.web_host, settings.web_port, 120, process)
+        return settings
+
+    def log(self, name: str) -> Path:
+        return self.directory / f"worker-{name}.log"
+
+    def kill(self, name: str) -> None:
+        """``kill -9`` worker ``name``: no shutdown, no last commit."""
+        process, _ = self.workers.pop(name)
+        process.send_signal(signal.SIGKILL)
+        self.exits.append((name, process.wait(timeout=30)))
+
+    def stop(self, name: str) -> int | None:
+        """Stop worker ``name`` cleanly (SIGTERM) and return its exit code."""
+        process, _ = self.workers.pop(name)
+        code = stop(process, timeout=60)
+        self.exits.append((name, code))
+        return code
+
+    def consumed(self, name: str) -> float:
+        """Events worker ``name`` has consumed since it started (its Prometheus counter)."""
+        _, settings = self.workers[name]
+        url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("engagement_events_consumed_total{")
+        )
+
+    def wait_consuming(self, name: str, timeout: float = 120.0) -> None:
+        """Until worker ``name`` has consumed events (its group join is done and data flows)."""
+        deadline = time.monotonic() + timeout
+        while self.consumed(name) == 0:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {name} consumed nothing in {timeout:.0f}s; see {self.log(name)}")
+            time.sleep(0.1)
+
+    def check_alive(self) -> None:
+        for name, (process, _) in self.workers.items():
+            if process.poll() is not None:
+                raise AssertionError(f"worker {name} died (code {process.returncode}); see {self.log(name)}")
+
+    def wait_processed(self, timeout: float = 300.0) -> None:
+        """Until the group has committed every message of every pipeline topic."""
+        deadline = time.monotonic() + timeout
+        topics = pipeline_topics(self.settings)
+        while lag := {tp: n for tp, n in group_lag(self.settings, topics).items() if n}:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"messages still uncommitted after {timeout:.0f}s: {lag}")
+            time.sleep(0.3)
+
+    def finish(self, timeout: float = 300.0) -> None:
+        """Wait until everything is processed, finalize every open window on every worker, stop them all
+        cleanly (each must exit 0)."""
+        self.wait_processed(timeout)
+        for _, settings in self.workers.values():
+            url = f"http://{settings.web_host}:{settings.web_port}/admin/flush"
+            urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=300).read()
+        for name in list(self.workers):
+            code = self.stop(name)
+            assert code in (0, -signal.SIGTERM), f"worker {name} exited with {code}; see {self.log(name)}"
+
+    def shutdown(self) -> None:
+        for name in list(self.workers):
+            self.stop(name)
+
+
+def assert_exact(settings: Settings, stream: Stream) -> None:
+    """Every ClickHouse result equals what the reference computes from the stream's valid events: the
+    final windows, the raw events (each exactly once) and the dead letters by reason."""
+    ids = {row[0] for row in run_query(settings, "SELECT event_id FROM engagement_events FINAL").rows}
+    valid = {e.event_id for e in stream.events}
+    assert ids == valid, f"missing events {sorted(valid - ids)[:5]}, unexpected {sorted(ids - valid)[:5]}"
+    counts = run_query(settings, queries.COUNT_TABLE_ROWS).as_dicts()[0]
+    assert counts["events"] == len(ids)  # each event exactly once
+    expected = reference_rows(stream.events, config_of(settings))
+    stored = stored_windows(settings)
+    missing = [k for k in expected if k not in stored][:3]
+    wrong = [(expected[k], stored[k]) for k in expected if k in stored and stored[k] != expected[k]][:3]
+    extra = [k for k in stored if k not in expected][:3]
+    assert not (missing or wrong or extra), f"missing {missing}; wrong {wrong}; extra {extra}"
+    assert counts["final_windows"] == counts["windows"] == len(expected)
+    reasons = run_query(settings, queries.DEAD_LETTERS_BY_REASON)
+    assert Counter({str(reason): int(n) for reason, n in reasons.rows}) == stream.dead_letters
+
+
+def random_pauses(rnd: random.Random, count: int, low: float, high: float) -> Iterator[float]:
+    """``count`` random delays in [low, high) s: when the faults strike."""
+    for _ in range(count):
+        yield rnd.uniform(low, high)
