@@ -25,9 +25,10 @@ from pipeline.events import (
     Rejection,
 )
 
-# RFC 3339 date-time with a mandatory zone; fraction of any length (truncated to milliseconds).
+# RFC 3339 date-time with a mandatory zone; fraction of any length (truncated to milliseconds). ASCII:
+# without it ``\d`` is any Unicode decimal digit (Arabic-Indic...), which RFC 3339 and the schema do not allow.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII
 )
 _MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 _ENGAGE_OR_FOLLOW = frozenset({"like", "reply", "mention", "follow", "unfollow"})  # not "followers"

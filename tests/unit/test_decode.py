@@ -88,6 +88,9 @@ def test_ts_forms(ts: object, expected: int) -> None:
         (enc(ts="yesterday"), Reason.INVALID_TS),
         (enc(ts="2026-02-30T00:00:00Z"), Reason.INVALID_TS),
         (enc(ts="2026-01-01T00:00:00+25:00"), Reason.INVALID_TS),
+        (enc(ts="\u0662\u0660\u0662\u0666-01-01T00:00:00Z"), Reason.INVALID_TS),  # Arabic-Indic digits
+        (enc(ts="2026-01-01T00:00:00.\u0661\u0662\u0663Z"), Reason.INVALID_TS),
+        (enc(ts="2026-01-01T00:00:00+0\u0661:00"), Reason.INVALID_TS),
         (enc(ts=-5), Reason.INVALID_TS),
         (enc(ts=10**15), Reason.INVALID_TS),
         (enc(event_id="x" * 129), Reason.FIELD_TOO_LONG),
