@@ -25,9 +25,10 @@ from pipeline.events import (
     Rejection,
 )
 
-# RFC 3339 date-time with a mandatory zone; fraction of any length (truncated to milliseconds).
+# RFC 3339 date-time with a mandatory zone; fraction of any length (truncated to milliseconds). ASCII:
+# without it ``\d`` is any Unicode decimal digit (Arabic-Indic...), which RFC 3339 and the schema do not allow.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII
 )
 _MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 _ENGAGE_OR_FOLLOW = frozenset({"like", "reply", "mention", "follow", "unfollow"})  # not "followers"
@@ -229,11 +230,21 @@ def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
     )
 
 
-def _encode_element(obj: Any) -> bytes:
+def encode_element(obj: Any) -> bytes:
+    """A rejected array element as the bytes of its dead letter. Never raises.
+
+    JSON where orjson can encode it; ``orjson.loads`` accepts 1024 levels of nesting but ``orjson.dumps``
+    only 255, so a deeper element falls back to its ``repr``, and one too deep even for that (``repr``
+    recurses on the Python stack) to a fixed placeholder.
+    """
     try:
         return orjson.dumps(obj)
-    except (TypeError, orjson.JSONEncodeError):
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
+    try:
         return repr(obj).encode("utf-8", "replace")
+    except RecursionError:
+        return f"<a {type(obj).__name__} nested too deeply to re-encode>".encode()
 
 
 def load_json(payload: bytes) -> tuple[Any, Rejection | None]:
@@ -273,7 +284,7 @@ def decode_message(
             try:
                 events.append(validate_event(element, topic_kind))
             except _Invalid as exc:
-                rejections.append(Rejection(exc.reason, exc.detail, index, _encode_element(element)))
+                rejections.append(Rejection(exc.reason, exc.detail, index, encode_element(element)))
         return events, rejections
     try:
         events.append(validate_event(value, topic_kind))

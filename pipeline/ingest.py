@@ -20,7 +20,7 @@ import orjson
 from kafka import KafkaProducer
 
 from pipeline.deadletter import DeadLetter
-from pipeline.decode import _Invalid, load_json, validate_event
+from pipeline.decode import _Invalid, encode_element, load_json, validate_event
 from pipeline.events import DEAD_LETTER_TOPIC, TYPE_TOPIC, Reason, Rejection
 from pipeline.partitioning import partition_for
 from pipeline.settings import Settings
@@ -79,7 +79,7 @@ def ingest_lines(
     source_topic = f"ingest:{source_name}"
 
     def send(topic: str, partition: int, account_id: str, objects: list[Any]) -> None:
-        payload = orjson.dumps(objects if len(objects) > 1 else objects[0])
+        payload = _encode_batch(objects)
         producer.send(topic, key=account_id.encode("utf-8"), value=payload, partition=partition)
         report.messages += 1
         report.by_topic[topic] = report.by_topic.get(topic, 0) + len(objects)
@@ -122,7 +122,7 @@ def ingest_lines(
                         exc.reason,
                         exc.detail,
                         index if len(objects) > 1 else -1,
-                        orjson.dumps(obj) if isinstance(obj, (dict, list, str, int)) else line,
+                        encode_element(obj) if isinstance(obj, (dict, list, str, int)) else line,
                     ),
                 )
                 continue
@@ -154,6 +154,19 @@ def ingest_lines(
     if on_progress is not None:
         on_progress(report)
     return report
+
+
+def _encode_batch(objects: list[Any]) -> bytes:
+    """Valid event objects as one message: the object, or an array of them, as they came in.
+
+    An unknown field may nest deeper than ``orjson.dumps`` writes (255 levels, where ``orjson.loads`` reads
+    1024): then the batch goes out as the events' contract fields alone, which is all the worker reads.
+    """
+    try:
+        return orjson.dumps(objects if len(objects) > 1 else objects[0])
+    except orjson.JSONEncodeError:
+        fields = [validate_event(obj, None).to_json_dict() for obj in objects]
+        return orjson.dumps(fields if len(fields) > 1 else fields[0])
 
 
 def read_lines(path: str) -> Iterator[bytes]:

@@ -88,6 +88,9 @@ def test_ts_forms(ts: object, expected: int) -> None:
         (enc(ts="yesterday"), Reason.INVALID_TS),
         (enc(ts="2026-02-30T00:00:00Z"), Reason.INVALID_TS),
         (enc(ts="2026-01-01T00:00:00+25:00"), Reason.INVALID_TS),
+        (enc(ts="\u0662\u0660\u0662\u0666-01-01T00:00:00Z"), Reason.INVALID_TS),  # Arabic-Indic digits
+        (enc(ts="2026-01-01T00:00:00.\u0661\u0662\u0663Z"), Reason.INVALID_TS),
+        (enc(ts="2026-01-01T00:00:00+0\u0661:00"), Reason.INVALID_TS),
         (enc(ts=-5), Reason.INVALID_TS),
         (enc(ts=10**15), Reason.INVALID_TS),
         (enc(event_id="x" * 129), Reason.FIELD_TOO_LONG),
@@ -171,3 +174,15 @@ def test_canonical_utc_timestamps_parse_exactly(ms: int, with_millis: bool) -> N
 @pytest.mark.parametrize("ts", ["2023-02-29T00:00:00Z", "2026-01-01T24:00:00.000Z", "2026-01-01T00:00:0a.123Z"])
 def test_canonical_shaped_but_invalid_timestamps_are_rejected(ts: str) -> None:
     assert one(enc(ts=ts))[1] == [Reason.INVALID_TS]
+
+
+@pytest.mark.parametrize("depth", [256, 600, 1000, 1023])
+def test_rejected_element_too_deep_to_re_encode(depth: int) -> None:
+    """orjson reads 1024 levels of nesting but writes only 255: the rejected element's dead-letter payload
+    fell back to ``repr``, which raised RecursionError from about 1000 levels (found by fuzzing)."""
+    nested = b"[" * depth + b"]" * depth
+    events, rejections = decode_message(b"[" + nested + b"]", "likes")
+    assert events == [] and [(r.index, r.reason) for r in rejections] == [(0, Reason.NOT_AN_OBJECT)]
+    assert rejections[0].payload
+    deep_ts = b'[{"event_id": "e", "type": "like", "ts": ' + nested[2:-2] + b', "actor_id": "u", "account_id": "a"}]'
+    assert [(r.index, r.reason) for r in decode_message(deep_ts, "likes")[1]] == [(0, Reason.WRONG_TYPE)]
