@@ -79,3 +79,14 @@ BATCH_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+DEAD_LETTER_BRAKE_SHARE = Gauge(
+    "engagement_dead_letter_brake_invalid_share",
+    "Share of invalid messages among the last ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES source messages, updated "
+    "per batch; above ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE the worker stops (0 while the brake is disabled).",
+    registry=REGISTRY,
+)
+DEAD_LETTER_BRAKE_TRIPS = Counter(
+    "engagement_dead_letter_brake_trips_total",
+    "Times the dead-letter brake stopped this worker (it exits right after: the log line and exit code 65 last).",
+    registry=REGISTRY,
+)

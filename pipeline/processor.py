@@ -3,7 +3,8 @@
 :meth:`BatchProcessor.process` is the whole data path, in the order that keeps results exact under
 at-least-once delivery:
 
-1. decode and validate every message; bad input becomes dead letters (never an exception);
+1. decode and validate every message; bad input becomes dead letters (never an exception), unless so
+   much of it is bad that the dead-letter brake trips (:mod:`pipeline.brake`): then the batch stops there;
 2. events of accounts owned by another partition, and responses, are re-keyed to the owner's partition;
 3. the aggregator counts events, moves the event-time frontier and finalizes windows;
 4. raw events and window rows are inserted into ClickHouse (retried until durable), while dead letters
@@ -35,6 +36,7 @@ import orjson
 from pipeline import metrics
 from pipeline.account_state import input_position
 from pipeline.aggregator import NO_FRONTIER, Aggregator, Outcome, ResponseCandidate, WindowConfig
+from pipeline.brake import DeadLetterBrake
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import decode_message, validate_event
 from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Event, Reason, Rejection
@@ -168,6 +170,7 @@ class BatchProcessor:
             self.config, store, partition_of, upsert_interval_s=settings.upsert_interval_seconds
         )
         self.progress = Progress()
+        self.brake = DeadLetterBrake(settings.dead_letter_brake_share, settings.dead_letter_brake_messages)
         self.lock = asyncio.Lock()
         self.owned: frozenset[int] = frozenset()
         self.source_kinds = {settings.topic(t): t for t in SOURCE_TOPICS}
@@ -224,6 +227,12 @@ class BatchProcessor:
         while the next chunk is decoded; a chunk's deliveries are awaited before the one after next
         begins. Once more accounts are touched than the live cache holds, their states are written to
         the table early (after the rows so far are durable), which bounds memory.
+
+        Raises :class:`~pipeline.brake.DeadLetterBrakeTripped` when too many recent source messages were
+        invalid. Like any exception here, it leaves nothing of the batch persisted or to acknowledge. The
+        chunk being decoded sends nothing; the one in flight sends no dead letters or re-keyed messages
+        (its ClickHouse inserts had started: idempotent rows, rewritten on replay); only earlier chunks of
+        a batch of several were delivered in full.
         """
         async with self.lock:
             started = time.perf_counter()
@@ -358,6 +367,7 @@ class BatchProcessor:
             metrics.DEAD_LETTERS.labels(reason).inc(n)
         for tally in (self._messages, self._events, self._outcomes, self._dead):
             tally.clear()
+        metrics.DEAD_LETTER_BRAKE_SHARE.set(self.brake.invalid_share)
         if self.newest_event_ms:
             metrics.NEWEST_EVENT_SECONDS.set(self.newest_event_ms / 1000)
 
@@ -406,6 +416,7 @@ class BatchProcessor:
         events, rejections = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejection in rejections:
             self._dead_letter(rejection, message, dead)
+        self.brake.observe(rejections, topic, partition, offset)  # raises DeadLetterBrakeTripped
         if not events:
             return
         # The per-event loop of the hot path: locals only, one aggregator call per owned event.

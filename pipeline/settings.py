@@ -97,6 +97,10 @@ class Settings:
     # Input limits
     max_message_bytes: int = 1024 * 1024
     dead_letter_payload_bytes: int = 4096
+    # The dead-letter brake (pipeline.brake): stop when more than this share of the last N source messages
+    # were invalid, rather than dead-letter a whole topic after a bad deploy upstream. 1 disables it.
+    dead_letter_brake_share: float = 0.5
+    dead_letter_brake_messages: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -132,6 +136,10 @@ class Settings:
             raise SettingsError("ENGAGEMENT_PERSIST_INTERVAL_SECONDS must be >= 0")
         if self.batch_max_events <= 0 or self.batch_max_seconds <= 0 or self.batch_max_messages <= 0:
             raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS, _MESSAGES and _SECONDS must be > 0")
+        if not 0 <= self.dead_letter_brake_share <= 1:
+            raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE must be between 0 and 1 (1 disables the brake)")
+        if self.dead_letter_brake_messages <= 0:
+            raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES must be > 0")
 
     def topic(self, name: str) -> str:
         """The full name of a pipeline topic (``likes``, ``follows``, ...), with the prefix."""

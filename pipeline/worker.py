@@ -5,7 +5,9 @@ Agents and tasks:
   the consumer (:mod:`pipeline.intake`, below Faust's per-message stream path) and hands each batch to
   :class:`~pipeline.processor.BatchProcessor`. A batch is acknowledged (its offsets become committable)
   only once its rows are durable and the account states it changed are in the table's changelog; states
-  are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, at once when idle.
+  are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, at once when idle. When the
+  dead-letter brake trips (:mod:`pipeline.brake`), the worker logs why and exits with code 65 without
+  acknowledging the batch; any other failure of a batch is a bug: it exits with code 70, also unacked.
 - ``dead_letters`` copies the dead-letter topic into ``engagement_dead_letters``.
 
 Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
@@ -30,7 +32,7 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from pipeline import metrics
+from pipeline import brake, metrics
 from pipeline.deadletter import DeadLetter
 from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
 from pipeline.intake import IntakeApp, IntakeBuffer, IntakeConsumer
@@ -254,6 +256,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 idle = len(app.intake) == 0
                 if idle or time.monotonic() - last_settled >= settings.persist_interval_seconds:
                     await settle()
+            except brake.DeadLetterBrakeTripped as exc:  # bad input upstream: stop before it is all dead-lettered
+                log.critical("%s", exc)
+                os._exit(brake.EXIT_CODE)
             except Exception:  # a bug, not bad input: stop before the batch is acknowledged
                 log.critical("batch processing failed; exiting without committing", exc_info=True)
                 os._exit(70)
