@@ -26,9 +26,10 @@ from kafka import KafkaProducer
 
 from pipeline import queries
 from pipeline.decode import decode_message
-from pipeline.events import TYPE_TOPIC, Event
+from pipeline.events import SOURCE_TOPICS, TYPE_TOPIC, Event
 from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics
 from pipeline.partitioning import account_partitioner
+from pipeline.poison import poison_stream
 from pipeline.processes import free_port, spawn, stop, wait_for_port
 from pipeline.query_client import run_query
 from pipeline.reference import reference_rows
@@ -53,7 +54,7 @@ class Stream:
     def of(cls, messages: list[tuple[str, int, bytes]], settings: Settings) -> Stream:
         """The stream of ``messages``, its expectations found by decoding each message as the worker does."""
         stream = cls(messages)
-        kinds = {settings.topic(kind): kind for kind in ("likes", "replies", "mentions", "follows")}
+        kinds = {settings.topic(kind): kind for kind in SOURCE_TOPICS}
         for topic, _, value in messages:
             events, rejections = decode_message(value, kinds[topic], settings.max_message_bytes)
             stream.events.extend(events)
@@ -100,6 +101,31 @@ def as_messages(
     return out
 
 
+def poisoned(stream: Stream, settings: Settings, share: float = 0.05, seed: int = SEED) -> Stream:
+    """``stream`` with malformed messages mixed in (:mod:`pipeline.poison`) so that ``share`` of all
+    messages are malformed, each right after the message it borrows from and on its partition; what they
+    must give (dead letters by reason, the valid events of mixed arrays) from the poison contract."""
+    kinds = {settings.topic(kind): kind for kind in SOURCE_TOPICS}
+    by_topic: dict[str, list[int]] = {}
+    for index, (topic, _, _) in enumerate(stream.messages):
+        by_topic.setdefault(topic, []).append(index)
+    following: dict[int, list[tuple[str, int, bytes]]] = {}
+    out = Stream([], list(stream.events), Counter(stream.dead_letters))
+    for topic, indexes in by_topic.items():
+        values = [stream.messages[i][2] for i in indexes]
+        for item in poison_stream(values, kinds[topic], share, seed, settings.max_message_bytes):
+            if item.kind is None:
+                continue
+            origin = indexes[item.origin]
+            following.setdefault(origin, []).append((topic, stream.messages[origin][1], item.value))
+            out.dead_letters.update(letter.reason.value for letter in item.dead_letters)
+            out.events.extend(item.valid_events)
+    for index, message in enumerate(stream.messages):
+        out.messages.append(message)
+        out.messages.extend(following.get(index, ()))
+    return out
+
+
 def chaos_settings(base: Settings, bootstrap_servers: str) -> Settings:
     """Settings for fault tests: 4 partitions, frequent persists and commits (so a fault finds states
     stored ahead of committed offsets), and a short session timeout (a killed worker's partitions move
@@ -138,7 +164,7 @@ class Cluster:
             bootstrap_servers=self.settings.bootstrap_servers,
             acks="all",
             linger_ms=5,
-            max_request_size=self.settings.max_message_bytes + 64 * 1024,
+            max_request_size=2 * self.settings.max_message_bytes,  # poison holds oversized messages
         )
         started = time.monotonic()
         for index, (topic, partition, value) in enumerate(messages):

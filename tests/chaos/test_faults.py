@@ -22,6 +22,7 @@ from tests.chaos.harness import (
     assert_exact,
     chaos_settings,
     generated_events,
+    poisoned,
     random_pauses,
 )
 
@@ -52,4 +53,74 @@ def test_kill_minus_nine_three_times_mid_stream(cluster: Cluster) -> None:
     publishing.join()
     cluster.finish()
     assert [code for _, code in cluster.exits[:3]] == [-9, -9, -9]
+    assert_exact(cluster.settings, stream)
+
+
+def test_two_workers_one_killed_then_back(cluster: Cluster) -> None:
+    """Its partitions move to the survivor (after the session timeout), then back (a second rebalance)."""
+    print(f"ENGAGEMENT_CHAOS_SEED={SEED}")
+    rnd = random.Random(SEED)
+    stream = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
+    publishing = cluster.publish(stream.messages, seconds=45)
+    cluster.start("a")
+    cluster.start("b")
+    cluster.wait_consuming("a")
+    cluster.wait_consuming("b")
+    time.sleep(rnd.uniform(0.5, 4.0))
+    cluster.kill("b")
+    time.sleep(cluster.settings.broker_session_timeout + rnd.uniform(2.0, 6.0))  # a owns everything now
+    assert publishing.is_alive(), "the stream ended before the second rebalance: publish it more slowly"
+    cluster.start("b")
+    publishing.join()
+    cluster.finish()
+    assert_exact(cluster.settings, stream)
+
+
+def test_duplicate_storm(cluster: Cluster) -> None:
+    """Every event published three times, each copy in a different message (well inside the lateness)."""
+    events = generated_events()
+    copies = sorted(
+        (
+            (index + shift, copy, event)
+            for copy, shift in enumerate((0, 2000, 4000))
+            for index, event in enumerate(events)
+        ),
+        key=lambda item: item[:2],
+    )
+    stream = Stream.of(as_messages([event for _, _, event in copies], cluster.settings), cluster.settings)
+    assert len(stream.events) >= 3 * len(events) - 20_000  # nearly all copies are valid events
+    publishing = cluster.publish(stream.messages, seconds=20)
+    cluster.start("a")
+    publishing.join()
+    cluster.finish()
+    assert_exact(cluster.settings, stream)
+
+
+def test_poison_input(cluster: Cluster) -> None:
+    """5 % of messages malformed: valid results exact, every bad element a dead letter with its reason."""
+    valid = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
+    stream = poisoned(valid, cluster.settings, share=0.05)
+    malformed = len(stream.messages) - len(valid.messages)
+    assert malformed >= 0.049 * len(stream.messages)
+    assert len(stream.dead_letters) >= 8  # every kind of dirt has its own reason(s)
+    publishing = cluster.publish(stream.messages, seconds=20)
+    cluster.start("a")
+    publishing.join()
+    cluster.finish()
+    assert_exact(cluster.settings, stream)
+
+
+def test_clean_restart_keeps_open_windows(cluster: Cluster) -> None:
+    """SIGTERM mid-stream, then a new worker: states recover from the changelog, nothing counted twice."""
+    rnd = random.Random(SEED)
+    stream = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
+    publishing = cluster.publish(stream.messages, seconds=30)
+    cluster.start("a")
+    cluster.wait_consuming("a")
+    time.sleep(rnd.uniform(1.0, 5.0))
+    assert cluster.stop("a") == 0
+    assert publishing.is_alive(), "the stream ended before the restart: publish it more slowly"
+    cluster.start("a")
+    publishing.join()
+    cluster.finish()
     assert_exact(cluster.settings, stream)
