@@ -236,6 +236,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         try:
             await durable
         except Exception:
+            if app.should_stop:  # the producer closed under us: nothing more is acknowledged
+                return
             log.critical("writing account states to the changelog failed; exiting without committing", exc_info=True)
             os._exit(70)
         consumer = cast(IntakeConsumer, app.consumer)
@@ -259,7 +261,11 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             except brake.DeadLetterBrakeTripped as exc:  # bad input upstream: stop before it is all dead-lettered
                 log.critical("%s", exc)
                 os._exit(brake.EXIT_CODE)
-            except Exception:  # a bug, not bad input: stop before the batch is acknowledged
+            except Exception:
+                if app.should_stop:  # a clean stop closed the producer under this batch: it is replayed
+                    log.info("stopping: %d processed batches were not acknowledged", len(unacked) + 1)
+                    return
+                # a bug, not bad input: stop before the batch is acknowledged
                 log.critical("batch processing failed; exiting without committing", exc_info=True)
                 os._exit(70)
 
