@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipeline import queries
 from pipeline.decode import decode_message
@@ -37,6 +37,7 @@ from pipeline.replay import worker_command
 from pipeline.settings import Settings
 from tests.integration.helpers import config_of, stored_windows
 
+SERVER_SCRIPT = Path(__file__).resolve().parent.parent / "services" / "clickhouse-server.sh"
 EVENTS = int(os.environ.get("ENGAGEMENT_CHAOS_EVENTS", "100000"))
 SEED = int(os.environ.get("ENGAGEMENT_CHAOS_SEED", str(int(time.time()) % 100_000)))
 
@@ -206,6 +207,11 @@ class Cluster:
 
     def consumed(self, name: str) -> float:
         """Events worker ``name`` has consumed since it started (its Prometheus counter)."""
+        return self.metric(name, "engagement_events_consumed_total")
+
+    def metric(self, name: str, metric: str) -> float:
+        """Prometheus metric ``metric`` of worker ``name`` since it started, summed over its labels (0
+        before its first sample); a histogram's ``_count`` or ``_sum`` too."""
         _, settings = self.workers[name]
         url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -213,8 +219,22 @@ class Cluster:
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("engagement_events_consumed_total{")
+            if line.startswith((f"{metric}{{", f"{metric} "))
         )
+
+    def committed(self) -> dict[tuple[str, int], int | None]:
+        """The group's committed offset of every partition of every pipeline topic (None: nothing yet)."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, group_id=self.settings.app_id, enable_auto_commit=False
+        )
+        try:
+            return {
+                (topic, partition): consumer.committed(TopicPartition(topic, partition))
+                for topic in pipeline_topics(self.settings)
+                for partition in range(self.settings.partitions)
+            }
+        finally:
+            consumer.close()
 
     def wait_consuming(self, name: str, timeout: float = 120.0) -> None:
         """Until worker ``name`` has consumed events (its group join is done and data flows)."""
@@ -254,6 +274,38 @@ class Cluster:
     def shutdown(self) -> None:
         for name in list(self.workers):
             self.stop(name)
+
+
+class ClickHouseServer:
+    """A private ClickHouse server (``tests/services/clickhouse-server.sh start``) that a scenario may kill
+    and start again: on the same data directory and port, so its databases survive and clients reconnect.
+    The session's server is shared with other tests and must never be stopped; a fault takes its own."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and wait until it accepts connections (its tables are loaded by then)."""
+        command = [str(SERVER_SCRIPT), "start", str(self.directory), str(self.port)]
+        self.process = spawn(command, log_path=self.directory / "stdout.log")  # the script execs the server
+        wait_for_port(self.host, self.port, timeout, self.process)
+
+    def kill(self) -> int:
+        """``kill -9`` the server: no shutdown, inserts in progress cut off. Returns its exit code."""
+        assert self.process is not None, "the server is not running"
+        process, self.process = self.process, None
+        process.send_signal(signal.SIGKILL)
+        return process.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        """Stop the server (SIGTERM) if it runs; returns its exit code."""
+        process, self.process = self.process, None
+        return stop(process, timeout=30)
 
 
 def assert_exact(settings: Settings, stream: Stream) -> None:
