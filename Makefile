@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 DURATION ?= 60
 
-.PHONY: demo test unit integration lint typecheck bench bench-quick clean
+.PHONY: demo test unit integration chaos lint typecheck bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ unit: $(STAMP)
 integration: $(STAMP)
 	./tests/services/clickhouse-server.sh install
 	$(BIN)/python -m pytest -q -m integration tests
+
+# The fault tests alone (also part of `make test`): kills, a ClickHouse outage, rebalances, duplicates, poison
+# input and the dead-letter brake, each ending with every ClickHouse result equal to the reference.
+chaos: $(STAMP)
+	./tests/services/clickhouse-server.sh install
+	$(BIN)/python -m pytest -q -m chaos tests
 
 # Benchmarks are not tests: figures as ratios against baselines measured in the same run.
 bench: $(STAMP)

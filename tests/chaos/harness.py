@@ -205,6 +205,13 @@ class Cluster:
         self.exits.append((name, code))
         return code
 
+    def wait_exit(self, name: str, timeout: float = 120.0) -> int:
+        """Until worker ``name`` exits by itself; its exit code."""
+        process, _ = self.workers.pop(name)
+        code = process.wait(timeout=timeout)
+        self.exits.append((name, code))
+        return code
+
     def consumed(self, name: str) -> float:
         """Events worker ``name`` has consumed since it started (its Prometheus counter)."""
         return self.metric(name, "engagement_events_consumed_total")

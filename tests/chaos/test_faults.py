@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.brake import EXIT_CODE
 from pipeline.broker import EmbeddedBroker
 from pipeline.settings import Settings
 from tests.chaos.harness import (
@@ -122,5 +123,29 @@ def test_clean_restart_keeps_open_windows(cluster: Cluster) -> None:
     assert publishing.is_alive(), "the stream ended before the restart: publish it more slowly"
     cluster.start("a")
     publishing.join()
+    cluster.finish()
+    assert_exact(cluster.settings, stream)
+
+
+def test_dead_letter_brake_stops_a_bad_deploy_until_a_human_lets_it_through(cluster: Cluster) -> None:
+    """A bad deploy upstream sends garbage mid-stream: the worker stops at the brake (twice: nothing past it
+    is committed), then, with the brake disabled by an operator, dead-letters it and finishes exactly."""
+    messages = as_messages(generated_events(), cluster.settings)
+    likes = cluster.settings.topic("likes")
+    garbage = [(likes, n % cluster.settings.partitions, b'{"event_id": "x", "oops": true}') for n in range(2500)]
+    half = len(messages) // 2
+    stream = Stream.of(messages[:half] + garbage + messages[half:], cluster.settings)
+    assert stream.dead_letters == {"missing_field": len(garbage)}
+    cluster.publish(stream.messages).join()
+    cluster.start("a")
+    assert cluster.wait_exit("a") == EXIT_CODE
+    assert "dead-letter brake tripped" in cluster.log("a").read_text()
+    first_garbage = {p: sum(1 for t, q, _ in messages[:half] if (t, q) == (likes, p)) for p in range(4)}
+    window = cluster.settings.dead_letter_brake_messages
+    assert all((cluster.committed()[(likes, p)] or 0) <= first_garbage[p] + window for p in range(4))
+    cluster.start("b")
+    assert cluster.wait_exit("b") == EXIT_CODE  # it stops there again: a human must look
+    assert all((cluster.committed()[(likes, p)] or 0) <= first_garbage[p] + window for p in range(4))
+    cluster.start("c", dead_letter_brake_share=1.0)
     cluster.finish()
     assert_exact(cluster.settings, stream)
