@@ -9,10 +9,12 @@ messages were.
 
 Rules (the contract the tests pin down):
 
-- One observation per source message. A message is invalid when decoding rejected it or at least one
-  element of its JSON array (any reason but ``late``: a late event is valid input that arrived after
-  its window was final). Messages of the re-key topic are ours and are not observed.
-- It trips when, over the last ``window`` observations, ``invalid / window > share``. It never trips
+- One observation per source message. A message is invalid when decoding rejected it, and counts as
+  the share of its JSON array's elements that were rejected (any reason but ``late``: a late event is
+  valid input that arrived after its window was final): a producer batching 100 events with one bad
+  among them is 1 % bad, not a bad message. Messages of the re-key topic are ours and are not observed.
+- It trips when, over the last ``window`` observations, ``invalid / window > share`` (``invalid``: the
+  sum of the messages' invalid shares). It never trips
   before ``window`` messages have been observed: a handful of bad messages on a quiet topic is no bad
   deploy, and a fixed denominator makes the threshold mean the same at start-up as later.
 - ``share >= 1`` disables it (no share can exceed 1); ``share = 0`` trips on any invalid message once
@@ -20,8 +22,9 @@ Rules (the contract the tests pin down):
 - The window spans every source topic and partition this worker consumes, in consumption order, and
   lives as long as the process: a restarted worker starts with an empty window at the committed
   offsets, so it trips again at most ``window`` messages into the same bad input.
-- :meth:`DeadLetterBrake.observe` is O(1): a ring buffer of the last ``window`` outcomes with a running
-  count of invalid messages and of their reasons (one per invalid message: its first rejection's).
+- :meth:`DeadLetterBrake.observe` is O(1): a ring buffer of the last ``window`` outcomes with running
+  sums, in integer millionths of a message (exact for whole messages), and a count of the reasons (one
+  per message with invalid elements: its first rejection's).
 
 What tripping means for the batch (not acknowledged, not persisted, its dead letters not produced) is
 :class:`~pipeline.processor.BatchProcessor`'s contract; the worker then exits with :data:`EXIT_CODE`.
@@ -41,6 +44,7 @@ MESSAGES_SETTING = "ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES"
 EXIT_CODE = 65  # sysexits.h EX_DATAERR, "the input data was incorrect": apart from 70 (a bug, EX_SOFTWARE)
 
 _LATE = Reason.LATE
+_UNIT = 1_000_000  # a whole invalid message, in the ring's integer units
 
 
 class DeadLetterBrakeTripped(RuntimeError):
@@ -52,7 +56,7 @@ class DeadLetterBrakeTripped(RuntimeError):
 
     def __init__(
         self,
-        invalid: int,
+        invalid: float,
         window: int,
         share: float,
         topic: str,
@@ -76,7 +80,7 @@ class DeadLetterBrakeTripped(RuntimeError):
     def _describe(self) -> str:
         common = ", ".join(f"{reason} ({n})" for reason, n in self.reasons) or "none"
         return (
-            f"dead-letter brake tripped: {self.invalid} of the last {self.window} source messages "
+            f"dead-letter brake tripped: {self.invalid:g} of the last {self.window} source messages "
             f"({self.share_seen:.1%}) were invalid, more than the allowed {self.share:.1%}; "
             f"at {self.topic} partition {self.partition} offset {self.offset}; "
             f"most common reasons: {common}. "
@@ -103,47 +107,52 @@ class DeadLetterBrake:
         self.share = share
         self.window = window
         self.disabled = share >= 1
-        # The most invalid messages a full window may hold: the largest k with k / window <= share,
+        # The most invalid units a full window may hold: the largest k with k / (window * unit) <= share,
         # exactly as the float comparison in the rule (no rounding surprise at the trip point).
-        limit = min(window, int(share * window))
-        while limit < window and (limit + 1) / window <= share:
+        total = window * _UNIT
+        limit = min(total, int(share * total))
+        while limit < total and (limit + 1) / total <= share:
             limit += 1
-        while limit >= 0 and limit / window > share:
+        while limit >= 0 and limit / total > share:
             limit -= 1
         self._limit = limit
-        self._ring: list[str | None] = [None] * window  # the reason of each invalid message, None if valid
+        # Per slot: the invalid units of the message and its first reason (None: valid).
+        self._ring: list[tuple[int, str | None]] = [(0, None)] * window
         self._next = 0  # the slot the next observation overwrites
         self._seen = 0  # observations so far, capped at window
-        self._invalid = 0  # invalid observations in the ring
+        self._invalid = 0  # invalid units in the ring
         self._reasons: Counter[str] = Counter()  # reasons in the ring
 
     @property
     def invalid_share(self) -> float:
         """The share of invalid messages among the last ``window`` observations (or fewer, at start)."""
-        return self._invalid / self._seen if self._seen else 0.0
+        return self._invalid / (self._seen * _UNIT) if self._seen else 0.0
 
-    def observe(self, rejections: Sequence[Rejection], topic: str, partition: int, offset: int) -> None:
-        """Record one source message with the ``rejections`` its decoding produced (empty: valid).
+    def observe(self, rejections: Sequence[Rejection], topic: str, partition: int, offset: int, valid: int = 0) -> None:
+        """Record one source message with the ``rejections`` its decoding produced (empty: valid) and
+        the number of ``valid`` events it carried (the message counts as its invalid share).
 
         Raises :class:`DeadLetterBrakeTripped` when this observation takes the window over the share.
         """
         if self.disabled:
             return
         reason: str | None = None
+        bad = 0
         for rejection in rejections:
             if rejection.reason is not _LATE:
-                reason = rejection.reason.value
-                break
+                bad += 1
+                if reason is None:
+                    reason = rejection.reason.value
+        units = bad * _UNIT // (bad + valid) if bad else 0
         ring, slot = self._ring, self._next
-        evicted = ring[slot]
-        ring[slot] = reason
+        evicted_units, evicted = ring[slot]
+        ring[slot] = (units, reason)
         slot += 1
         self._next = slot if slot < self.window else 0
+        self._invalid += units - evicted_units
         if evicted is not None:
-            self._invalid -= 1
             self._reasons[evicted] -= 1
         if reason is not None:
-            self._invalid += 1
             self._reasons[reason] += 1
         if self._seen < self.window:
             self._seen += 1
@@ -155,4 +164,5 @@ class DeadLetterBrake:
     def _trip(self, topic: str, partition: int, offset: int) -> None:
         metrics.DEAD_LETTER_BRAKE_TRIPS.inc()
         reasons = [(r, n) for r, n in self._reasons.most_common() if n > 0][:3]
-        raise DeadLetterBrakeTripped(self._invalid, self.window, self.share, topic, partition, offset, reasons)
+        invalid = self._invalid / _UNIT
+        raise DeadLetterBrakeTripped(invalid, self.window, self.share, topic, partition, offset, reasons)

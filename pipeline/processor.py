@@ -416,7 +416,7 @@ class BatchProcessor:
         events, rejections = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejection in rejections:
             self._dead_letter(rejection, message, dead)
-        self.brake.observe(rejections, topic, partition, offset)  # raises DeadLetterBrakeTripped
+        self.brake.observe(rejections, topic, partition, offset, len(events))  # raises DeadLetterBrakeTripped
         if not events:
             return
         # The per-event loop of the hot path: locals only, one aggregator call per owned event.

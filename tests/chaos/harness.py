@@ -181,8 +181,12 @@ class Cluster:
 
     def start(self, name: str, **overrides: Any) -> Settings:
         """Start worker ``name`` (a process; logs in ``<directory>/worker-<name>.log``) and wait until its
-        web server answers. Returns its settings."""
-        settings = replace(self.settings, web_port=free_port(), data_dir=self.directory / f"worker-{name}", **overrides)
+        web server answers. Returns its settings. Workers of a ClickHouse server each get a data directory
+        of their own; with the embedded store (chDB: one process at a time) they share the cluster's."""
+        data_dir = (
+            self.settings.data_dir if self.settings.warehouse == "embedded" else self.directory / f"worker-{name}"
+        )
+        settings = replace(self.settings, web_port=free_port(), data_dir=data_dir, **overrides)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         process = spawn(worker_command(), env=settings.to_env(), log_path=self.log(name))
         self.workers[name] = (process, settings)

@@ -39,14 +39,32 @@ def cluster(broker: EmbeddedBroker, server_settings: Settings, tmp_path: Path) -
         running.shutdown()
 
 
+@pytest.fixture()
+def embedded_cluster(broker: EmbeddedBroker, embedded_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(chaos_settings(embedded_settings, broker.bootstrap_servers), tmp_path)
+    try:
+        yield running
+    finally:
+        running.shutdown()
+
+
 def test_kill_minus_nine_three_times_mid_stream(cluster: Cluster) -> None:
+    kill_three_times(cluster)
+
+
+def test_kill_minus_nine_on_the_embedded_store(embedded_cluster: Cluster) -> None:
+    """The default deployment: chDB in the worker's process, killed mid-insert as well."""
+    kill_three_times(embedded_cluster)
+
+
+def kill_three_times(cluster: Cluster) -> None:
     print(f"ENGAGEMENT_CHAOS_SEED={SEED}")
     rnd = random.Random(SEED)
     stream = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
-    publishing = cluster.publish(stream.messages, seconds=50)
+    publishing = cluster.publish(stream.messages, seconds=55)  # outlasts the faults below (≤ ~40 s)
     cluster.start("a")
     cluster.wait_consuming("a")  # the first kill strikes mid-batch; the others anywhere in a worker's life
-    for pause in [rnd.uniform(0.2, 3.0), *random_pauses(rnd, 2, 1.0, 15.0)]:
+    for pause in [rnd.uniform(0.2, 3.0), *random_pauses(rnd, 2, 1.0, 10.0)]:
         time.sleep(pause)
         assert publishing.is_alive(), "the stream ended before the fault: publish it more slowly"
         cluster.kill("a")

@@ -182,3 +182,17 @@ def test_late_events_are_dead_lettered_without_tripping_it() -> None:
     asyncio.run(processor.process([Message("likes", 0, 1, orjson.dumps(like("old", account, sec=0)))]))
     assert [d["reason"] for d in outbox.on("engagement-dead-letters")] == ["late"]
     assert processor.brake.invalid_share == 0.0
+
+
+def test_a_batched_message_counts_as_the_share_of_its_elements_that_were_bad() -> None:
+    brake = DeadLetterBrake(share=0.5, window=10)
+    one_bad = [Rejection(Reason.MISSING_FIELD, "no ts", 7, b"{}")]
+    for offset in range(1000):  # a producer batching 100 events, one of them bad: 1 % bad input
+        brake.observe(one_bad, "likes", 0, offset, valid=99)
+    assert brake.invalid_share == pytest.approx(0.01)
+    for offset in range(1000, 1008):  # 60 % bad: 8 * 0.6 + 2 * 0.01 = 4.82 of 10, not over half
+        brake.observe(one_bad * 60, "likes", 0, offset, valid=40)
+    with pytest.raises(DeadLetterBrakeTripped) as tripped:  # 9 * 0.6 + 0.01 = 5.41
+        brake.observe(one_bad * 60, "likes", 0, 1008, valid=40)
+    assert tripped.value.invalid == pytest.approx(5.41)
+    assert "5.41 of the last 10 source messages (54.1%) were invalid" in str(tripped.value)
