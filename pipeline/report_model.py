@@ -1,0 +1,124 @@
+"""The account report: connected vs engaged, for one account over one period. The shape both the ClickHouse
+queries (:mod:`pipeline.report`) and the pure-Python oracle (:mod:`pipeline.report_reference`) produce.
+
+Definitions (the README's "The account report" section is the user-facing version). For account A, an end
+time T (epoch ms, exclusive; by default the newest event time in the store + 1 ms, so that the newest event
+is inside) and ``days``: the period P = [T - days, T). Events are deduplicated by
+``event_id``. "Inbound" = like/reply/mention events whose ``account_id`` is A and whose actor is not A.
+``None`` means "undefined" (a division by zero), never 0.
+
+- ``followers``: at T, by the windows' rule: the latest ``followers`` snapshot before T (ties: the highest
+  ``event_id``), plus follows minus unfollows after that snapshot and before T, never below 0.
+- ``engagers``: distinct actors of inbound events in P; ``engagement_rate`` = engagers / followers.
+  ``likes``, ``replies``, ``mentions``: inbound counts in P.
+- ``returning_engager_rate``: of the engagers in [T-14d, T-7d), the share who engaged again in [T-7d, T).
+- ``loyal_core``: actors who engaged A in at least 3 of the 4 weeks [T-28d+7k d, T-21d+7k d), k = 0..3.
+- ``inbound_conversations``: inbound replies + mentions in P. A response is a reply by A whose
+  ``in_reply_to`` is that event's id and whose time is before T; a conversation's first response is its
+  earliest. ``answered_24h``: conversations whose first response came 0 to 86,400 s after them;
+  ``response_rate`` = answered_24h / inbound_conversations; ``median_response_seconds``: the median first
+  response delay (seconds, ms precision) over the conversations with any response, whatever the delay (the
+  mean of the two middle values for an even count).
+- ``outbound``: A's own replies + mentions to other accounts in P; ``responses_sent``: those of A's replies
+  in P that are responses (``in_reply_to`` is an inbound reply/mention of A, of any time);
+  ``dialogue_share`` = responses_sent / outbound.
+- ``reciprocal_circle``: accounts U != A with at least one reply/mention by A to U and at least one
+  inbound event from U to A, both in [T - 90d, T). Shown against the ~150 relationships a person can hold.
+- ``top_engagers``: the 10 actors with the highest weighted inbound score in P (like 1, mention 2, reply 3,
+  the settings' weights), ties by ``actor_id`` ascending; ``top10_share`` = their score / all inbound score.
+- Bots: a burst actor made more than ``burst_threshold`` (setting, 30) like/reply/mention events to other
+  accounts within one aligned UTC minute of P, across all accounts. ``bot_share``: the share of A's inbound
+  events in P made by burst actors; ``human_engagement_rate`` = engagers who are not burst actors /
+  followers.
+- ``daily``: per UTC day that P touches (the part of the day inside P): engagers, followers at the day's
+  end (or at T for the last day), their rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+CIRCLE_DAYS = 90
+TOP_ENGAGERS = 10
+DUNBAR = 150  # the relationships a person can hold: the scale the reciprocal circle is shown against
+
+
+@dataclass(frozen=True, slots=True)
+class TopEngager:
+    actor_id: str
+    score: int
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    day: str  # YYYY-MM-DD (UTC)
+    engagers: int
+    followers: int
+    engagement_rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountReport:
+    """Every metric of one account's report (see the module docstring)."""
+
+    account_id: str
+    as_of: int  # T, epoch ms, exclusive
+    days: int
+    followers: int
+    engagers: int
+    engagement_rate: float | None
+    likes: int
+    replies: int
+    mentions: int
+    returning_engager_rate: float | None
+    loyal_core: int
+    inbound_conversations: int
+    answered_24h: int
+    response_rate: float | None
+    median_response_seconds: float | None
+    outbound: int
+    responses_sent: int
+    dialogue_share: float | None
+    reciprocal_circle: int
+    top_engagers: list[TopEngager] = field(default_factory=list)
+    top10_share: float | None = None
+    bot_share: float | None = None
+    human_engagement_rate: float | None = None
+    daily: list[Day] = field(default_factory=list)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Exactly the issue's keys, plus ``account_id``, ``as_of`` (RFC 3339, UTC) and ``days``."""
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if name == "as_of":
+                value = iso_ms(value)
+            elif name == "top_engagers":
+                value = [{"actor_id": t.actor_id, "score": t.score} for t in value]
+            elif name == "daily":
+                value = [
+                    {
+                        "day": d.day,
+                        "engagers": d.engagers,
+                        "followers": d.followers,
+                        "engagement_rate": d.engagement_rate,
+                    }
+                    for d in value
+                ]
+            out[name] = value
+        return out
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``, or None when the denominator is 0 (undefined, not 0)."""
+    return numerator / denominator if denominator else None
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC with milliseconds: ``2026-01-01T00:00:00.000Z``."""
+    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
