@@ -100,15 +100,8 @@ class AccountReport:
             elif name == "top_engagers":
                 value = [{"actor_id": t.actor_id, "score": t.score} for t in value]
             elif name == "daily":
-                value = [
-                    {
-                        "day": d.day,
-                        "engagers": d.engagers,
-                        "followers": d.followers,
-                        "engagement_rate": d.engagement_rate,
-                    }
-                    for d in value
-                ]
+                value = [{"day": d.day, "engagers": d.engagers, "followers": d.followers,
+                          "engagement_rate": d.engagement_rate} for d in value]  # fmt: skip
             out[name] = value
         return out
 
