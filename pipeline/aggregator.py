@@ -88,6 +88,18 @@ class ResponseCandidate:
     ts_ms: int
 
 
+def response_candidate(event: Event) -> ResponseCandidate | None:
+    """The response candidate of a reply to someone else, or None.
+
+    It is sent to the responder's partition as soon as the reply is read from its source topic, with the
+    source's other output and before that source's frontier is announced: a candidate sent later (say,
+    by the partition owning the replied-to account, after a re-key hop) could reach the responder after
+    the announced frontiers let its window become final, and a response would be lost."""
+    if event.type == REPLY and event.in_reply_to is not None and event.actor_id != event.account_id:
+        return ResponseCandidate(event.event_id, event.actor_id, event.in_reply_to, event.ts_ms)
+    return None
+
+
 class Outcome(Enum):
     COUNTED = "counted"
     DUPLICATE = "duplicate"
@@ -172,7 +184,6 @@ class Aggregator:
         self._ending: dict[int, dict[int, list[str]]] = {}
         self._frontier: dict[int, int] = {}
         self._final_rows: list[WindowRow] = []
-        self._forwards: list[ResponseCandidate] = []
         self.unmatched_responses = 0
 
     # -- state access -----------------------------------------------------------------------------
@@ -261,8 +272,6 @@ class Aggregator:
             state.conversations[event.event_id] = ts
             if state.pending:
                 self._match_pending(account_id, state, event.event_id, ts, partition)
-            if kind == REPLY and event.in_reply_to is not None:
-                self._forwards.append(ResponseCandidate(event.event_id, event.actor_id, event.in_reply_to, ts))
         else:
             if kind == FOLLOW:
                 window.follows += 1
@@ -448,11 +457,6 @@ class Aggregator:
     def has_deferred_upserts(self) -> bool:
         """Whether changed open windows wait for their upsert interval (call :meth:`end_batch` later)."""
         return bool(self._deferred)
-
-    def take_forwards(self) -> list[ResponseCandidate]:
-        """Response candidates produced since the last call, to be sent to their responder's partition."""
-        out, self._forwards = self._forwards, []
-        return out
 
     def end_batch(self) -> list[WindowRow]:
         """:meth:`take_rows`, then :meth:`persist`: everything since the last call, in one step."""

@@ -35,11 +35,18 @@ import orjson
 
 from pipeline import metrics
 from pipeline.account_state import input_position
-from pipeline.aggregator import NO_FRONTIER, Aggregator, Outcome, ResponseCandidate, WindowConfig
+from pipeline.aggregator import (
+    NO_FRONTIER,
+    Aggregator,
+    Outcome,
+    ResponseCandidate,
+    WindowConfig,
+    response_candidate,
+)
 from pipeline.brake import DeadLetterBrake
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import decode_message, validate_event
-from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Event, Reason, Rejection
+from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, REPLY, SOURCE_TOPICS, Event, Reason, Rejection
 from pipeline.settings import Settings
 from pipeline.sink import (
     EVENTS_TABLE,
@@ -297,9 +304,6 @@ class BatchProcessor:
         for message in messages:
             self._consume(message, dead, rekeyed, raw)
             touched.add(message.partition)
-        for c in self.aggregator.take_forwards():
-            response = {"k": "r", "e": c.event_id, "a": c.responder, "i": c.in_reply_to, "t": c.ts_ms}
-            rekeyed.append((c.responder, orjson.dumps(response)))
         for partition in touched:
             self._advance(partition)
         # What this chunk lets us announce, fixed now: later chunks' progress must wait for their sends.
@@ -429,7 +433,12 @@ class BatchProcessor:
         for index, event in enumerate(events):
             if event.ts_ms > watermark:
                 watermark = event.ts_ms
-            types[(topic, event.type)] += 1
+            event_type = event.type
+            types[(topic, event_type)] += 1
+            if event_type == REPLY:  # its response candidate goes out now, from the source (response_candidate)
+                candidate = response_candidate(event)
+                if candidate is not None:
+                    rekeyed.append((candidate.responder, _candidate_message(candidate)))
             if owner(event.account_id) != partition:
                 forward = {"k": "e", "v": event.to_json_dict(), "t": topic, "p": partition, "o": offset, "i": index}
                 rekeyed.append((event.account_id, orjson.dumps(forward)))
@@ -631,6 +640,10 @@ class BatchProcessor:
                     total += max(0, highwater - self._next_offset((topic, partition)))
             out[topic] = total
         return out
+
+
+def _candidate_message(c: ResponseCandidate) -> bytes:
+    return orjson.dumps({"k": "r", "e": c.event_id, "a": c.responder, "i": c.in_reply_to, "t": c.ts_ms})
 
 
 def _abandon(awaitable: Awaitable[None]) -> None:

@@ -45,21 +45,29 @@ SEED = int(os.environ.get("ENGAGEMENT_CHAOS_SEED", str(int(time.time()) % 100_00
 @dataclass
 class Stream:
     """Kafka messages to publish, in order, as ``(topic, partition, value)``, and what they must give: every
-    valid event they carry (duplicates included) and the dead letters expected, by reason."""
+    valid event they carry (duplicates included) and the dead letters expected, as counts of
+    ``(source topic, source partition, element index, reason)``."""
 
     messages: list[tuple[str, int, bytes]]
     events: list[Event] = field(default_factory=list)
-    dead_letters: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[tuple[str, int, int, str]] = field(default_factory=Counter)
+
+    def reasons(self) -> Counter[str]:
+        """The expected dead letters by reason."""
+        out: Counter[str] = Counter()
+        for (_, _, _, reason), n in self.dead_letters.items():
+            out[reason] += n
+        return out
 
     @classmethod
     def of(cls, messages: list[tuple[str, int, bytes]], settings: Settings) -> Stream:
         """The stream of ``messages``, its expectations found by decoding each message as the worker does."""
         stream = cls(messages)
         kinds = {settings.topic(kind): kind for kind in SOURCE_TOPICS}
-        for topic, _, value in messages:
+        for topic, partition, value in messages:
             events, rejections = decode_message(value, kinds[topic], settings.max_message_bytes)
             stream.events.extend(events)
-            stream.dead_letters.update(r.reason.value for r in rejections)
+            stream.dead_letters.update((topic, partition, r.index, r.reason.value) for r in rejections)
         return stream
 
 
@@ -118,8 +126,9 @@ def poisoned(stream: Stream, settings: Settings, share: float = 0.05, seed: int 
             if item.kind is None:
                 continue
             origin = indexes[item.origin]
-            following.setdefault(origin, []).append((topic, stream.messages[origin][1], item.value))
-            out.dead_letters.update(letter.reason.value for letter in item.dead_letters)
+            partition = stream.messages[origin][1]
+            following.setdefault(origin, []).append((topic, partition, item.value))
+            out.dead_letters.update((topic, partition, d.index, d.reason.value) for d in item.dead_letters)
             out.events.extend(item.valid_events)
     for index, message in enumerate(stream.messages):
         out.messages.append(message)
@@ -334,8 +343,16 @@ def assert_exact(settings: Settings, stream: Stream) -> None:
     extra = [k for k in stored if k not in expected][:3]
     assert not (missing or wrong or extra), f"missing {missing}; wrong {wrong}; extra {extra}"
     assert counts["final_windows"] == counts["windows"] == len(expected)
-    reasons = run_query(settings, queries.DEAD_LETTERS_BY_REASON)
-    assert Counter({str(reason): int(n) for reason, n in reasons.rows}) == stream.dead_letters
+    letters = run_query(
+        settings,
+        "SELECT source_topic, source_partition, element_index, reason, count() FROM engagement_dead_letters FINAL"
+        " GROUP BY source_topic, source_partition, element_index, reason",
+    )
+    stored_letters = Counter({(str(t), int(p), int(i), str(r)): int(n) for t, p, i, r, n in letters.rows})
+    assert stored_letters == stream.dead_letters, (
+        stored_letters - stream.dead_letters,
+        stream.dead_letters - stored_letters,
+    )
 
 
 def random_pauses(rnd: random.Random, count: int, low: float, high: float) -> Iterator[float]:

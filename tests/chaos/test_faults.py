@@ -121,7 +121,7 @@ def test_poison_input(cluster: Cluster) -> None:
     stream = poisoned(valid, cluster.settings, share=0.05)
     malformed = len(stream.messages) - len(valid.messages)
     assert malformed >= 0.049 * len(stream.messages)
-    assert len(stream.dead_letters) >= 8  # every kind of dirt has its own reason(s)
+    assert len(stream.reasons()) >= 8  # every kind of dirt has its own reason(s)
     publishing = cluster.publish(stream.messages, seconds=20)
     cluster.start("a")
     publishing.join()
@@ -153,7 +153,7 @@ def test_dead_letter_brake_stops_a_bad_deploy_until_a_human_lets_it_through(clus
     garbage = [(likes, n % cluster.settings.partitions, b'{"event_id": "x", "oops": true}') for n in range(2500)]
     half = len(messages) // 2
     stream = Stream.of(messages[:half] + garbage + messages[half:], cluster.settings)
-    assert stream.dead_letters == {"missing_field": len(garbage)}
+    assert stream.reasons() == {"missing_field": len(garbage)}
     cluster.publish(stream.messages).join()
     cluster.start("a")
     assert cluster.wait_exit("a") == EXIT_CODE

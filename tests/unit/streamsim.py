@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 
-from pipeline.aggregator import Aggregator, DictStore, Outcome, WindowConfig, WindowRow
+from pipeline.aggregator import Aggregator, DictStore, Outcome, WindowConfig, WindowRow, response_candidate
 from pipeline.events import Event
 
 
@@ -35,11 +35,14 @@ def run_stream(
     for i in range(0, len(items), batch):
         for cand in pending_forwards:
             outcomes.append(agg.apply_response(cand, owner(cand.responder)))
+        pending_forwards = []
         for event in items[i : i + batch]:
             p = owner(event.account_id)
             outcomes.append(agg.apply_event(event, p))
             watermark[p] = max(watermark.get(p, event.ts_ms), event.ts_ms)
-        pending_forwards = agg.take_forwards()
+            candidate = response_candidate(event)
+            if candidate is not None:
+                pending_forwards.append(candidate)
         if advance:
             # The frontier is the minimum over partitions, as the worker takes it across topics.
             frontier = min(watermark.values()) if len(watermark) == partitions else None

@@ -166,6 +166,24 @@ def test_replies_are_forwarded_to_the_responder_and_announced_after() -> None:
     assert set(kinds[1:]) == {"w"} and sorted(p for _, _, p in rekeyed[1:]) == [0, 1]  # to every partition
 
 
+def test_a_stray_reply_sends_its_response_candidate_from_the_source_not_after_the_re_key_hop() -> None:
+    """A reply read on a partition that does not own its account is re-keyed to the owner; its response
+    candidate must leave with the source's own output, before the source announces its frontier: sent
+    from the owner after the hop, it could reach the responder once its window is final."""
+    processor, outbox, _, _, _ = make()
+    account = owned_by(1)
+    reply = {"event_id": "r", "type": "reply", "ts": T0, "actor_id": "me", "account_id": account, "in_reply_to": "q"}
+    asyncio.run(processor.process([Message("replies", 0, 0, orjson.dumps(reply))]))
+    rekeyed = [(k, orjson.loads(v)) for t, k, v, _ in outbox.sent if t == "engagement-rekeyed"]
+    assert [(k, m["k"]) for k, m in rekeyed if m["k"] != "w"] == [(b"me", "r"), (account.encode(), "e")]
+    kinds = [m["k"] for _, m in rekeyed]
+    assert kinds.index("w") > kinds.index("r")  # announced after the candidate was sent
+    forward = next(orjson.dumps(m) for _, m in rekeyed if m["k"] == "e")
+    outbox.sent.clear()
+    asyncio.run(processor.process([Message("engagement-rekeyed", 1, 0, forward)]))  # the owner counts it
+    assert "r" not in [orjson.loads(v)["k"] for t, _, v, _ in outbox.sent if t == "engagement-rekeyed"]  # once
+
+
 def test_frontier_waits_for_every_upstream_partition() -> None:
     processor, _, _, _, _ = make(highwaters={("likes", 0): 5, ("likes", 1): 5})
     acc0, acc1 = owned_by(0), owned_by(1)
