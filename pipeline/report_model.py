@@ -32,6 +32,31 @@ is inside) and ``days``: the period P = [T - days, T). Events are deduplicated b
   followers.
 - ``daily``: per UTC day that P touches (the part of the day inside P): engagers, followers at the day's
   end (or at T for the last day), their rate.
+
+Readings of the points the definitions leave open (the oracle, :mod:`pipeline.report_reference`, follows them):
+
+- Deduplication is by ``event_id`` alone, the first occurrence winning (duplicates are identical re-sends).
+- Self-events (``actor_id == account_id``) count for nothing anywhere, as in the windows: not in the
+  followers (a self-follow), not as a response (a self-addressed reply), not in a burst. They are still
+  events of the store, so they can be the newest event that sets the default T.
+- ``returning_engager_rate``, ``loyal_core`` and ``reciprocal_circle`` use their own windows ending at T,
+  whatever ``days`` is; bursts, like every other metric, use P.
+- A response is any reply by A (to another account) with the conversation's id in ``in_reply_to``; the
+  account it is addressed to is not checked. Only the first (earliest) response decides ``answered_24h``:
+  a first response timestamped before its conversation (negative delay) leaves it unanswered even when a
+  later reply falls inside 24 h. The bounds are inclusive in ms: 86,400,000 ms is answered, 86,400,001 not.
+  The median takes every first-response delay of the conversations in P, negative or over 24 h included.
+- ``responses_sent`` counts replies, not conversations (two replies to one conversation count twice); the
+  conversation answered may be of any time, inside P or not.
+- A burst counts the events inside P only (the minute at each end of P counts only its part inside P).
+  ``bot_share`` is a share of events (None without inbound events in P).
+- ``top_engagers`` ties (and the leaderboard's ties) order ids by code point, which is UTF-8 byte order,
+  the order ClickHouse compares ``String`` in. ``top10_share`` is None when all inbound score is 0.
+- ``daily``: every UTC day from the one holding T - days to the one holding T - 1 ms (29 rows for an
+  unaligned T and 28 days); engagers are counted in the part of the day inside P.
+- The leaderboard ranks every ``account_id`` of an event before T (snapshots and self-events included),
+  highest first, undefined (None) after every number, ties by ``account_id`` ascending.
+- An account with no events at all gets zeros and Nones, not an error.
 """
 
 from __future__ import annotations

@@ -71,6 +71,9 @@ class Settings:
     weight_mention: int = 2
     weight_reply: int = 3
 
+    # The account report (pipeline.report_model)
+    burst_threshold: int = 30  # a burst actor makes more than this many engagements in one UTC minute
+
     # Batching
     batch_max_events: int = 10000  # events written per chunk
     batch_max_messages: int = 2000  # Kafka messages taken per batch (bounds the bytes held at once)
@@ -140,6 +143,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE must be between 0 and 1 (1 disables the brake)")
         if self.dead_letter_brake_messages <= 0:
             raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES must be > 0")
+        if self.burst_threshold <= 0:
+            raise SettingsError("ENGAGEMENT_BURST_THRESHOLD must be > 0")
 
     def topic(self, name: str) -> str:
         """The full name of a pipeline topic (``likes``, ``follows``, ...), with the prefix."""

@@ -41,6 +41,7 @@ def test_settings_from_environment_and_overrides() -> None:
         {"ENGAGEMENT_ALLOWED_LATENESS_SECONDS": "-5"},
         {"ENGAGEMENT_PERSIST_INTERVAL_SECONDS": "-1"},
         {"ENGAGEMENT_FETCH_MAX_WAIT_MS": "0"},
+        {"ENGAGEMENT_BURST_THRESHOLD": "0"},
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str]) -> None:
