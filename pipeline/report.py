@@ -7,30 +7,27 @@ Contract of :func:`account_report`:
   numerator and the denominator come from two statements: ``engagement_rate`` (engagers / followers) and
   ``human_engagement_rate`` (non-burst engagers / followers), with :func:`~pipeline.report_model.ratio`
   (None when followers is 0).
-- It runs five read-only statements (six without ``as_of``) one after another, each a consistent read of its own: on a store being
-  written, some may see an insert that others do not.
+- It runs five read-only statements (six without ``as_of``) one after another, each a consistent read of
+  its own: on a store being written, some may see an insert that others do not.
 - Parameters are bound (:mod:`pipeline.warehouse.params`), never formatted: any account id is data.
-- Given :class:`~pipeline.settings.Settings`, each statement goes through
-  :func:`pipeline.query_client.run_query` (so it works while a worker holds the embedded store, at the cost
-  of a connection per statement); given a :class:`~pipeline.warehouse.Warehouse`, it uses that one.
+- Given :class:`~pipeline.settings.Settings`, the statements go through :func:`pipeline.query_client.reading`
+  (one connection for all; the worker's endpoint while a worker holds the embedded store, and read-only
+  checked); given a :class:`~pipeline.warehouse.Warehouse`, they run on it.
   :class:`~pipeline.warehouse.WarehouseError` propagates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from pipeline import queries
-from pipeline.query_client import run_query
+from pipeline.query_client import Reader, reading
 from pipeline.report_model import DAY_MS, AccountReport, Day, TopEngager, ratio
 from pipeline.settings import Settings
 from pipeline.warehouse import QueryResult, Warehouse
 
 DEFAULT_DAYS = 28
 DEFAULT_BURST_THRESHOLD = 30
-
-Runner = Callable[[str, Mapping[str, Any]], QueryResult]
 
 
 class EmptyStore(LookupError):
@@ -65,9 +62,18 @@ def account_report(
     """
     if days < 1:
         raise ValueError(f"days must be >= 1, not {days}")
-    run = _runner(source)
-    if weights is None:
-        weights = Weights.of(source) if isinstance(source, Settings) else Weights()
+    if isinstance(source, Settings):
+        chosen = Weights.of(source) if weights is None else weights
+        with reading(source) as run:
+            return report_with(run, account_id, as_of, days, burst_threshold, chosen)
+    chosen = Weights() if weights is None else weights
+    return report_with(source.query, account_id, as_of, days, burst_threshold, chosen)
+
+
+def report_with(
+    run: Reader, account_id: str, as_of: int | None, days: int, burst_threshold: int, weights: Weights
+) -> AccountReport:
+    """:func:`account_report` with ``run(sql, params)`` running each statement."""
     if as_of is None:
         as_of = default_as_of(run)
     if as_of - days * DAY_MS < 0:
@@ -126,20 +132,12 @@ def report_params(account_id: str, as_of: int, days: int, burst_threshold: int, 
     }
 
 
-def default_as_of(run: Runner) -> int:
+def default_as_of(run: Reader) -> int:
     """The newest event time in the store + 1 ms; :class:`EmptyStore` if the store holds no event."""
-    row = _one(run(queries.REPORT_DEFAULT_AS_OF, {}))
+    row = _one(run(queries.REPORT_DEFAULT_AS_OF, None))
     if not int(row["events"]):
         raise EmptyStore("the store holds no events: pass as_of")
     return int(row["as_of"])
-
-
-def _runner(source: Warehouse | Settings) -> Runner:
-    if isinstance(source, Settings):
-        settings = source
-        return lambda sql, params: run_query(settings, sql, dict(params))
-    warehouse = source
-    return lambda sql, params: warehouse.query(sql, params)
 
 
 def _one(result: QueryResult) -> dict[str, Any]:
