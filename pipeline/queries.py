@@ -82,7 +82,9 @@ ORDER BY dead_letters DESC, reason
 #   burst_threshold  a burst actor made more than this many engagements to others in one UTC minute of P
 #   weight_like, weight_mention, weight_reply   the weights of the top engagers' score
 # Fixed-length windows are written ``%(as_of)s - N * 86400000`` (N days before T); they and the top 10
-# are report_model's WEEK_MS, CIRCLE_DAYS and TOP_ENGAGERS, written out. "Inbound" is always
+# are report_model's WEEK_MS, CIRCLE_DAYS and TOP_ENGAGERS, written out. Self-events (actor_id =
+# account_id) count for nothing anywhere (report_model's readings): every read has ``actor_id !=
+# account_id`` (follower snapshots have no actor, ''). "Inbound" is always
 # ``account_id = A AND type IN ('like', 'reply', 'mention') AND actor_id != account_id``. NULL is
 # "undefined" (a division by zero), never 0. Counts are exact (count, uniqExact; no uniq, no quantile).
 #
@@ -113,7 +115,7 @@ FROM engagement_events
 # followers are the followers at T); engagement_rate.
 # Followers at an end E: the latest snapshot with ts < E (snapshots sorted by (ts_ms, event_id), the last
 # of those before E), plus follows minus unfollows after it and before E (all those before E when there is
-# no snapshot), never below 0.
+# no snapshot), never below 0. Self-follows do not count.
 REPORT_DAILY = """
 SELECT day, engagers, followers, if(followers = 0, NULL, engagers / followers) AS engagement_rate
 FROM
@@ -142,7 +144,8 @@ FROM
                 range(toUInt64(intDiv(%(as_of)s - 1, 86400000) - intDiv(%(start)s, 86400000) + 1))
             ) AS day_indexes
         FROM engagement_events FINAL
-        WHERE account_id = %(account)s AND type IN ('followers', 'follow', 'unfollow') AND ts_ms < %(as_of)s
+        WHERE account_id = %(account)s AND type IN ('followers', 'follow', 'unfollow') AND actor_id != account_id
+          AND ts_ms < %(as_of)s
     )
     ARRAY JOIN day_indexes AS day_index
 ) AS days
@@ -232,17 +235,21 @@ LIMIT 10
 """
 
 # Responsiveness: each inbound reply/mention of A in P (a conversation) with its first response, the
-# earliest reply by A (any account_id) whose in_reply_to is the conversation's event_id and whose ts < T
+# earliest reply by A to another account whose in_reply_to is the conversation's event_id and whose ts < T
 # (it may precede the conversation: a negative delay). inbound_conversations; answered_24h (first response
-# 0 to 86,400 s after, bounds included); response_rate; median_response_seconds over the conversations with
-# any response, whatever the delay (the mean of the two middle delays of the sorted list, ms precision).
+# 0 to 86,400,000 ms after, bounds included); response_rate; median_response_seconds over the conversations
+# with any response, whatever the delay: the delays in seconds (ms / 1000) sorted, the middle one or the
+# mean of the two middle ones (Python's statistics.median of the same values, to the last bit).
 REPORT_RESPONSES = """
 SELECT
     inbound_conversations,
     answered_24h,
     if(inbound_conversations = 0, NULL, answered_24h / inbound_conversations) AS response_rate,
-    if(empty(delays), NULL, (delays[intDiv(length(delays) + 1, 2)] + delays[intDiv(length(delays), 2) + 1]) / 2000)
-        AS median_response_seconds
+    if(
+        empty(delays),
+        NULL,
+        (delays[intDiv(length(delays) + 1, 2)] / 1000 + delays[intDiv(length(delays), 2) + 1] / 1000) / 2
+    ) AS median_response_seconds
 FROM
 (
     SELECT
@@ -264,7 +271,7 @@ FROM
             SELECT assumeNotNull(in_reply_to) AS conversation_id, min(ts_ms) AS first_response_ms, 1 AS has_response
             FROM engagement_events
             PREWHERE actor_id = %(account)s
-            WHERE type = 'reply' AND in_reply_to IS NOT NULL AND ts_ms < %(as_of)s
+            WHERE type = 'reply' AND account_id != actor_id AND in_reply_to IS NOT NULL AND ts_ms < %(as_of)s
             GROUP BY conversation_id
         ) AS responses USING conversation_id
     )

@@ -30,7 +30,7 @@ DEFAULT_DAYS = 28
 DEFAULT_BURST_THRESHOLD = 30
 
 
-class EmptyStore(LookupError):
+class EmptyStore(ValueError):
     """The store holds no events, so there is no default ``as_of`` (the newest event time + 1 ms)."""
 
 

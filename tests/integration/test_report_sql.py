@@ -95,6 +95,7 @@ def test_counts_followers_and_engagers(warehouse: Warehouse) -> None:
         follow("f-4", T - 4 * DAY, "v1", "acme", "unfollow"),
         follow("f-5", T - 1, "v5", "acme"),
         follow("f-6", T, "v6", "acme"),
+        follow("f-7", T - 5 * DAY, "acme", "acme"),  # a self-follow counts for nothing
         snapshot("s-late", T, "acme", 999),
         # inbound in P: u1 like (at S, inside) + reply; u2 mention + like
         like("e-1", S, "u1", "acme"),
@@ -228,6 +229,7 @@ def test_responses_and_dialogue(warehouse: Warehouse) -> None:
         reply("r7", T - 3 * DAY + 1, "desk", "u7", "c7"),  # answers a like: not a conversation
         reply("r8", T - 20 * DAY, "desk", "u8", "c8"),  # answers a conversation from before P
         reply("r9", T - 2 * DAY + 1, "u9", "u5", "c5"),  # someone else's reply: c5 stays unanswered
+        reply("r10", T - 2 * DAY + 2, "desk", "desk", "c5"),  # self-addressed: no response, not outbound
         mention("m1", T - DAY, "desk", "u10"),  # outbound, not a response
     ]
     conversations = [
@@ -247,7 +249,7 @@ def test_responses_and_dialogue(warehouse: Warehouse) -> None:
     assert report.inbound_conversations == 6  # c1..c6
     # first-response delays: c4 -5 s, c1 30.25 s, c2 86,400 s, c3 86,400.001 s; within 24 h: c1, c2
     assert (report.answered_24h, report.response_rate) == (2, 2 / 6)
-    assert report.median_response_seconds == (30_250 + 86_400_000) / 2000  # 43,215.125 s
+    assert report.median_response_seconds == (30.25 + 86_400.0) / 2  # 43,215.125 s
     # outbound: desk's replies/mentions to others in P: r1b r1 r2 r3 r4a r4b r7 r8 m1 (r6 is at T);
     # responses among them: the replies to inbound replies/mentions of desk, of any time (r8's c8 is
     # before P): all replies but r7
@@ -266,7 +268,10 @@ def test_responses_and_dialogue(warehouse: Warehouse) -> None:
     # T' = T-7d: responses must come before T' (r3 does not), c4 is at T' (outside)
     earlier = account_report(warehouse, "desk", as_of=T - 7 * DAY, days=3)
     assert (earlier.inbound_conversations, earlier.answered_24h) == (3, 2)
-    assert earlier.median_response_seconds == (30_250 + 86_400_000) / 2000
+    assert earlier.median_response_seconds == (30.25 + 86_400.0) / 2
+    # the mean of the two middle delays in seconds, to the last bit: (-5 + 86,400.001) / 2
+    eight = account_report(warehouse, "desk", as_of=T, days=8)  # c3, c4 (answered late / early), c5, c6
+    assert eight.median_response_seconds == (-5_000 / 1000 + 86_400_001 / 1000) / 2
     # no outbound in P: undefined share
     assert account_report(warehouse, "desk", as_of=S, days=1).dialogue_share is None
 
