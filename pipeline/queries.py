@@ -71,3 +71,242 @@ FROM engagement_dead_letters FINAL
 GROUP BY reason
 ORDER BY dead_letters DESC, reason
 """
+
+
+# -- The account report -----------------------------------------------------------------------------------
+# Issue 5: the definitions are pipeline.report_model's; pipeline.report runs these statements and assembles
+# the AccountReport. Every statement takes the same parameters (extra ones are ignored):
+#   account          A
+#   as_of            T, epoch ms, exclusive
+#   start            T - days, epoch ms: the period P = [start, as_of)
+#   burst_threshold  a burst actor made more than this many engagements to others in one UTC minute of P
+#   weight_like, weight_mention, weight_reply   the weights of the top engagers' score
+# Fixed-length windows are written ``%(as_of)s - N * 86400000`` (N days before T); they and the top 10
+# are report_model's WEEK_MS, CIRCLE_DAYS and TOP_ENGAGERS, written out. Self-events (actor_id =
+# account_id) count for nothing anywhere (report_model's readings): every read has ``actor_id !=
+# account_id`` (follower snapshots have no actor, ''). "Inbound" is always
+# ``account_id = A AND type IN ('like', 'reply', 'mention') AND actor_id != account_id``. NULL is
+# "undefined" (a division by zero), never 0. Counts are exact (count, uniqExact; no uniq, no quantile).
+#
+# Each event counts once: statements read ``engagement_events FINAL``, which is cheap on A's own events
+# (``account_id = A``: a range of the primary key). A's outbound events are found by ``actor_id``, across
+# accounts, where FINAL would merge the whole table (8-20x slower on 10M events, measured): those scans
+# read without FINAL and aggregate what duplicates cannot change (``uniqExact(event_id)``, ``min``,
+# ``uniqExact(account_id)``). The burst scan, also across accounts, keeps FINAL but narrows the rows with
+# PREWHERE first (2x faster than either on chDB): a PREWHERE runs before FINAL's merge, which is right
+# as long as every copy of an event has the same actor_id. All of it assumes an event_id names one event.
+# The actor scans name their PREWHERE too: 18.16 does not pick ``actor_id = A`` by itself (3x slower).
+#
+# ClickHouse 18.16 has no window functions and no WITH subqueries, and its WITH expressions do not reach
+# into subqueries; chDB 26 wants an alias on every joined subquery. So: nested subqueries, aliased joins
+# ``ANY LEFT JOIN ... USING`` (a missing right row reads as 0s: a ``1 AS has_x`` column tells them apart),
+# ``IN (subquery)``, and arrays: an exact median is the middle of ``arraySort(groupArray(...))``, followers
+# at many ends come from one account's follower events gathered into arrays.
+# -----------------------------------------------------------------------------------------------------------
+
+# The default T: the newest event time in the store + 1 ms, and whether there is any event.
+REPORT_DEFAULT_AS_OF = """
+SELECT max(ts_ms) + 1 AS as_of, count() AS events
+FROM engagement_events
+"""
+
+# One row per UTC day that P touches, in day order: day (YYYY-MM-DD); engagers (distinct inbound actors in
+# the part of the day inside P); followers at the day's end, or at T for the last day (so the last row's
+# followers are the followers at T); engagement_rate.
+# Followers at an end E: the latest snapshot with ts < E (snapshots sorted by (ts_ms, event_id), the last
+# of those before E), plus follows minus unfollows after it and before E (all those before E when there is
+# no snapshot), never below 0. Self-follows do not count.
+REPORT_DAILY = """
+SELECT day, engagers, followers, if(followers = 0, NULL, engagers / followers) AS engagement_rate
+FROM
+(
+    SELECT
+        day_index,
+        toString(toDate(toDateTime(day_index * 86400, 'UTC'))) AS day,
+        least((day_index + 1) * 86400000, %(as_of)s) AS end_ms,
+        arrayCount(ms -> ms < end_ms, snapshot_ts) AS snapshots_before_end,
+        snapshot_ts[snapshots_before_end] AS snapshot_ms,
+        arrayCount(ms -> (snapshots_before_end = 0 OR ms > snapshot_ms) AND ms < end_ms, follow_ts)
+            - arrayCount(ms -> (snapshots_before_end = 0 OR ms > snapshot_ms) AND ms < end_ms, unfollow_ts)
+            AS change,
+        toUInt64(greatest(0, if(snapshots_before_end = 0, 0, snapshot_value[snapshots_before_end]) + change))
+            AS followers
+    FROM
+    (
+        SELECT
+            arraySort(groupArrayIf((ts_ms, event_id, ifNull(followers, 0)), type = 'followers')) AS snapshots,
+            arrayMap(s -> s.1, snapshots) AS snapshot_ts,
+            arrayMap(s -> s.3, snapshots) AS snapshot_value,
+            groupArrayIf(ts_ms, type = 'follow') AS follow_ts,
+            groupArrayIf(ts_ms, type = 'unfollow') AS unfollow_ts,
+            arrayMap(
+                k -> toInt64(intDiv(%(start)s, 86400000) + k),
+                range(toUInt64(intDiv(%(as_of)s - 1, 86400000) - intDiv(%(start)s, 86400000) + 1))
+            ) AS day_indexes
+        FROM engagement_events FINAL
+        WHERE account_id = %(account)s AND type IN ('followers', 'follow', 'unfollow') AND actor_id != account_id
+          AND ts_ms < %(as_of)s
+    )
+    ARRAY JOIN day_indexes AS day_index
+) AS days
+ANY LEFT JOIN
+(
+    SELECT toInt64(intDiv(ts_ms, 86400000)) AS day_index, uniqExact(actor_id) AS engagers
+    FROM engagement_events FINAL
+    WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
+      AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+    GROUP BY day_index
+) AS engaged USING day_index
+ORDER BY day_index
+"""
+
+# The inbound metrics, from one row per actor who engaged A in [min(start, T - 28d), T):
+# engagers, likes, replies, mentions (in P); returning_engager_rate (of the engagers of [T-14d, T-7d), the
+# share who engaged again in [T-7d, T)); loyal_core (actors in at least 3 of the 4 weeks
+# [T-28d+7k d, T-21d+7k d)); inbound_score and top10_share (the sum of the 10 highest actor scores in P,
+# which does not depend on who wins a tie, over all of it); bot_share (the share of A's inbound events in
+# P made by burst actors) and human_engagers (engagers in P who are not burst actors).
+# A burst actor made more than burst_threshold like/reply/mention events to other accounts (any account)
+# in one aligned UTC minute, intDiv(ts_ms, 60000), counting the events inside P. Only A's engagers in P
+# can weigh on A's bot share, so the burst scan (across all accounts) is limited to them (PREWHERE).
+REPORT_INBOUND = """
+SELECT
+    countIf(period_events > 0) AS engagers,
+    sum(period_likes) AS likes,
+    sum(period_replies) AS replies,
+    sum(period_mentions) AS mentions,
+    countIf(two_weeks_ago) AS engagers_two_weeks_ago,
+    if(engagers_two_weeks_ago = 0, NULL, countIf(two_weeks_ago AND last_week) / engagers_two_weeks_ago)
+        AS returning_engager_rate,
+    countIf(weeks_engaged >= 3) AS loyal_core,
+    sum(score) AS inbound_score,
+    arraySum(arraySlice(arrayReverseSort(groupArrayIf(score, period_events > 0)), 1, 10)) AS top10_score,
+    if(inbound_score = 0, NULL, top10_score / inbound_score) AS top10_share,
+    sum(period_events) AS inbound_events,
+    if(inbound_events = 0, NULL, sumIf(period_events, burst) / inbound_events) AS bot_share,
+    countIf(period_events > 0 AND NOT burst) AS human_engagers
+FROM
+(
+    SELECT
+        actor_id,
+        countIf(ts_ms >= %(start)s) AS period_events,
+        countIf(ts_ms >= %(start)s AND type = 'like') AS period_likes,
+        countIf(ts_ms >= %(start)s AND type = 'reply') AS period_replies,
+        countIf(ts_ms >= %(start)s AND type = 'mention') AS period_mentions,
+        period_likes * %(weight_like)s + period_mentions * %(weight_mention)s + period_replies * %(weight_reply)s
+            AS score,
+        countIf(ts_ms >= %(as_of)s - 14 * 86400000 AND ts_ms < %(as_of)s - 7 * 86400000) > 0 AS two_weeks_ago,
+        countIf(ts_ms >= %(as_of)s - 7 * 86400000) > 0 AS last_week,
+        uniqExactIf(intDiv(ts_ms - (%(as_of)s - 28 * 86400000), 7 * 86400000), ts_ms >= %(as_of)s - 28 * 86400000)
+            AS weeks_engaged,
+        actor_id IN
+        (
+            SELECT actor_id
+            FROM engagement_events FINAL
+            PREWHERE actor_id IN
+            (
+                SELECT actor_id FROM engagement_events FINAL
+                WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention')
+                  AND actor_id != account_id AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+            )
+            WHERE type IN ('like', 'reply', 'mention') AND actor_id != account_id
+              AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+            GROUP BY actor_id, intDiv(ts_ms, 60000)
+            HAVING count() > %(burst_threshold)s
+        ) AS burst
+    FROM engagement_events FINAL
+    WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
+      AND ts_ms >= least(%(start)s, %(as_of)s - 28 * 86400000) AND ts_ms < %(as_of)s
+    GROUP BY actor_id
+)
+"""
+
+# The top engagers: at most 10 rows (actor_id, score), the highest weighted inbound score in P first,
+# ties by actor_id ascending (byte order of UTF-8, which is code point order).
+REPORT_TOP_ENGAGERS = """
+SELECT actor_id, sum(multiIf(type = 'like', %(weight_like)s, type = 'mention', %(weight_mention)s, %(weight_reply)s))
+    AS score
+FROM engagement_events FINAL
+WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
+  AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+GROUP BY actor_id
+ORDER BY score DESC, actor_id
+LIMIT 10
+"""
+
+# Responsiveness: each inbound reply/mention of A in P (a conversation) with its first response, the
+# earliest reply by A to another account whose in_reply_to is the conversation's event_id and whose ts < T
+# (it may precede the conversation: a negative delay). inbound_conversations; answered_24h (first response
+# 0 to 86,400,000 ms after, bounds included); response_rate; median_response_seconds over the conversations
+# with any response, whatever the delay: the delays in seconds (ms / 1000) sorted, the middle one or the
+# mean of the two middle ones (Python's statistics.median of the same values, to the last bit).
+REPORT_RESPONSES = """
+SELECT
+    inbound_conversations,
+    answered_24h,
+    if(inbound_conversations = 0, NULL, answered_24h / inbound_conversations) AS response_rate,
+    if(
+        empty(delays),
+        NULL,
+        (delays[intDiv(length(delays) + 1, 2)] / 1000 + delays[intDiv(length(delays), 2) + 1] / 1000) / 2
+    ) AS median_response_seconds
+FROM
+(
+    SELECT
+        count() AS inbound_conversations,
+        countIf(has_response = 1 AND delay_ms >= 0 AND delay_ms <= 86400000) AS answered_24h,
+        arraySort(groupArrayIf(delay_ms, has_response = 1)) AS delays
+    FROM
+    (
+        SELECT has_response, first_response_ms - ts_ms AS delay_ms
+        FROM
+        (
+            SELECT event_id AS conversation_id, ts_ms
+            FROM engagement_events FINAL
+            WHERE account_id = %(account)s AND type IN ('reply', 'mention') AND actor_id != account_id
+              AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+        ) AS conversations
+        ANY LEFT JOIN
+        (
+            SELECT assumeNotNull(in_reply_to) AS conversation_id, min(ts_ms) AS first_response_ms, 1 AS has_response
+            FROM engagement_events
+            PREWHERE actor_id = %(account)s
+            WHERE type = 'reply' AND account_id != actor_id AND in_reply_to IS NOT NULL AND ts_ms < %(as_of)s
+            GROUP BY conversation_id
+        ) AS responses USING conversation_id
+    )
+)
+"""
+
+# Broadcast vs dialogue, from A's own replies and mentions to other accounts in [min(start, T-90d), T):
+# outbound (those in P); responses_sent (those of A's replies in P whose in_reply_to is an inbound
+# reply/mention of A, of any time); dialogue_share; reciprocal_circle (the accounts U that A replied to or
+# mentioned in [T-90d, T) and that engaged A in [T-90d, T)).
+REPORT_OUTBOUND = """
+SELECT
+    uniqExactIf(event_id, ts_ms >= %(start)s) AS outbound,
+    uniqExactIf(
+        event_id,
+        ts_ms >= %(start)s AND type = 'reply' AND in_reply_to IS NOT NULL
+        AND assumeNotNull(in_reply_to) IN
+        (
+            SELECT event_id FROM engagement_events FINAL
+            WHERE account_id = %(account)s AND type IN ('reply', 'mention') AND actor_id != account_id
+        )
+    ) AS responses_sent,
+    if(outbound = 0, NULL, responses_sent / outbound) AS dialogue_share,
+    uniqExactIf(
+        account_id,
+        ts_ms >= %(as_of)s - 90 * 86400000
+        AND account_id IN
+        (
+            SELECT actor_id FROM engagement_events FINAL
+            WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
+              AND ts_ms >= %(as_of)s - 90 * 86400000 AND ts_ms < %(as_of)s
+        )
+    ) AS reciprocal_circle
+FROM engagement_events
+PREWHERE actor_id = %(account)s
+WHERE type IN ('reply', 'mention') AND account_id != actor_id
+  AND ts_ms >= least(%(start)s, %(as_of)s - 90 * 86400000) AND ts_ms < %(as_of)s
+"""

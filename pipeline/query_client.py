@@ -11,6 +11,8 @@ import io
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,36 @@ def _live_worker(data_dir: Path) -> dict[str, Any] | None:
 def run_query(settings: Settings, sql: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> QueryResult:
     """Run one read-only statement (ReadOnlyViolation otherwise). QueryError: ClickHouse refused it."""
     check_read_only(sql)
+    with reading(settings, timeout) as run:
+        return run(sql, params)
+
+
+Reader = Callable[[str, Mapping[str, Any] | None], QueryResult]
+
+
+@contextmanager
+def reading(settings: Settings, timeout: float = 60.0) -> Iterator[Reader]:
+    """A function that runs read-only statements as :func:`run_query` does, on one connection for the block:
+    the worker's ``/query`` endpoint if a worker holds the embedded store (checked on entry), else a
+    warehouse opened on entry and closed on exit (opening chDB costs more than a small query)."""
     if settings.warehouse == "embedded":
         worker = _live_worker(settings.data_dir)
         if worker is not None:
-            return _via_worker(worker, sql, params, timeout)
+
+            def via_worker(sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
+                check_read_only(sql)
+                return _via_worker(worker, sql, dict(params or {}), timeout)
+
+            yield via_worker
+            return
     warehouse = open_warehouse(settings)
     try:
-        return warehouse.query(sql, params)
+
+        def direct(sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
+            check_read_only(sql)
+            return warehouse.query(sql, params)
+
+        yield direct
     finally:
         warehouse.close()
 

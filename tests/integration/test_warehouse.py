@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import queries
 from pipeline.processes import free_port
+from pipeline.report import Weights, report_params
 from pipeline.settings import Settings
 from pipeline.warehouse import QueryError, Warehouse, WarehouseUnavailable, open_warehouse
 from pipeline.warehouse.migrate import MIGRATIONS_TABLE, discover, migrate
@@ -70,6 +71,7 @@ def test_hostile_ids_round_trip_and_bind_as_data(warehouse: Warehouse) -> None:
 def test_every_query_of_the_query_module_runs(warehouse: Warehouse) -> None:
     warehouse.insert("engagement_windows", _window_columns(["a", "b"], 1))
     params = {"since": 0, "until": 4_000_000_000, "limit": 10, "min_followers": 0}
+    params |= report_params("a", as_of=4_000_000_000_000, days=28, burst_threshold=30, weights=Weights())
     for name in dir(queries):
         sql = getattr(queries, name)
         if name.isupper() and isinstance(sql, str):
