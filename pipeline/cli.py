@@ -1,8 +1,9 @@
-"""The ``engagement`` command: worker, ingest, replay, sql, migrate, generate, demo."""
+"""The ``engagement`` command: worker, ingest, replay, sql, report, migrate, generate, demo."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -83,6 +84,62 @@ def cmd_sql(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_result(result, args.format))
+    return 0
+
+
+def parse_as_of(text: str) -> int:
+    """``--as-of``: epoch milliseconds (digits) or an RFC 3339 date-time with a zone, as events' ``ts``."""
+    from pipeline.decode import parse_ts
+
+    value: int | str = int(text) if text.strip().isdigit() else text.strip()
+    try:
+        return parse_ts(value)
+    except Exception as exc:  # decode's rejection type is private; its message says what is wrong
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc} (epoch ms, or RFC 3339 with Z or ±hh:mm)") from exc
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import shutil
+
+    import orjson
+
+    from pipeline.query_client import reading
+    from pipeline.report import EmptyStore, Weights, default_as_of, report_with
+    from pipeline.report_html import render_html
+    from pipeline.report_render import MIN_WIDTH, render_terminal
+    from pipeline.warehouse import WarehouseError
+
+    settings = _settings(args)
+    try:
+        with reading(settings) as run:  # one connection; the worker's /query while a worker holds the store
+            newest = default_as_of(run)  # EmptyStore, even with --as-of: a report of nothing is a mistake
+            as_of = newest if args.as_of is None else args.as_of
+            report = report_with(run, args.account, as_of, args.days, settings.burst_threshold, Weights.of(settings))
+    except EmptyStore:
+        print(
+            f"error: the store holds no events ({settings.warehouse}"
+            f"{f', {settings.data_dir}' if settings.warehouse == 'embedded' else ''}): nothing to report",
+            file=sys.stderr,
+        )
+        return 1
+    except ValueError as exc:  # a period starting before 1970
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WarehouseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    said = sys.stderr if args.json else sys.stdout
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report.to_json_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    elif not args.html:
+        width = max(MIN_WIDTH, shutil.get_terminal_size().columns)
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        sys.stdout.write(render_terminal(report, width=width, color=color))
+    if args.html:
+        path = Path(args.html)
+        path.write_text(render_html(report), encoding="utf-8")
+        print(f"wrote the report of {report.account_id} to {path.resolve()}", file=said)
     return 0
 
 
@@ -172,6 +229,16 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engagement", description="Connected vs engaged: engagement analytics.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("report", help="the account report: connected vs engaged, for one account")
+    common(p)
+    p.add_argument("account", help="the account_id")
+    p.add_argument(
+        "--as-of",
+        type=parse_as_of,
+        default=None,
+        help="end of the period, exclusive: epoch ms or RFC 3339 with a zone (default: newest event + 1 ms)",
+    )
+    p.add_argument("--days", type=_positive, default=28, help="length of the period in days (default 28)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML page to FILE")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("migrate", help="apply the DDL in schemas/")
     common(p)
