@@ -138,7 +138,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write(render_terminal(report, width=width, color=color))
     if args.html:
         path = Path(args.html)
-        path.write_text(render_html(report), encoding="utf-8")
+        try:
+            path.write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote the report of {report.account_id} to {path.resolve()}", file=said)
     return 0
 

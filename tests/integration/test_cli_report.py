@@ -125,6 +125,8 @@ def test_html_is_written_as_utf8_and_where_is_said(settings: Settings, tmp_path:
     both = engagement(settings, ACCOUNT, "--html", str(page), "--json")  # JSON on stdout, where on stderr
     assert both.returncode == 0 and orjson.loads(both.stdout) == expected_json(settings)
     assert str(page) in both.stderr
+    nowhere = engagement(settings, ACCOUNT, "--html", str(tmp_path / "missing" / "report.html"))
+    assert nowhere.returncode == 1 and "cannot write" in nowhere.stderr
 
 
 def test_unknown_account_is_an_empty_report(settings: Settings) -> None:
