@@ -240,9 +240,15 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 return
             log.critical("writing account states to the changelog failed; exiting without committing", exc_info=True)
             os._exit(70)
+        # Only now may their offsets be committed; but not those of a consumer generation that ended: a
+        # rebalance forgot every partition's acks and offsets, and a late ack would put back offsets of a
+        # partition that moved (its states were dropped here), ahead of what its next owner stored, or
+        # behind what it committed (then Faust never commits that partition again). Those messages are
+        # fetched again from the committed offsets, and skipped where the stored states hold them.
+        generation = app.consumer_generation_id
         consumer = cast(IntakeConsumer, app.consumer)
         for batch in batches:
-            consumer.ack_batch(batch)  # only now may their offsets be committed
+            consumer.ack_batch(m for m in batch if m.generation_id == generation)
 
     @app.task  # type: ignore[untyped-decorator]
     async def aggregate() -> None:
