@@ -2,12 +2,16 @@
 
 Starts the embedded broker, a worker writing to the embedded store under the data directory, and live
 synthetic traffic; shows progress; after ``duration`` seconds prints the top accounts by followers next
-to the top accounts by engagement rate, and the command to dig further. Ctrl-C stops everything cleanly.
+to the top accounts by engagement rate, and the command to dig further; then the account report of the
+most-followed account and of the most-engaged one (the first row of each ranking). Ctrl-C stops everything
+cleanly.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -23,8 +27,11 @@ from pipeline.generate import TrafficModel, lines, paced
 from pipeline.ingest import ingest_lines, make_producer
 from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics
 from pipeline.processes import free_port, spawn, stop, wait_for_port
-from pipeline.query_client import format_result, run_query
+from pipeline.query_client import format_result, reading, run_query
 from pipeline.replay import worker_command
+from pipeline.report import DEFAULT_DAYS, Weights, default_as_of, report_with
+from pipeline.report_format import visible
+from pipeline.report_render import MIN_WIDTH, render_terminal
 from pipeline.settings import Settings
 from pipeline.warehouse import QueryResult
 
@@ -176,6 +183,32 @@ def _report(settings: Settings, started_ms: int, out: Any) -> None:
         "ORDER BY likes DESC LIMIT 10"
     )
     print("\nDig further:", file=out)
-    print(
-        f"  .venv/bin/engagement sql {shlex.quote(example)} --data-dir {shlex.quote(str(settings.data_dir))}", file=out
-    )
+    data_dir = shlex.quote(str(settings.data_dir))
+    print(f"  .venv/bin/engagement sql {shlex.quote(example)} --data-dir {data_dir}", file=out)
+    print(f"  .venv/bin/engagement report ACCOUNT [--json] [--html FILE] --data-dir {data_dir}", file=out)
+    _account_reports(settings, _first_account(by_followers), _first_account(by_rate), out)
+
+
+def _first_account(ranking: QueryResult) -> str | None:
+    return str(ranking.rows[0][0]) if ranking.rows else None
+
+
+def _account_reports(settings: Settings, most_followed: str | None, most_engaged: str | None, out: Any) -> None:
+    """The terminal reports of the most-followed and the most-engaged accounts (the leaders of the two
+    rankings above; one report if they are the same account), over the default period up to the newest
+    event, read as ``engagement report`` reads: one read-only connection, here the worker's ``/query``."""
+    chosen = [(f"most followed: {visible(most_followed)}", most_followed)] if most_followed else []
+    if most_engaged and most_engaged != most_followed:
+        chosen.append((f"most engaged (engagement rate, >= 100 followers): {visible(most_engaged)}", most_engaged))
+    elif most_engaged:
+        chosen = [(f"most followed and most engaged: {visible(most_engaged)}", most_engaged)]
+    if not chosen:
+        return
+    width = max(MIN_WIDTH, min(shutil.get_terminal_size().columns, 120))
+    color = out.isatty() and "NO_COLOR" not in os.environ
+    with reading(settings) as run:
+        as_of = default_as_of(run)
+        for title, account in chosen:
+            report = report_with(run, account, as_of, DEFAULT_DAYS, settings.burst_threshold, Weights.of(settings))
+            print(f"\n{title}\n", file=out)
+            out.write(render_terminal(report, width=width, color=color))

@@ -106,6 +106,14 @@ def test_demo_prints_both_leaderboards_and_the_sql_command(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "TOP 10 BY FOLLOWERS" in result.stdout and "TOP 10 BY ENGAGEMENT RATE" in result.stdout
+    followed = re.search(r"^most followed: (\S+)$", result.stdout, re.M)
+    engaged = re.search(r"^most engaged \(engagement rate, >= 100 followers\): (\S+)$", result.stdout, re.M)
+    assert followed is not None and engaged is not None, result.stdout
+    leaders = result.stdout.split("TOP 10 BY ENGAGEMENT RATE\n")[1].splitlines()[1].split()  # the first row
+    assert (leaders[0], leaders[4]) == (followed.group(1)[:22], engaged.group(1)[:22])  # both boards' leaders
+    assert result.stdout.count("ACCOUNT REPORT") == 2
+    reports = re.findall(r"^ACCOUNT REPORT  (\S+)$", result.stdout, re.M)
+    assert reports == [followed.group(1), engaged.group(1)]
     command = re.search(r"(\.venv/bin/engagement sql .*)$", result.stdout, re.M)
     assert command is not None
     follow_up = engagement(
