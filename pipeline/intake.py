@@ -23,7 +23,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any, cast
 
@@ -115,6 +115,61 @@ class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         return consumer
 
 
+class ReadOrder:
+    """The next offset due from each intake partition, so that no record is ever passed over.
+
+    Faust's ``getmany`` drops records it already fetched when flow stops, the consumer generation changes
+    or a partition is paused, and its fetch loop then marks the hole as acknowledged (meant for compacted
+    topics and transactions): offsets of records nobody processed would be committed. Instead, a record
+    that is not the next one due is not delivered, and the partition is read again from the offset due.
+    Positions are known after a seek to the committed offsets (or to a given offset); until then, the
+    first record delivered sets them.
+    """
+
+    SEEK_AGAIN_AFTER = 5.0  # seconds: a seek whose re-read never came is issued again
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._next: dict[Any, int] = {}
+        self._seeking: dict[Any, tuple[int, float]] = {}  # partition -> (target, when sought)
+        self._monotonic = monotonic
+
+    def expect(self, tp: Any, offset: int | None) -> None:
+        """``tp`` is read from ``offset`` next (None: unknown, the next record delivered sets it)."""
+        self._seeking.pop(tp, None)
+        if offset is None:
+            self._next.pop(tp, None)
+        else:
+            self._next[tp] = offset
+
+    def forget(self, tps: Iterable[Any]) -> None:
+        for tp in tps:
+            self._next.pop(tp, None)
+            self._seeking.pop(tp, None)
+
+    def due(self, tp: Any, offset: int) -> bool:
+        """Whether the record at ``offset`` is the next one due (then it is delivered and the one after
+        it becomes due); False: a record before it was passed over, or it was already delivered."""
+        expected = self._next.get(tp)
+        if expected is None or offset == expected:
+            self._next[tp] = offset + 1
+            self._seeking.pop(tp, None)
+            return True
+        return False
+
+    def seek_target(self, tp: Any) -> int | None:
+        """Where to seek ``tp`` after a record was not due: its next offset due, unless a seek there was
+        issued less than :attr:`SEEK_AGAIN_AFTER` seconds ago (None)."""
+        target = self._next.get(tp)
+        if target is None:
+            return None
+        now = self._monotonic()
+        previous = self._seeking.get(tp)
+        if previous is not None and previous[0] == target and now - previous[1] < self.SEEK_AGAIN_AFTER:
+            return None
+        self._seeking[tp] = (target, now)
+        return target
+
+
 class IntakeConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer whose fetch loop hands the intake topics' messages to ``app.intake``."""
 
@@ -130,7 +185,29 @@ class IntakeConsumer(aiokafka_driver.Consumer):
             intake.clear()
         async with cast(IntakeApp, self.app).changelog_lock:  # a changelog write in progress is queued
             pass  # before Faust flushes the producer (the app is marked rebalancing: no new one starts)
+        self._order.forget(revoked)
         await super().on_partitions_revoked(revoked)
+
+    @cached_property
+    def _order(self) -> ReadOrder:
+        return ReadOrder()
+
+    async def perform_seek(self) -> None:
+        """Faust's seek of every partition to its committed offset; those are the next offsets due."""
+        await super().perform_seek()
+        intake = self._intake()
+        if intake is not None:
+            for tp, offset in list(self._read_offset.items()):
+                if tp.topic in intake.topics:
+                    self._order.expect(tp, offset)
+
+    async def _read_again(self, tp: TP) -> None:
+        """Seek ``tp`` back to its next offset due (once per hole: records after the hole that were
+        already fetched are dropped without seeking again)."""
+        target = self._order.seek_target(tp)
+        if target is not None:
+            self.log.info("re-reading %s from offset %d: the fetch passed records over", tp, target)
+            await self.seek(tp, target)
 
     def ack_batch(self, messages: Iterable[Message]) -> None:
         """:meth:`~faust.transport.consumer.Consumer.ack` for each message (under one lock): each offset
@@ -156,6 +233,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         intake_topics = intake.topics
+        order = self._order
         put = intake.put
         yield_every = 100
         num_since_yield = 0
@@ -171,6 +249,9 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                             await sleep(0)
                             num_since_yield = 0
                         offset = message.offset
+                        if message.topic in intake_topics and not order.due(tp, offset):
+                            await self._read_again(tp)  # a hole before it: never pass records over
+                            continue
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
                             gap = offset - (r_offset or 0)

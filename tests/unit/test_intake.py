@@ -55,3 +55,30 @@ def test_clearing_drops_everything_and_frees_space() -> None:
         assert len(buffer) == 0 and buffer.space.is_set()
 
     asyncio.run(run())
+
+
+def test_read_order_delivers_in_order_and_reads_a_hole_again_once() -> None:
+    from pipeline.intake import ReadOrder
+
+    now = [0.0]
+    order = ReadOrder(monotonic=lambda: now[0])
+    assert order.due("p", 7)  # unknown position: the first record sets it
+    assert order.due("p", 8)
+    assert not order.due("p", 11)  # 9 and 10 were passed over by the fetch
+    assert order.seek_target("p") == 9
+    assert not order.due("p", 12) and order.seek_target("p") is None  # fetched before the seek: dropped
+    now[0] = 10.0
+    assert order.seek_target("p") == 9  # the re-read never came: seek again
+    assert order.due("p", 9) and order.due("p", 10) and order.due("p", 11)
+
+
+def test_read_order_after_a_seek_to_the_committed_offset() -> None:
+    from pipeline.intake import ReadOrder
+
+    order = ReadOrder()
+    order.expect("p", 100)
+    assert not order.due("p", 101) and order.seek_target("p") == 100  # the head record was passed over
+    assert not order.due("p", 99)  # already delivered
+    assert order.due("p", 100)
+    order.forget(["p"])
+    assert order.due("p", 5)  # revoked, then assigned again: unknown until the next seek
