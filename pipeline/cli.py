@@ -1,4 +1,4 @@
-"""The ``engagement`` command: worker, ingest, replay, sql, report, migrate, generate, demo."""
+"""The ``engagement`` command: worker, ingest, replay, sql, report, leaderboard, migrate, generate, demo."""
 
 from __future__ import annotations
 
@@ -147,6 +147,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    import orjson
+
+    from pipeline.leaderboard import leaderboard_with
+    from pipeline.leaderboard_render import render_leaderboard
+    from pipeline.query_client import reading
+    from pipeline.report import EmptyStore, default_as_of
+    from pipeline.warehouse import WarehouseError
+
+    settings = _settings(args)
+    try:
+        with reading(settings) as run:
+            as_of = default_as_of(run) if args.as_of is None else args.as_of
+            rows = leaderboard_with(run, args.by, args.limit, as_of, args.days)
+    except EmptyStore:
+        print("error: the store holds no events: pass --as-of to rank nothing", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a period starting before 1970
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WarehouseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        board = {"by": args.by, "as_of": as_of, "days": args.days, "rows": [r.to_json_dict() for r in rows]}
+        sys.stdout.buffer.write(orjson.dumps(board, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    else:
+        sys.stdout.write(render_leaderboard(rows, args.by, as_of, args.days))
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pipeline.warehouse import open_warehouse
     from pipeline.warehouse.migrate import migrate
@@ -244,6 +276,8 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.report_reference import RANK_BY
+
     parser = argparse.ArgumentParser(prog="engagement", description="Connected vs engaged: engagement analytics.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -289,6 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML page to FILE")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("leaderboard", help="rank every account: followers next to engagement")
+    common(p)
+    p.add_argument(
+        "--by", choices=RANK_BY, default="engagement_rate", help="the ranking metric (default engagement_rate)"
+    )
+    p.add_argument("--limit", type=_positive, default=20, help="accounts shown (default 20)")
+    p.add_argument(
+        "--as-of",
+        type=parse_as_of,
+        default=None,
+        help="end of the period, exclusive: epoch ms or RFC 3339 with a zone (default: newest event + 1 ms)",
+    )
+    p.add_argument("--days", type=_positive, default=28, help="length of the period in days (default 28)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("migrate", help="apply the DDL in schemas/")
     common(p)

@@ -310,3 +310,112 @@ PREWHERE actor_id = %(account)s
 WHERE type IN ('reply', 'mention') AND account_id != actor_id
   AND ts_ms >= least(%(start)s, %(as_of)s - 90 * 86400000) AND ts_ms < %(as_of)s
 """
+
+
+# -- The leaderboard --------------------------------------------------------------------------------------
+# Issue 5: `engagement leaderboard`. For EVERY account in one statement: followers at T, engagers in P,
+# engagement_rate, inbound_conversations, answered_24h, response_rate and reciprocal_circle, each by the
+# definition (and the readings) of the account report above, ranked. Parameters: as_of (T, epoch ms,
+# exclusive), start (T - days), limit. The candidates are every account_id of an event before T (self-events
+# and follower snapshots included), as in report_model's readings.
+#
+# Three scans, joined by account_id (18.16 joins two tables per SELECT, so the joins nest):
+#   accounts   every account's own events before T (FINAL): the follower arrays and engagers in P;
+#   responses  conversations in P (FINAL) with their first response by the account they address: the
+#              responses are grouped by (in_reply_to, actor_id), so only the addressed account's replies count;
+#   circle     the (A, U) pairs A replied to/mentioned in [T-90d, T) that also engaged A in that window
+#              (DISTINCT: duplicates cannot change a pair).
+# Aliases never reuse a column name (ClickHouse resolves an alias in WHERE before the column).
+# The ranking: the chosen metric highest first, NULL (undefined) after every number, ties by account_id
+# (byte order); LEADERBOARD_BY holds one fixed statement per metric, so no input is ever formatted in.
+_LEADERBOARD = """
+SELECT
+    account_id,
+    followers,
+    engagers,
+    if(followers = 0, NULL, engagers / followers) AS engagement_rate,
+    inbound_conversations,
+    answered_24h,
+    if(inbound_conversations = 0, NULL, answered_24h / inbound_conversations) AS response_rate,
+    reciprocal_circle
+FROM
+(
+    SELECT account_id, followers, engagers, inbound_conversations, answered_24h
+    FROM
+    (
+        SELECT
+            account_id,
+            engagers,
+            length(snapshot_ts) AS snapshot_count,
+            snapshot_ts[snapshot_count] AS snapshot_ms,
+            arrayCount(ms -> snapshot_count = 0 OR ms > snapshot_ms, follow_ts)
+                - arrayCount(ms -> snapshot_count = 0 OR ms > snapshot_ms, unfollow_ts) AS change,
+            toUInt64(greatest(0, if(snapshot_count = 0, 0, snapshot_value[snapshot_count]) + change)) AS followers
+        FROM
+        (
+            SELECT
+                account_id,
+                arraySort(groupArrayIf((ts_ms, event_id, ifNull(followers, 0)), type = 'followers'
+                    AND actor_id != account_id)) AS snapshots,
+                arrayMap(s -> s.1, snapshots) AS snapshot_ts,
+                arrayMap(s -> s.3, snapshots) AS snapshot_value,
+                groupArrayIf(ts_ms, type = 'follow' AND actor_id != account_id) AS follow_ts,
+                groupArrayIf(ts_ms, type = 'unfollow' AND actor_id != account_id) AS unfollow_ts,
+                uniqExactIf(actor_id, type IN ('like', 'reply', 'mention') AND actor_id != account_id
+                    AND ts_ms >= %(start)s) AS engagers
+            FROM engagement_events FINAL
+            WHERE ts_ms < %(as_of)s
+            GROUP BY account_id
+        )
+    ) AS accounts
+    ANY LEFT JOIN
+    (
+        SELECT
+            owner AS account_id,
+            count() AS inbound_conversations,
+            countIf(has_response = 1 AND first_response_ms - ts_ms >= 0 AND first_response_ms - ts_ms <= 86400000)
+                AS answered_24h
+        FROM
+        (
+            SELECT event_id AS conversation_id, account_id AS owner, ts_ms
+            FROM engagement_events FINAL
+            WHERE type IN ('reply', 'mention') AND actor_id != account_id
+              AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+        ) AS conversations
+        ANY LEFT JOIN
+        (
+            SELECT assumeNotNull(in_reply_to) AS conversation_id, actor_id AS owner,
+                   min(ts_ms) AS first_response_ms, 1 AS has_response
+            FROM engagement_events
+            WHERE type = 'reply' AND account_id != actor_id AND in_reply_to IS NOT NULL AND ts_ms < %(as_of)s
+            GROUP BY conversation_id, owner
+        ) AS responses USING (conversation_id, owner)
+        GROUP BY owner
+    ) AS responsiveness USING account_id
+) AS measured
+ANY LEFT JOIN
+(
+    SELECT a AS account_id, count() AS reciprocal_circle
+    FROM
+    (
+        SELECT DISTINCT actor_id AS a, account_id AS u
+        FROM engagement_events
+        WHERE type IN ('reply', 'mention') AND actor_id != account_id
+          AND ts_ms >= %(as_of)s - 90 * 86400000 AND ts_ms < %(as_of)s
+    ) AS addressed
+    ANY INNER JOIN
+    (
+        SELECT DISTINCT account_id AS a, actor_id AS u
+        FROM engagement_events
+        WHERE type IN ('like', 'reply', 'mention') AND actor_id != account_id
+          AND ts_ms >= %(as_of)s - 90 * 86400000 AND ts_ms < %(as_of)s
+    ) AS engaged USING (a, u)
+    GROUP BY a
+) AS circle USING account_id
+"""
+
+LEADERBOARD_BY = {
+    metric: _LEADERBOARD
+    + f"ORDER BY isNull({metric}), {metric} DESC, account_id\nLIMIT %(limit)s\n"  # metric: a fixed name, here
+    for metric in ("engagement_rate", "engagers", "response_rate", "reciprocal_circle", "followers")
+}
