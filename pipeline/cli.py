@@ -286,6 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-dir", help="embedded store directory (ENGAGEMENT_DATA_DIR, default ./var)")
         p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (ENGAGEMENT_BOOTSTRAP_SERVERS)")
 
+    def period(p: argparse.ArgumentParser) -> None:
+        """The period a report or a ranking covers: [as-of - days, as-of)."""
+        p.add_argument(
+            "--as-of",
+            type=parse_as_of,
+            default=None,
+            help="end of the period, exclusive: epoch ms or RFC 3339 with a zone (default: newest event + 1 ms)",
+        )
+        p.add_argument("--days", type=_positive, default=28, help="length of the period in days (default 28)")
+
     p = sub.add_parser("worker", help="run the Faust worker (production entry point)")
     common(p)
     p.add_argument("--loglevel", default="info")
@@ -313,13 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the account report: connected vs engaged, for one account")
     common(p)
     p.add_argument("account", help="the account_id")
-    p.add_argument(
-        "--as-of",
-        type=parse_as_of,
-        default=None,
-        help="end of the period, exclusive: epoch ms or RFC 3339 with a zone (default: newest event + 1 ms)",
-    )
-    p.add_argument("--days", type=_positive, default=28, help="length of the period in days (default 28)")
+    period(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML page to FILE")
     p.set_defaults(func=cmd_report)
@@ -330,13 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--by", choices=RANK_BY, default="engagement_rate", help="the ranking metric (default engagement_rate)"
     )
     p.add_argument("--limit", type=_positive, default=20, help="accounts shown (default 20)")
-    p.add_argument(
-        "--as-of",
-        type=parse_as_of,
-        default=None,
-        help="end of the period, exclusive: epoch ms or RFC 3339 with a zone (default: newest event + 1 ms)",
-    )
-    p.add_argument("--days", type=_positive, default=28, help="length of the period in days (default 28)")
+    period(p)
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_leaderboard)
 
