@@ -81,6 +81,9 @@ ORDER BY dead_letters DESC, reason
 #   start            T - days, epoch ms: the period P = [start, as_of)
 #   burst_threshold  a burst actor made more than this many engagements to others in one UTC minute of P
 #   weight_like, weight_mention, weight_reply   the weights of the top engagers' score
+#   whole_minutes_from, whole_minutes_until, whole_hours_from, whole_hours_until   epoch ms: the whole UTC
+#                    minutes (hours) inside P are [from, until) (see :func:`rollup_params`; empty when P
+#                    lies inside one minute/hour); the rest of P is the partial buckets at its edges
 # Fixed-length windows are written ``%(as_of)s - N * 86400000`` (N days before T); they and the top 10
 # are report_model's WEEK_MS, CIRCLE_DAYS and TOP_ENGAGERS, written out. Self-events (actor_id =
 # account_id) count for nothing anywhere (report_model's readings): every read has ``actor_id !=
@@ -89,13 +92,14 @@ ORDER BY dead_letters DESC, reason
 # "undefined" (a division by zero), never 0. Counts are exact (count, uniqExact; no uniq, no quantile).
 #
 # Each event counts once: statements read ``engagement_events FINAL``, which is cheap on A's own events
-# (``account_id = A``: a range of the primary key). A's outbound events are found by ``actor_id``, across
-# accounts, where FINAL would merge the whole table (8-20x slower on 10M events, measured): those scans
-# read without FINAL and aggregate what duplicates cannot change (``uniqExact(event_id)``, ``min``,
-# ``uniqExact(account_id)``). The burst scan, also across accounts, keeps FINAL but narrows the rows with
-# PREWHERE first (2x faster than either on chDB): a PREWHERE runs before FINAL's merge, which is right
-# as long as every copy of an event has the same actor_id. All of it assumes an event_id names one event.
-# The actor scans name their PREWHERE too: 18.16 does not pick ``actor_id = A`` by itself (3x slower).
+# (``account_id = A``: a range of the primary key), or aggregate what duplicates cannot change
+# (``uniqExact(event_id)``, ``min``, ``uniqExact(account_id)``, sets for ``IN``). Reads across accounts go
+# to the rollups of schemas/004_rollups.sql (kept by materialized views; duplicates absorbed the same
+# way): A's outbound events and responses are a key range of ``engagement_outbound`` (ordered by actor),
+# and the burst test reads ``engagement_actor_minutes`` for the whole minutes inside P and
+# ``engagement_events`` for the partial minutes at P's edges, merging uniqExact states per (actor, minute)
+# so the answer is the raw events' to the last event. The daily engagers read ``engagement_account_hours``
+# the same way. All of it assumes an event_id names one event.
 #
 # ClickHouse 18.16 has no window functions and no WITH subqueries, and its WITH expressions do not reach
 # into subqueries; chDB 26 wants an alias on every joined subquery. So: nested subqueries, aliased joins
@@ -115,7 +119,8 @@ FROM engagement_events
 # followers are the followers at T); engagement_rate.
 # Followers at an end E: the latest snapshot with ts < E (snapshots sorted by (ts_ms, event_id), the last
 # of those before E), plus follows minus unfollows after it and before E (all those before E when there is
-# no snapshot), never below 0. Self-follows do not count.
+# no snapshot), never below 0. Self-follows do not count. Engagers: the whole hours of the day inside P from
+# engagement_account_hours, the partial hours at P's edges from engagement_events, merged per day.
 REPORT_DAILY = """
 SELECT day, engagers, followers, if(followers = 0, NULL, engagers / followers) AS engagement_rate
 FROM
@@ -151,10 +156,22 @@ FROM
 ) AS days
 ANY LEFT JOIN
 (
-    SELECT toInt64(intDiv(ts_ms, 86400000)) AS day_index, uniqExact(actor_id) AS engagers
-    FROM engagement_events FINAL
-    WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
-      AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+    SELECT day_index, uniqExactMerge(actors) AS engagers
+    FROM
+    (
+        SELECT toInt64(intDiv(toUInt32(hour), 86400)) AS day_index, actors
+        FROM engagement_account_hours
+        WHERE account_id = %(account)s
+          AND hour >= toDateTime(intDiv(%(whole_hours_from)s, 1000), 'UTC')
+          AND hour < toDateTime(intDiv(%(whole_hours_until)s, 1000), 'UTC')
+        UNION ALL
+        SELECT toInt64(intDiv(ts_ms, 86400000)) AS day_index, uniqExactState(actor_id) AS actors
+        FROM engagement_events
+        WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
+          AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+          AND (ts_ms < %(whole_hours_from)s OR ts_ms >= %(whole_hours_until)s)
+        GROUP BY day_index
+    ) AS hours
     GROUP BY day_index
 ) AS engaged USING day_index
 ORDER BY day_index
@@ -168,7 +185,9 @@ ORDER BY day_index
 # P made by burst actors) and human_engagers (engagers in P who are not burst actors).
 # A burst actor made more than burst_threshold like/reply/mention events to other accounts (any account)
 # in one aligned UTC minute, intDiv(ts_ms, 60000), counting the events inside P. Only A's engagers in P
-# can weigh on A's bot share, so the burst scan (across all accounts) is limited to them (PREWHERE).
+# can weigh on A's bot share, so the burst test (across all accounts) is limited to them: their whole
+# minutes inside P from engagement_actor_minutes, and the events of the partial minutes at P's edges from
+# engagement_events, as uniqExact states merged per (actor, minute).
 REPORT_INBOUND = """
 SELECT
     countIf(period_events > 0) AS engagers,
@@ -202,17 +221,37 @@ FROM
         actor_id IN
         (
             SELECT actor_id
-            FROM engagement_events FINAL
-            PREWHERE actor_id IN
+            FROM
             (
-                SELECT actor_id FROM engagement_events FINAL
-                WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention')
-                  AND actor_id != account_id AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
-            )
-            WHERE type IN ('like', 'reply', 'mention') AND actor_id != account_id
-              AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
-            GROUP BY actor_id, intDiv(ts_ms, 60000)
-            HAVING count() > %(burst_threshold)s
+                SELECT actor_id, minute, events
+                FROM engagement_actor_minutes
+                WHERE actor_id IN
+                (
+                    SELECT actor_id FROM engagement_events
+                    WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention')
+                      AND actor_id != account_id AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+                )
+                  AND minute >= toDateTime(intDiv(%(whole_minutes_from)s, 1000), 'UTC')
+                  AND minute < toDateTime(intDiv(%(whole_minutes_until)s, 1000), 'UTC')
+                UNION ALL
+                SELECT actor_id, toDateTime(intDiv(ts_ms, 60000) * 60, 'UTC') AS minute,
+                       uniqExactState(event_id) AS events
+                FROM engagement_events
+                PREWHERE ts_ms >= %(start)s AND ts_ms < %(as_of)s
+                  AND (ts_ms < %(whole_minutes_from)s OR ts_ms >= %(whole_minutes_until)s)
+                WHERE actor_id IN
+                (
+                    SELECT actor_id FROM engagement_events
+                    WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention')
+                      AND actor_id != account_id AND ts_ms >= %(start)s AND ts_ms < %(as_of)s
+                )
+                  AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
+                  AND ts >= toDateTime(intDiv(%(start)s, 1000), 'UTC')
+                  AND ts <= toDateTime(intDiv(%(as_of)s, 1000), 'UTC')
+                GROUP BY actor_id, minute
+            ) AS minutes
+            GROUP BY actor_id, minute
+            HAVING uniqExactMerge(events) > %(burst_threshold)s
         ) AS burst
     FROM engagement_events FINAL
     WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
@@ -269,9 +308,8 @@ FROM
         ANY LEFT JOIN
         (
             SELECT assumeNotNull(in_reply_to) AS conversation_id, min(ts_ms) AS first_response_ms, 1 AS has_response
-            FROM engagement_events
-            PREWHERE actor_id = %(account)s
-            WHERE type = 'reply' AND account_id != actor_id AND in_reply_to IS NOT NULL AND ts_ms < %(as_of)s
+            FROM engagement_outbound
+            WHERE actor_id = %(account)s AND type = 'reply' AND in_reply_to IS NOT NULL AND ts_ms < %(as_of)s
             GROUP BY conversation_id
         ) AS responses USING conversation_id
     )
@@ -290,7 +328,7 @@ SELECT
         ts_ms >= %(start)s AND type = 'reply' AND in_reply_to IS NOT NULL
         AND assumeNotNull(in_reply_to) IN
         (
-            SELECT event_id FROM engagement_events FINAL
+            SELECT event_id FROM engagement_events
             WHERE account_id = %(account)s AND type IN ('reply', 'mention') AND actor_id != account_id
         )
     ) AS responses_sent,
@@ -300,14 +338,13 @@ SELECT
         ts_ms >= %(as_of)s - 90 * 86400000
         AND account_id IN
         (
-            SELECT actor_id FROM engagement_events FINAL
+            SELECT actor_id FROM engagement_events
             WHERE account_id = %(account)s AND type IN ('like', 'reply', 'mention') AND actor_id != account_id
               AND ts_ms >= %(as_of)s - 90 * 86400000 AND ts_ms < %(as_of)s
         )
     ) AS reciprocal_circle
-FROM engagement_events
-PREWHERE actor_id = %(account)s
-WHERE type IN ('reply', 'mention') AND account_id != actor_id
+FROM engagement_outbound
+WHERE actor_id = %(account)s
   AND ts_ms >= least(%(start)s, %(as_of)s - 90 * 86400000) AND ts_ms < %(as_of)s
 """
 
@@ -321,10 +358,11 @@ WHERE type IN ('reply', 'mention') AND account_id != actor_id
 #
 # Three scans, joined by account_id (18.16 joins two tables per SELECT, so the joins nest):
 #   accounts   every account's own events before T (FINAL): the follower arrays and engagers in P;
-#   responses  conversations in P (FINAL) with their first response by the account they address: the
-#              responses are grouped by (in_reply_to, actor_id), so only the addressed account's replies count;
-#   circle     the (A, U) pairs A replied to/mentioned in [T-90d, T) that also engaged A in that window
-#              (DISTINCT: duplicates cannot change a pair).
+#   responses  conversations in P (FINAL) with their first response by the account they address, from
+#              engagement_outbound: the responses are grouped by (in_reply_to, actor_id), so only the
+#              addressed account's replies count;
+#   circle     the (A, U) pairs A replied to/mentioned in [T-90d, T) (engagement_outbound) that also engaged
+#              A in that window (DISTINCT: duplicates cannot change a pair).
 # Aliases never reuse a column name (ClickHouse resolves an alias in WHERE before the column).
 # The ranking: the chosen metric highest first, NULL (undefined) after every number, ties by account_id
 # (byte order); LEADERBOARD_BY holds one fixed statement per metric, so no input is ever formatted in.
@@ -386,8 +424,8 @@ FROM
         (
             SELECT assumeNotNull(in_reply_to) AS conversation_id, actor_id AS owner,
                    min(ts_ms) AS first_response_ms, 1 AS has_response
-            FROM engagement_events
-            WHERE type = 'reply' AND account_id != actor_id AND in_reply_to IS NOT NULL AND ts_ms < %(as_of)s
+            FROM engagement_outbound
+            WHERE type = 'reply' AND in_reply_to IS NOT NULL AND ts_ms < %(as_of)s
             GROUP BY conversation_id, owner
         ) AS responses USING (conversation_id, owner)
         GROUP BY owner
@@ -399,9 +437,8 @@ ANY LEFT JOIN
     FROM
     (
         SELECT DISTINCT actor_id AS a, account_id AS u
-        FROM engagement_events
-        WHERE type IN ('reply', 'mention') AND actor_id != account_id
-          AND ts_ms >= %(as_of)s - 90 * 86400000 AND ts_ms < %(as_of)s
+        FROM engagement_outbound
+        WHERE ts_ms >= %(as_of)s - 90 * 86400000 AND ts_ms < %(as_of)s
     ) AS addressed
     ANY INNER JOIN
     (
@@ -419,3 +456,17 @@ LEADERBOARD_BY = {
     + f"ORDER BY isNull({metric}), {metric} DESC, account_id\nLIMIT %(limit)s\n"  # metric: a fixed name, here
     for metric in ("engagement_rate", "engagers", "response_rate", "reciprocal_circle", "followers")
 }
+
+
+def rollup_params(start: int, as_of: int) -> dict[str, int]:
+    """The bounds of the whole UTC minutes and hours inside [start, as_of) (epoch ms), for the statements
+    that read rollups: ``whole_X_from`` is ``start`` rounded up to a bucket, ``whole_X_until`` is ``as_of``
+    rounded down (``until <= from`` when no whole bucket fits: the statements then read raw events only).
+    """
+    minute, hour = 60_000, 3_600_000
+    return {
+        "whole_minutes_from": -(-start // minute) * minute,
+        "whole_minutes_until": as_of // minute * minute,
+        "whole_hours_from": -(-start // hour) * hour,
+        "whole_hours_until": as_of // hour * hour,
+    }

@@ -2,8 +2,8 @@
 and assembles an :class:`~pipeline.report_model.AccountReport` (definitions in :mod:`pipeline.report_model`).
 
 Contract of :func:`account_report`:
-- Every metric is computed by ClickHouse from the raw events, each event once, with exact counts (see the
-  "account report" section of :mod:`pipeline.queries`). Python only converts types and divides where the
+- Every metric is computed by ClickHouse from the raw events and their rollups, each event once, with exact
+  counts (see the "account report" section of :mod:`pipeline.queries`). Python only converts types and divides where the
   numerator and the denominator come from two statements: ``engagement_rate`` (engagers / followers) and
   ``human_engagement_rate`` (non-burst engagers / followers), with :func:`~pipeline.report_model.ratio`
   (None when followers is 0).
@@ -121,14 +121,16 @@ def report_with(
 
 def report_params(account_id: str, as_of: int, days: int, burst_threshold: int, weights: Weights) -> dict[str, Any]:
     """The parameters every report statement takes (see the "account report" section of the queries)."""
+    start = as_of - days * DAY_MS
     return {
         "account": account_id,
         "as_of": as_of,
-        "start": as_of - days * DAY_MS,
+        "start": start,
         "burst_threshold": burst_threshold,
         "weight_like": weights.like,
         "weight_mention": weights.mention,
         "weight_reply": weights.reply,
+        **queries.rollup_params(start, as_of),
     }
 
 

@@ -53,6 +53,13 @@ def embedded_settings(tmp_path: Path) -> Settings:
     return Settings.from_env({}, warehouse="embedded", data_dir=tmp_path / "data")
 
 
+@pytest.fixture(params=["embedded", "server"])
+def backend_settings(request: pytest.FixtureRequest) -> Settings:
+    """The settings of each backend in turn: chDB 26.x (embedded) and the ClickHouse 18.16 server."""
+    chosen: Settings = request.getfixturevalue(f"{request.param}_settings")
+    return chosen
+
+
 @pytest.fixture()
 def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as running:

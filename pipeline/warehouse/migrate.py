@@ -54,18 +54,27 @@ def discover(directory: Path = SCHEMAS_DIR) -> list[Migration]:
 
 
 def render(text: str, settings: Settings, server: tuple[int, int]) -> str:
-    """Fill the template slots for this server version and these settings."""
+    """Fill the template slots for this server version and these settings.
+
+    ``{{TTL_EVENTS}}`` (raw events' retention, on ``ts``) and ``{{TTL_DEAD_LETTERS}}`` (on ``failed_at``)
+    take another time column as ``{{TTL_EVENTS:hour}}``; ``{{CODEC_ZSTD}}`` is a column codec.
+    """
     ttl_ok = server >= TTL_MIN_VERSION
-    slots = {
-        "TTL_EVENTS": f"TTL ts + INTERVAL {settings.events_ttl_days} DAY"
-        if ttl_ok and settings.events_ttl_days > 0
-        else "",
-        "TTL_DEAD_LETTERS": f"TTL failed_at + INTERVAL {settings.dead_letters_ttl_days} DAY"
-        if ttl_ok and settings.dead_letters_ttl_days > 0
-        else "",
-        "CODEC_ZSTD": "CODEC(ZSTD(1))" if server >= CODEC_MIN_VERSION else "",
-    }
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: slots[m.group(1)], text)
+
+    def ttl(days: int, column: str) -> str:
+        return f"TTL {column} + INTERVAL {days} DAY" if ttl_ok and days > 0 else ""
+
+    def slot(match: re.Match[str]) -> str:
+        name, column = match.group(1), match.group(2)
+        if name == "TTL_EVENTS":
+            return ttl(settings.events_ttl_days, column or "ts")
+        if name == "TTL_DEAD_LETTERS":
+            return ttl(settings.dead_letters_ttl_days, column or "failed_at")
+        if name == "CODEC_ZSTD":
+            return "CODEC(ZSTD(1))" if server >= CODEC_MIN_VERSION else ""
+        raise ValueError(f"unknown template slot {match.group(0)}")
+
+    return re.sub(r"\{\{(\w+)(?::(\w+))?\}\}", slot, text)
 
 
 def statements(text: str) -> list[str]:

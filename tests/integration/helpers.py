@@ -18,6 +18,8 @@ from pipeline.query_client import run_query
 from pipeline.reference import ReferenceRows
 from pipeline.replay import worker_command
 from pipeline.settings import Settings
+from pipeline.warehouse import Warehouse, open_warehouse
+from pipeline.warehouse.migrate import migrate
 
 
 def events_of(path: Path) -> tuple[list[Event], int]:
@@ -70,3 +72,15 @@ def wait_processed(settings: Settings, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"lag still {group_lag(settings, topics)}")
         time.sleep(0.3)
+
+
+@contextmanager
+def opened_store(settings: Settings, migrated: bool = True) -> Iterator[Warehouse]:
+    """The warehouse of ``settings``, migrated first unless ``migrated`` is False; closed on exit."""
+    warehouse = open_warehouse(settings)
+    try:
+        if migrated:
+            migrate(warehouse, settings)
+        yield warehouse
+    finally:
+        warehouse.close()

@@ -26,6 +26,7 @@ from pipeline.report_reference import RANK_BY, ReferenceStore, reference_leaderb
 from pipeline.settings import Settings
 from pipeline.warehouse import Warehouse, open_warehouse
 from pipeline.warehouse.migrate import migrate
+from tests.integration.helpers import opened_store
 from tests.integration.test_report_equals_reference import insert
 
 pytestmark = pytest.mark.integration
@@ -48,16 +49,12 @@ def reference(events: list[Event]) -> ReferenceStore:
     return store(events)
 
 
-@pytest.fixture(params=["embedded", "server"])
-def warehouse(request: pytest.FixtureRequest, events: list[Event]) -> Iterator[Warehouse]:
-    settings: Settings = request.getfixturevalue(f"{request.param}_settings")
-    opened = open_warehouse(settings)
-    try:
-        migrate(opened, settings)
+@pytest.fixture()
+def warehouse(backend_settings: Settings, events: list[Event]) -> Iterator[Warehouse]:
+    """A fresh, migrated store of each backend holding ``events``."""
+    with opened_store(backend_settings) as opened:
         insert(opened, events)
         yield opened
-    finally:
-        opened.close()
 
 
 def differences(rows: list[LeaderboardRow], expected: list[AccountReport]) -> list[str]:

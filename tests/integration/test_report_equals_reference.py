@@ -22,8 +22,8 @@ from pipeline.report_model import DAY_MS, AccountReport
 from pipeline.report_reference import ReferenceStore, reference_report, store
 from pipeline.settings import Settings
 from pipeline.sink import event_columns
-from pipeline.warehouse import Warehouse, open_warehouse
-from pipeline.warehouse.migrate import migrate
+from pipeline.warehouse import Warehouse
+from tests.integration.helpers import opened_store
 
 pytestmark = pytest.mark.integration
 
@@ -60,17 +60,12 @@ def insert(warehouse: Warehouse, events: Sequence[Event]) -> None:
         warehouse.insert("engagement_events", event_columns(sourced, ingested_ms=1))
 
 
-@pytest.fixture(params=["embedded", "server"])
-def warehouse(request: pytest.FixtureRequest, events: list[Event]) -> Iterator[Warehouse]:
-    """A fresh, migrated store of the parametrized backend holding ``events``."""
-    settings: Settings = request.getfixturevalue(f"{request.param}_settings")
-    opened = open_warehouse(settings)
-    try:
-        migrate(opened, settings)
+@pytest.fixture()
+def warehouse(backend_settings: Settings, events: list[Event]) -> Iterator[Warehouse]:
+    """A fresh, migrated store of each backend holding ``events``."""
+    with opened_store(backend_settings) as opened:
         insert(opened, events)
         yield opened
-    finally:
-        opened.close()
 
 
 def differences(sql: AccountReport, expected: AccountReport) -> list[str]:

@@ -16,8 +16,8 @@ from pipeline.report import EmptyStore, Weights, account_report
 from pipeline.report_model import AccountReport, Day, TopEngager, iso_ms
 from pipeline.settings import Settings
 from pipeline.sink import event_columns
-from pipeline.warehouse import Warehouse, open_warehouse
-from pipeline.warehouse.migrate import migrate
+from pipeline.warehouse import Warehouse
+from tests.integration.helpers import opened_store
 
 pytestmark = pytest.mark.integration
 
@@ -55,25 +55,17 @@ def insert(warehouse: Warehouse, events: Sequence[Event]) -> None:
     warehouse.insert("engagement_events", event_columns(sourced, ingested_ms=1))
 
 
-@pytest.fixture(params=["embedded", "server"])
-def settings(request: pytest.FixtureRequest) -> Settings:
-    """Settings of a fresh, migrated store of the parametrized backend (this test's own database)."""
-    chosen: Settings = request.getfixturevalue(f"{request.param}_settings")
-    warehouse = open_warehouse(chosen)
-    try:
-        migrate(warehouse, chosen)
-    finally:
-        warehouse.close()
-    return chosen
+@pytest.fixture()
+def settings(backend_settings: Settings) -> Settings:
+    """Settings of a fresh, migrated store of each backend (this test's own database)."""
+    with opened_store(backend_settings):
+        return backend_settings
 
 
 @pytest.fixture()
 def warehouse(settings: Settings) -> Iterator[Warehouse]:
-    opened = open_warehouse(settings)
-    try:
+    with opened_store(settings, migrated=False) as opened:
         yield opened
-    finally:
-        opened.close()
 
 
 def empty_days(start: int, count: int) -> list[Day]:
@@ -405,6 +397,29 @@ def test_bursts(warehouse: Warehouse) -> None:
     assert (after.bot_share, after.engagers, after.human_engagement_rate) == (0.0, 4, 4 / 14)
 
 
+def test_bursts_in_minutes_cut_by_the_period(warehouse: Warehouse) -> None:
+    """The burst test reads whole minutes from a rollup and the partial ones at P's edges from raw events."""
+    minute = T - 2 * DAY
+    events = [
+        snapshot("s", T - 10 * DAY, "target", 10),
+        like("b-t1", minute + 10 * SECOND, "bot", "target"),
+        *(like(f"b-{i}", minute + 20 * SECOND + i * 100, "bot", "x") for i in range(30)),  # 20.0-22.9 s
+        like("b-t2", minute + 50 * SECOND, "bot", "target"),
+        like("h-t1", minute + 10 * SECOND, "human", "target"),
+        like("h-t2", minute + 50 * SECOND, "human", "target"),
+    ]
+    insert(warehouse, events)
+    insert(warehouse, events[5:9])  # a retried block: copies change nothing
+    # the minute whole inside P: 32 events of bot, a burst
+    assert account_report(warehouse, "target", as_of=T, days=5).bot_share == 2 / 4
+    # P ends at 23.0 s: 31 of bot's events inside, a burst; at 22.9 s: 30, none
+    assert account_report(warehouse, "target", as_of=minute + 23 * SECOND, days=5).bot_share == 1 / 2
+    assert account_report(warehouse, "target", as_of=minute + 22_900, days=5).bot_share == 0.0
+    # P starts at 20.0 s: 31 inside, a burst; at 20.001 s: 30, none
+    assert account_report(warehouse, "target", as_of=minute + 20 * SECOND + DAY, days=1).bot_share == 1 / 2
+    assert account_report(warehouse, "target", as_of=minute + 20_001 + DAY, days=1).bot_share == 0.0
+
+
 HOSTILE_ACCOUNT = "o'brien\\x"
 HOSTILE_ACTORS = ['quote"d', "'; DROP TABLE engagement_events; --", "🙂 ünï", "tab\tnew\nline", "back\\slash'"]
 
@@ -470,12 +485,9 @@ def test_default_as_of_is_the_newest_event(warehouse: Warehouse) -> None:
 
 
 def test_through_settings_with_their_weights(settings: Settings) -> None:
-    warehouse = open_warehouse(settings)
-    try:
+    with opened_store(settings, migrated=False) as warehouse:  # closed after: chDB opens a directory once
         insert(warehouse, [like("e1", T - DAY, "u1", "acme"), mention("e2", T - DAY, "u2", "acme")])
         direct = account_report(warehouse, "acme", as_of=T, weights=Weights(like=10, mention=1, reply=1))
-    finally:
-        warehouse.close()  # chDB: one session on a directory at a time
     weighted = replace(settings, weight_like=10, weight_mention=1, weight_reply=1)
     via_settings = account_report(weighted, "acme", as_of=T)
     assert via_settings == direct

@@ -119,13 +119,27 @@ def test_writing_statements_are_refused(sql: str) -> None:
 def test_migrations_are_numbered_and_render_per_version() -> None:
     migrations = discover()
     assert [m.version for m in migrations] == sorted(m.version for m in migrations)
-    assert [m.name for m in migrations][:3] == ["engagement_events", "engagement_windows", "engagement_dead_letters"]
+    assert [m.name for m in migrations][:4] == [
+        "engagement_events",
+        "engagement_windows",
+        "engagement_dead_letters",
+        "rollups",
+    ]
     settings = Settings.from_env({}, events_ttl_days=10)
     text = migrations[0].text
     old, new = render(text, settings, (18, 16)), render(text, settings, (26, 9))
     assert "TTL" not in old and "TTL ts + INTERVAL 10 DAY" in new and "{{" not in old + new
     dead = migrations[2].text
     assert "CODEC" not in render(dead, settings, (18, 16)) and "CODEC(ZSTD(1))" in render(dead, settings, (26, 9))
+    rollups = render(migrations[3].text, settings, (26, 9))  # the rollups keep what raw events keep
+    assert [line.rstrip(";") for line in rollups.splitlines() if line.startswith("TTL")] == [
+        "TTL hour + INTERVAL 10 DAY",
+        "TTL minute + INTERVAL 10 DAY",
+        "TTL ts + INTERVAL 10 DAY",
+    ]
+    assert "TTL" not in render(migrations[3].text, Settings.from_env({}), (26, 9))
+    with pytest.raises(ValueError, match="unknown template slot"):
+        render("{{TTL_NOPE}}", settings, (26, 9))
 
 
 def test_statements_split_on_line_ending_semicolons() -> None:
