@@ -278,11 +278,14 @@ LIMIT 10
 # (it may precede the conversation: a negative delay). inbound_conversations; answered_24h (first response
 # 0 to 86,400,000 ms after, bounds included); response_rate; median_response_seconds over the conversations
 # with any response, whatever the delay: the delays in seconds (ms / 1000) sorted, the middle one or the
-# mean of the two middle ones (Python's statistics.median of the same values, to the last bit).
+# mean of the two middle ones (Python's statistics.median of the same values, to the last bit); and the
+# conversations per response-delay bucket (report_model's DELAY_BUCKETS, bounds inclusive, written out).
 REPORT_RESPONSES = """
 SELECT
     inbound_conversations,
     answered_24h,
+    delay_before, delay_within_5m, delay_within_1h, delay_within_4h, delay_within_24h, delay_over_24h,
+    delay_unanswered,
     if(inbound_conversations = 0, NULL, answered_24h / inbound_conversations) AS response_rate,
     if(
         empty(delays),
@@ -294,6 +297,13 @@ FROM
     SELECT
         count() AS inbound_conversations,
         countIf(has_response = 1 AND delay_ms >= 0 AND delay_ms <= 86400000) AS answered_24h,
+        countIf(has_response = 1 AND delay_ms < 0) AS delay_before,
+        countIf(has_response = 1 AND delay_ms >= 0 AND delay_ms <= 300000) AS delay_within_5m,
+        countIf(has_response = 1 AND delay_ms > 300000 AND delay_ms <= 3600000) AS delay_within_1h,
+        countIf(has_response = 1 AND delay_ms > 3600000 AND delay_ms <= 14400000) AS delay_within_4h,
+        countIf(has_response = 1 AND delay_ms > 14400000 AND delay_ms <= 86400000) AS delay_within_24h,
+        countIf(has_response = 1 AND delay_ms > 86400000) AS delay_over_24h,
+        countIf(has_response = 0) AS delay_unanswered,
         arraySort(groupArrayIf(delay_ms, has_response = 1)) AS delays
     FROM
     (

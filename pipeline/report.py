@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from pipeline import queries
 from pipeline.query_client import Reader, reading
-from pipeline.report_model import DAY_MS, AccountReport, Day, TopEngager, ratio
+from pipeline.report_model import DAY_MS, DELAY_NAMES, AccountReport, Day, TopEngager, ratio
 from pipeline.settings import Settings
 from pipeline.warehouse import QueryResult, Warehouse
 
@@ -116,6 +116,7 @@ def report_with(
         bot_share=_float(inbound["bot_share"]),
         human_engagement_rate=ratio(int(inbound["human_engagers"]), followers),
         daily=daily,
+        response_delays={name: int(responses[f"delay_{name}"]) for name in DELAY_NAMES},
     )
 
 

@@ -290,8 +290,20 @@ def _rate_chart(days: list[Day]) -> str:
     return "".join(parts) + note
 
 
+DELAY_LABELS = {
+    "before": "before the conversation",
+    "within_5m": "within 5 min",
+    "within_1h": "5 min to 1 h",
+    "within_4h": "1 h to 4 h",
+    "within_24h": "4 h to 24 h",
+    "over_24h": "after more than 24 h",
+    "unanswered": "no response",
+}
+
+
 def _responses(r: AccountReport) -> str:
-    """Conversations answered within 24 h against the rest, as one stacked bar, and the median beside it."""
+    """Conversations answered within 24 h against the rest, as one stacked bar with the median beside it,
+    then the response-delay distribution: conversations per first-response delay bucket."""
     total, within = r.inbound_conversations, r.answered_24h
     if total == 0:
         return f'<p class="muted">No inbound conversations: the response rate is undefined ({UNDEFINED}).</p>'
@@ -303,8 +315,22 @@ def _responses(r: AccountReport) -> str:
         f'<p><span class="key good"></span>answered within 24 h: {_h(count(within))} ({_h(pct(r.response_rate))})'
         f'<span class="key rest"></span>not within 24 h (later or never): {_h(count(rest))}'
         f" · median first response: {_h(duration(r.median_response_seconds))}</p>"
-        '<p class="muted">The report holds these counts and the median, not each conversation\'s delay: no '
-        "delay distribution is drawn, and answered later cannot be told apart from never answered.</p>"
+        f"{_delay_distribution(r.response_delays, total)}"
+    )
+
+
+def _delay_distribution(delays: dict[str, int], total: int) -> str:
+    """One row per delay bucket: its conversations, their share of all, a bar (answered in 24 h: good)."""
+    rows = "".join(
+        f'<tr><th scope="row">{_h(label)}</th><td class="num">{_h(count(delays.get(name, 0)))}</td>'
+        f'<td class="num">{_h(pct(delays.get(name, 0) / total))}</td>'
+        f"<td>{_meter(delays.get(name, 0), total, 'good' if name.startswith('within') else 'rest')}</td></tr>"
+        for name, label in DELAY_LABELS.items()
+    )
+    return (
+        "<h3>First response delay</h3>"
+        '<table class="rows delays"><thead><tr><th>first response</th><th class="num">conversations</th>'
+        f'<th class="num">share</th><th></th></tr></thead><tbody>{rows}</tbody></table>'
     )
 
 

@@ -32,6 +32,11 @@ is inside) and ``days``: the period P = [T - days, T). Events are deduplicated b
   followers.
 - ``daily``: per UTC day that P touches (the part of the day inside P): engagers, followers at the day's
   end (or at T for the last day), their rate.
+- ``response_delays``: the inbound conversations in P by the delay of their first response (the response
+  delay distribution): ``before`` (negative), ``within_5m`` (0 to 5 min), ``within_1h`` (over 5 min to
+  1 h), ``within_4h``, ``within_24h``, ``over_24h``, ``unanswered`` (no response before T); each upper
+  bound inclusive in ms. The four ``within_*`` add up to ``answered_24h``, all seven to
+  ``inbound_conversations``.
 
 Readings of the points the definitions leave open (the oracle, :mod:`pipeline.report_reference`, follows them):
 
@@ -70,6 +75,17 @@ WEEK_MS = 7 * DAY_MS
 CIRCLE_DAYS = 90
 TOP_ENGAGERS = 10
 DUNBAR = 150  # the relationships a person can hold: the scale the reciprocal circle is shown against
+# The response-delay buckets, in order: (name, the largest first-response delay in ms it holds); a delay
+# goes to the first bucket whose bound it does not exceed, past the last one to "over_24h"; conversations
+# without a response are "unanswered".
+DELAY_BUCKETS: tuple[tuple[str, int], ...] = (
+    ("before", -1),
+    ("within_5m", 300_000),
+    ("within_1h", 3_600_000),
+    ("within_4h", 14_400_000),
+    ("within_24h", 86_400_000),
+)
+DELAY_NAMES: tuple[str, ...] = (*(name for name, _ in DELAY_BUCKETS), "over_24h", "unanswered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +130,11 @@ class AccountReport:
     bot_share: float | None = None
     human_engagement_rate: float | None = None
     daily: list[Day] = field(default_factory=list)
+    response_delays: dict[str, int] = field(default_factory=dict)  # DELAY_NAMES -> conversations
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Exactly the issue's keys, plus ``account_id``, ``as_of`` (RFC 3339, UTC) and ``days``."""
+        """Exactly the issue's keys, plus ``account_id``, ``as_of`` (RFC 3339, UTC), ``days`` and the
+        ``response_delays`` the HTML page draws."""
         out: dict[str, Any] = {}
         for name in self.__slots__:
             value = getattr(self, name)
@@ -124,6 +142,8 @@ class AccountReport:
                 value = iso_ms(value)
             elif name == "top_engagers":
                 value = [{"actor_id": t.actor_id, "score": t.score} for t in value]
+            elif name == "response_delays":
+                value = dict(value)
             elif name == "daily":
                 value = [{"day": d.day, "engagers": d.engagers, "followers": d.followers,
                           "engagement_rate": d.engagement_rate} for d in value]  # fmt: skip
@@ -134,6 +154,16 @@ class AccountReport:
 def ratio(numerator: float, denominator: float) -> float | None:
     """``numerator / denominator``, or None when the denominator is 0 (undefined, not 0)."""
     return numerator / denominator if denominator else None
+
+
+def delay_bucket(delay_ms: int | None) -> str:
+    """The :data:`DELAY_NAMES` bucket of a first-response delay (None: no response)."""
+    if delay_ms is None:
+        return "unanswered"
+    for name, bound in DELAY_BUCKETS:
+        if delay_ms <= bound:
+            return name
+    return "over_24h"
 
 
 def iso_ms(ms: int) -> str:

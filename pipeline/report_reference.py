@@ -27,7 +27,18 @@ from typing import Literal
 
 from pipeline.events import ENGAGEMENT_TYPES, LIKE, MENTION, REPLY, Event
 from pipeline.reference import followers_at
-from pipeline.report_model import CIRCLE_DAYS, DAY_MS, TOP_ENGAGERS, WEEK_MS, AccountReport, Day, TopEngager, ratio
+from pipeline.report_model import (
+    CIRCLE_DAYS,
+    DAY_MS,
+    DELAY_NAMES,
+    TOP_ENGAGERS,
+    WEEK_MS,
+    AccountReport,
+    Day,
+    TopEngager,
+    delay_bucket,
+    ratio,
+)
 
 Weights = tuple[int, int, int]  # like, mention, reply
 RankBy = Literal["engagement_rate", "engagers", "response_rate", "reciprocal_circle", "followers"]
@@ -209,7 +220,14 @@ def _report(
         bot_share=ratio(sum(1 for e in inbound if e.actor_id in bursts), len(inbound)),
         human_engagement_rate=ratio(len(engagers - bursts), followers),
         daily=daily(inbound, received, start, end),
+        response_delays=delay_distribution(conversations, delays),
     )
+
+
+def delay_distribution(conversations: list[Event], delays: dict[str, int]) -> dict[str, int]:
+    """The conversations counted per response-delay bucket (every bucket present, in order)."""
+    counts = Counter(delay_bucket(delays.get(c.event_id)) for c in conversations)
+    return {name: counts[name] for name in DELAY_NAMES}
 
 
 def returning_engager_rate(inbound: list[Event], end: int) -> float | None:

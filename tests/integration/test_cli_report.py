@@ -32,7 +32,7 @@ JSON_KEYS = [
     "account_id", "as_of", "days", "followers", "engagers", "engagement_rate", "likes", "replies", "mentions",
     "returning_engager_rate", "loyal_core", "inbound_conversations", "answered_24h", "response_rate",
     "median_response_seconds", "outbound", "responses_sent", "dialogue_share", "reciprocal_circle",
-    "top_engagers", "top10_share", "bot_share", "human_engagement_rate", "daily",
+    "top_engagers", "top10_share", "bot_share", "human_engagement_rate", "daily", "response_delays",
 ]  # fmt: skip
 EVENTS = [
     Event("s-1", "followers", T - 40 * DAY_MS, "", ACCOUNT, followers=40),

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.events import Event
 from pipeline.report import EmptyStore, Weights, account_report
-from pipeline.report_model import AccountReport, Day, TopEngager, iso_ms
+from pipeline.report_model import DELAY_NAMES, AccountReport, Day, TopEngager, iso_ms
 from pipeline.settings import Settings
 from pipeline.sink import event_columns
 from pipeline.warehouse import Warehouse
@@ -168,6 +168,7 @@ def test_no_followers_and_no_inbound(warehouse: Warehouse) -> None:
         bot_share=None,
         human_engagement_rate=None,
         daily=empty_days(S, 28),
+        response_delays=dict.fromkeys(DELAY_NAMES, 0),
     )
     unfollowed = account_report(warehouse, "unfollowed", as_of=T)
     assert (unfollowed.followers, unfollowed.engagers, unfollowed.engagement_rate) == (0, 1, None)
@@ -242,6 +243,9 @@ def test_responses_and_dialogue(warehouse: Warehouse) -> None:
     # first-response delays: c4 -5 s, c1 30.25 s, c2 86,400 s, c3 86,400.001 s; within 24 h: c1, c2
     assert (report.answered_24h, report.response_rate) == (2, 2 / 6)
     assert report.median_response_seconds == (30.25 + 86_400.0) / 2  # 43,215.125 s
+    assert report.response_delays == {
+        "before": 1, "within_5m": 1, "within_1h": 0, "within_4h": 0, "within_24h": 1, "over_24h": 1, "unanswered": 2
+    }  # fmt: skip
     # outbound: desk's replies/mentions to others in P: r1b r1 r2 r3 r4a r4b r7 r8 m1 (r6 is at T);
     # responses among them: the replies to inbound replies/mentions of desk, of any time (r8's c8 is
     # before P): all replies but r7
@@ -266,6 +270,21 @@ def test_responses_and_dialogue(warehouse: Warehouse) -> None:
     assert eight.median_response_seconds == (-5_000 / 1000 + 86_400_001 / 1000) / 2
     # no outbound in P: undefined share
     assert account_report(warehouse, "desk", as_of=S, days=1).dialogue_share is None
+
+
+def test_response_delay_buckets_hold_their_upper_bounds(warehouse: Warehouse) -> None:
+    delays = [-1, 0, 300_000, 300_001, 3_600_000, 3_600_001, 14_400_000, 14_400_001, 86_400_000, 86_400_001]
+    conversations = [reply(f"c{i}", T - 3 * DAY + i, f"u{i}", "desk", "post") for i in range(len(delays))]
+    responses = [
+        reply(f"r{i}", c.ts_ms + d, "desk", c.actor_id, c.event_id)
+        for i, (c, d) in enumerate(zip(conversations, delays, strict=True))
+    ]
+    insert(warehouse, conversations + responses + [mention("c-none", T - DAY, "u", "desk")])
+    report = account_report(warehouse, "desk", as_of=T)
+    assert report.response_delays == {
+        "before": 1, "within_5m": 2, "within_1h": 2, "within_4h": 2, "within_24h": 2, "over_24h": 1, "unanswered": 1
+    }  # fmt: skip
+    assert report.answered_24h == 8 and report.inbound_conversations == 11
 
 
 def test_reciprocal_circle(warehouse: Warehouse) -> None:

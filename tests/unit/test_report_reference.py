@@ -27,7 +27,7 @@ from pipeline.report_data import (
     report_as_of,
     report_events,
 )
-from pipeline.report_model import DAY_MS, WEEK_MS, AccountReport, TopEngager
+from pipeline.report_model import DAY_MS, WEEK_MS, AccountReport, TopEngager, delay_bucket
 from pipeline.report_reference import (
     ReferenceStore,
     burst_actors,
@@ -349,7 +349,7 @@ def test_json_has_exactly_the_issue_keys() -> None:
         "account_id", "as_of", "days", "followers", "engagers", "engagement_rate", "likes", "replies", "mentions",
         "returning_engager_rate", "loyal_core", "inbound_conversations", "answered_24h", "response_rate",
         "median_response_seconds", "outbound", "responses_sent", "dialogue_share", "reciprocal_circle",
-        "top_engagers", "top10_share", "bot_share", "human_engagement_rate", "daily",
+        "top_engagers", "top10_share", "bot_share", "human_engagement_rate", "daily", "response_delays",
     }  # fmt: skip
 
 
@@ -444,3 +444,11 @@ def test_generated_reports_are_consistent(generated: Any) -> None:
     assert len(busy) > 20  # the bulk is realistic enough to exercise every metric
     assert any(r.loyal_core for r in busy) and any(r.reciprocal_circle for r in busy)
     assert any(r.bot_share for r in reports.values() if r.account_id.startswith("acct-"))
+
+
+def test_delay_buckets_are_inclusive_upper_bounds() -> None:
+    cases = {
+        None: "unanswered", -1: "before", 0: "within_5m", 300_000: "within_5m", 300_001: "within_1h",
+        3_600_000: "within_1h", 14_400_000: "within_4h", 86_400_000: "within_24h", 86_400_001: "over_24h",
+    }  # fmt: skip
+    assert {delay: delay_bucket(delay) for delay in cases} == cases

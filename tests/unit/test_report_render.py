@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.report_data import BOT_TARGET, NO_FOLLOWERS, NO_INBOUND, RESPONDER, SCENARIO_ACCOUNTS, report_events
 from pipeline.report_format import duration, fit, pct, sections, visible
+from pipeline.report_html import DELAY_LABELS
 from pipeline.report_model import DUNBAR, AccountReport, Day, TopEngager
 from pipeline.report_reference import reference_report, store
 from pipeline.report_render import MIN_WIDTH, render_html, render_terminal, sparkline
@@ -392,6 +393,10 @@ def test_html_shows_the_terminal_numbers(generated: dict[str, AccountReport]) ->
     assert "answered within 24 h: 5 (55.6%)" in responder
     assert "not within 24 h (later or never): 4" in responder
     assert "median first response: 1 min 45 s" in responder
+    delays = generated[RESPONDER].response_delays
+    assert sum(delays.values()) == 9 and sum(v for k, v in delays.items() if k.startswith("within")) == 5
+    for name, label in DELAY_LABELS.items():  # the distribution: label, conversations, share
+        assert f"{label}{delays[name]:,}{pct(delays[name] / 9)}" in responder, name
     assert "o'brien\\x" in responder and "1r-fan-s312.5%" in responder  # rank, actor, score, share
 
 
