@@ -23,7 +23,11 @@ Issue 3's target: "The account report over 10,000,000 raw events in the embedded
      (``count()``, ``uniqExact(actor_id)``, ``uniqExact(event_id)``);
    - per account, ``report_cold_s``: the first report after the store was reopened (a fresh chDB session:
      empty mark and query caches; the OS page cache stays warm, it cannot be dropped without root);
-   - per account, ``report_s``: the median of ``--runs`` reports after one warm-up.
+   - per account, ``report_s``: the median of ``--runs`` reports after one warm-up;
+   - per account, ``statements_s``: each report statement alone (median of 3 after a warm-up), where the
+     time goes;
+   - ``leaderboard_cold_s``/``leaderboard_s``: ``engagement leaderboard`` (every account, ranked by
+     engagement rate) on a fresh session, then the median of 3 after it.
    Each figure is printed with its ratio to the baselines. Benchmarks are not tests: nothing here fails.
 """
 
@@ -48,10 +52,12 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline import queries  # noqa: E402
 from pipeline.decode import validate_event  # noqa: E402
 from pipeline.events import Event  # noqa: E402
 from pipeline.generate import TrafficGenerator, TrafficModel  # noqa: E402
-from pipeline.report import account_report  # noqa: E402
+from pipeline.leaderboard import leaderboard_with  # noqa: E402
+from pipeline.report import Weights, account_report, default_as_of, report_params  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from pipeline.sink import EVENTS_TABLE, event_columns  # noqa: E402
 from pipeline.warehouse import Warehouse, open_warehouse  # noqa: E402
@@ -296,6 +302,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             report = report_once()
             warm = warm_median(report_once, args.runs)
             scan = warm_median(partial(warehouse.query, ACCOUNT_SCAN, {"account": account}), args.runs)
+            statements = statement_times(warehouse, account)
         finally:
             warehouse.close()
         accounts[role] = {
@@ -307,9 +314,29 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             "report_cold_s": cold,
             "report_s": warm,
             "account_scan_s": scan,
+            "statements_s": statements,
         }
     results["accounts"] = accounts
+    warehouse = open_warehouse(settings)
+    try:
+        log("leaderboard")
+        board = partial(leaderboard_with, warehouse.query, "engagement_rate", 10)
+        results["leaderboard_cold_s"] = timed(board)
+        results["leaderboard_s"] = warm_median(board, 3)
+    finally:
+        warehouse.close()
     return results
+
+
+REPORT_STATEMENTS = ("REPORT_DAILY", "REPORT_INBOUND", "REPORT_RESPONSES", "REPORT_OUTBOUND")
+
+
+def statement_times(warehouse: Warehouse, account: str) -> dict[str, float]:
+    """Each statement of the report alone with the report's default parameters: median of 3, warm."""
+    params = report_params(account, default_as_of(warehouse.query), 28, 30, Weights())
+    return {
+        name: warm_median(partial(warehouse.query, getattr(queries, name), params), 3) for name in REPORT_STATEMENTS
+    }
 
 
 def _has_events(warehouse: Warehouse, settings: Settings) -> bool:
@@ -348,6 +375,18 @@ def report_table(results: dict[str, Any]) -> str:
             f"{a['account_scan_s']:>9.3f}{a['report_cold_s']:>9.3f}{a['report_s']:>9.3f}"
             f"{a['report_s'] / full:>7.2f}x{a['report_s'] / a['account_scan_s']:>7.2f}x"
         )
+    out += [
+        "",
+        "each statement alone (s, warm median of 3):",
+        f"{'statement':<22}" + "".join(f"{role:>15}" for role in results["accounts"]),
+    ]
+    for name in REPORT_STATEMENTS:
+        out.append(f"{name:<22}" + "".join(f"{a['statements_s'][name]:>15.3f}" for a in results["accounts"].values()))
+    out += [
+        "",
+        f"leaderboard (every account, by engagement rate): cold {results['leaderboard_cold_s']:.3f} s, "
+        f"warm {results['leaderboard_s']:.3f} s ({results['leaderboard_s'] / full:.2f}x full scan)",
+    ]
     worst_warm = max(a["report_s"] for a in results["accounts"].values())
     worst_cold = max(a["report_cold_s"] for a in results["accounts"].values())
     out += [

@@ -62,7 +62,8 @@ def leaderboard_with(
         as_of = default_as_of(run)
     if as_of - days * DAY_MS < 0:
         raise ValueError(f"the period starts before 1970: as_of={as_of}, days={days}")
-    params = {"as_of": as_of, "start": as_of - days * DAY_MS, "limit": limit}
+    start = as_of - days * DAY_MS
+    params = {"as_of": as_of, "start": start, "limit": limit, **queries.rollup_params(start, as_of)}
     return [
         LeaderboardRow(
             rank=rank,

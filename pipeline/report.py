@@ -7,7 +7,7 @@ Contract of :func:`account_report`:
   numerator and the denominator come from two statements: ``engagement_rate`` (engagers / followers) and
   ``human_engagement_rate`` (non-burst engagers / followers), with :func:`~pipeline.report_model.ratio`
   (None when followers is 0).
-- It runs five read-only statements (six without ``as_of``) one after another, each a consistent read of
+- It runs four read-only statements (five without ``as_of``) one after another, each a consistent read of
   its own: on a store being written, some may see an insert that others do not.
 - Parameters are bound (:mod:`pipeline.warehouse.params`), never formatted: any account id is data.
 - Given :class:`~pipeline.settings.Settings`, the statements go through :func:`pipeline.query_client.reading`
@@ -86,7 +86,10 @@ def report_with(
     ]
     followers = daily[-1].followers  # the last day ends at T
     inbound = _one(run(queries.REPORT_INBOUND, params))
-    top = [TopEngager(str(r["actor_id"]), int(r["score"])) for r in run(queries.REPORT_TOP_ENGAGERS, params).as_dicts()]
+    top = [
+        TopEngager(str(actor), int(score))
+        for actor, score in zip(inbound["top_actors"], inbound["top_scores"], strict=True)
+    ]
     responses = _one(run(queries.REPORT_RESPONSES, params))
     outbound = _one(run(queries.REPORT_OUTBOUND, params))
 

@@ -36,9 +36,12 @@ FROM engagement_account_hours
 GROUP BY account_id, hour_s, type
 """
 MINUTES = """
-SELECT actor_id, toUInt32(minute) AS minute_s, uniqExactMerge(events) AS events
+SELECT actor_id, toUInt32(minute) AS minute_s, uniqExactMerge(events) AS events, countMerge(rows) AS row_count
 FROM engagement_actor_minutes
 GROUP BY actor_id, minute_s
+"""
+TOTALS = """
+SELECT actor_id, countMerge(rows) AS row_count FROM engagement_actor_totals GROUP BY actor_id
 """
 OUTBOUND = """
 SELECT DISTINCT event_id, type, ts_ms, toUInt32(ts) AS ts_s, actor_id, account_id, in_reply_to
@@ -87,8 +90,16 @@ def expected_outbound(events: Sequence[Event]) -> set[tuple[object, ...]]:
 def assert_rollups_equal_raw(warehouse: Warehouse, events: Sequence[Event]) -> None:
     hours = {(r[0], int(r[1]), r[2]): (int(r[3]), int(r[4])) for r in warehouse.query(HOURS).rows}
     assert hours == expected_hours(events)
-    minutes = {(r[0], int(r[1])): int(r[2]) for r in warehouse.query(MINUTES).rows}
+    found = warehouse.query(MINUTES).rows
+    minutes = {(r[0], int(r[1])): int(r[2]) for r in found}
     assert minutes == expected_minutes(events)
+    assert all(int(r[3]) >= int(r[2]) for r in found)  # rows: an upper bound of the distinct events
+    totals = {r[0]: int(r[1]) for r in warehouse.query(TOTALS).rows}
+    per_actor: dict[str, int] = defaultdict(int)
+    for (actor, _), count in minutes.items():
+        per_actor[actor] += count
+    assert totals.keys() == per_actor.keys()
+    assert all(totals[actor] >= count for actor, count in per_actor.items())  # an upper bound too
     outbound = [(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5], r[6]) for r in warehouse.query(OUTBOUND).rows]
     assert len(outbound) == len(set(outbound))  # one row per event once duplicates are set aside
     assert set(outbound) == expected_outbound(events)
