@@ -31,6 +31,7 @@ SOURCE_TOPICS: tuple[str, ...] = tuple(TOPIC_TYPES)
 TYPE_TOPIC: dict[str, str] = {t: topic for topic, types in TOPIC_TYPES.items() for t in types}
 
 DEAD_LETTER_TOPIC = "engagement-dead-letters"
+ALERTS_TOPIC = "engagement-alerts"  # engagement-drop alerts (pipeline.drops), keyed by account_id
 REKEY_TOPIC = "engagement-rekeyed"
 
 MAX_EVENT_ID_CHARS = 128

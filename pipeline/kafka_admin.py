@@ -10,7 +10,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS
+from pipeline.events import ALERTS_TOPIC, DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS
 from pipeline.settings import Settings
 
 
@@ -19,9 +19,9 @@ class BrokerUnavailable(RuntimeError):
 
 
 def pipeline_topics(settings: Settings) -> list[str]:
-    """Every topic the pipeline reads or writes (source topics, re-key topic, dead letters)."""
+    """Every topic the pipeline reads or writes (source topics, re-key topic, dead letters, alerts)."""
     names = [settings.topic(t) for t in SOURCE_TOPICS]
-    return [*names, settings.topic(REKEY_TOPIC), settings.topic(DEAD_LETTER_TOPIC)]
+    return [*names, settings.topic(REKEY_TOPIC), settings.topic(DEAD_LETTER_TOPIC), settings.topic(ALERTS_TOPIC)]
 
 
 def admin_client(settings: Settings, timeout: float = 30.0) -> KafkaAdminClient:

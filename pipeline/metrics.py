@@ -90,3 +90,39 @@ DEAD_LETTER_BRAKE_TRIPS = Counter(
     "Times the dead-letter brake stopped this worker (it exits right after: the log line and exit code 65 last).",
     registry=REGISTRY,
 )
+ALERTS_FIRED = Counter(
+    "engagement_alerts_fired_total",
+    "Engagement-drop alerts that started firing, by reason: drop (score below the threshold) or silence "
+    "(no events at all in the windows that fired).",
+    ["reason"],
+    registry=REGISTRY,
+)
+ALERTS_RESOLVED = Counter(
+    "engagement_alerts_resolved_total",
+    "Engagement-drop alerts resolved (a final window back above the threshold).",
+    registry=REGISTRY,
+)
+ACCOUNTS_IN_DROP = Gauge(
+    "engagement_accounts_in_drop",
+    "Accounts owned by this worker whose latest alert is firing (sum over workers for the whole pipeline).",
+    registry=REGISTRY,
+)
+# Per-account gauges only for the accounts of ENGAGEMENT_DROP_WATCH (at most DROP_WATCH_MAX of them).
+WATCHED_SCORE = Gauge(
+    "engagement_watched_account_score",
+    "Weighted score of the newest final window of a watched account (ENGAGEMENT_DROP_WATCH).",
+    ["account"],
+    registry=REGISTRY,
+)
+WATCHED_BASELINE = Gauge(
+    "engagement_watched_account_baseline",
+    "Drop detector's baseline score of a watched account (ENGAGEMENT_DROP_WATCH).",
+    ["account"],
+    registry=REGISTRY,
+)
+WATCHED_IN_DROP = Gauge(
+    "engagement_watched_account_in_drop",
+    "1 while a watched account (ENGAGEMENT_DROP_WATCH) is in an engagement drop, else 0.",
+    ["account"],
+    registry=REGISTRY,
+)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+DROP_WATCH_MAX = 50  # per-account gauges are capped: Prometheus cost grows with label values
 PREFIX = "ENGAGEMENT_"
 
 
@@ -73,6 +74,15 @@ class Settings:
 
     # The account report (pipeline.report_model)
     burst_threshold: int = 30  # a burst actor makes more than this many engagements in one UTC minute
+
+    # Engagement drops (pipeline.drops): per account, an exponentially weighted mean of its final windows'
+    # scores; a drop is drop_windows consecutive final windows below (1 - drop_threshold) x that baseline.
+    drop_half_life_windows: float = 24.0  # the baseline's half-life, in windows
+    drop_warmup_windows: int = 12  # windows observed before the detector may fire
+    drop_min_baseline: float = 5.0  # accounts whose baseline score is lower never page
+    drop_threshold: float = 0.5  # a window is low below (1 - threshold) x baseline
+    drop_windows: int = 3  # consecutive low windows that make a drop
+    drop_watch: str = ""  # comma-separated account ids with per-account gauges (at most 50)
 
     # Batching
     batch_max_events: int = 10000  # events written per chunk
@@ -145,6 +155,17 @@ class Settings:
             raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES must be > 0")
         if self.burst_threshold <= 0:
             raise SettingsError("ENGAGEMENT_BURST_THRESHOLD must be > 0")
+        if self.drop_half_life_windows <= 0 or self.drop_warmup_windows < 1 or self.drop_windows < 1:
+            raise SettingsError("ENGAGEMENT_DROP_HALF_LIFE_WINDOWS must be > 0, _WARMUP_WINDOWS and _WINDOWS >= 1")
+        if not 0 < self.drop_threshold < 1 or self.drop_min_baseline < 0:
+            raise SettingsError("ENGAGEMENT_DROP_THRESHOLD must be between 0 and 1, _MIN_BASELINE >= 0")
+        if len(self.drop_watch_accounts) > DROP_WATCH_MAX:
+            raise SettingsError(f"ENGAGEMENT_DROP_WATCH lists more than {DROP_WATCH_MAX} accounts")
+
+    @property
+    def drop_watch_accounts(self) -> frozenset[str]:
+        """The accounts of ENGAGEMENT_DROP_WATCH (per-account drop gauges)."""
+        return frozenset(a.strip() for a in self.drop_watch.split(",") if a.strip())
 
     def topic(self, name: str) -> str:
         """The full name of a pipeline topic (``likes``, ``follows``, ...), with the prefix."""
