@@ -42,7 +42,7 @@ from pipeline.broker import EmbeddedBroker  # noqa: E402
 from pipeline.events import SOURCE_TOPICS  # noqa: E402
 from pipeline.generate import TrafficModel, lines  # noqa: E402
 from pipeline.ingest import ingest_lines  # noqa: E402
-from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics  # noqa: E402
+from pipeline.kafka_admin import consumed_topics, ensure_topics, group_lag  # noqa: E402
 from pipeline.partitioning import account_partitioner  # noqa: E402
 from pipeline.processes import free_port, spawn, stop, wait_for_port  # noqa: E402
 from pipeline.replay import worker_command  # noqa: E402
@@ -226,7 +226,7 @@ class Worker:
         """Seconds from the first event consumed to every message committed; and when it started."""
         deadline = time.monotonic() + timeout
         started = None
-        topics = pipeline_topics(self.settings)
+        topics = consumed_topics(self.settings)
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError("worker died")

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.drops import DropState
 from pipeline.followers import FollowerLedger
 
 
@@ -54,6 +55,8 @@ class AccountState:
       ``docs/DESIGN.md``.
     - ``applying``: the same for inputs applied since the state was last stored (not serialized; folded
       into ``applied`` when the state is stored, which happens only between whole messages).
+    - ``drop``: the engagement-drop detector's state (:mod:`pipeline.drops`); None before the first final
+      window, or when detection is off.
     """
 
     windows: dict[int, WindowCounts] = field(default_factory=dict)
@@ -63,6 +66,7 @@ class AccountState:
     ledger: FollowerLedger = field(default_factory=FollowerLedger)
     applied: dict[str, int] = field(default_factory=dict)
     applying: dict[str, int] = field(default_factory=dict)
+    drop: DropState | None = None
     dirty: set[int] = field(default_factory=set)
 
     def fold_applied(self) -> None:
@@ -76,7 +80,7 @@ class AccountState:
 
     def dumps(self) -> bytes:
         """Compact JSON: ``[windows, final_through, conversations, pending, ledger base, folded_until,
-        ledger entries, applied]``, each window as ``[start, likes, replies, mentions, follows, unfollows,
+        ledger entries, applied, drop]``, each window as ``[start, likes, replies, mentions, follows, unfollows,
         responses, engagers, ids, response_ids]`` (a positional layout: no key strings to write or read)."""
         ledger = self.ledger
         return exact_bytes(
@@ -104,6 +108,7 @@ class AccountState:
                     ledger.folded_until,
                     ledger.entries,
                     self.applied,
+                    None if self.drop is None else self.drop.to_list(),
                 ]
             )
         )
@@ -113,6 +118,7 @@ class AccountState:
         fields = orjson.loads(raw)
         windows, final_through, conversations, pending, base, folded_until, entries = fields[:7]
         applied = fields[7] if len(fields) > 7 else {}  # states stored by earlier versions have none
+        drop = fields[8] if len(fields) > 8 else None
         return cls(
             windows={
                 w[0]: WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9])) for w in windows
@@ -122,6 +128,7 @@ class AccountState:
             pending=pending,
             ledger=FollowerLedger(base, folded_until, [(e[0], e[1], e[2], e[3]) for e in entries]),
             applied=applied,
+            drop=None if drop is None else DropState.from_list(drop),
         )
 
 

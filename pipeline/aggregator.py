@@ -10,6 +10,10 @@ event-time windows and emits window rows:
 - :meth:`Aggregator.end_batch` returns the rows to write (open windows that changed, as ``final=0``
   upserts, and windows that became final, as ``final=1``) and writes the touched states to the store.
   The caller writes the rows durably *before* it lets the source offsets be committed.
+- With a :class:`~pipeline.drops.DropDetector`, every final window is observed by the drop detector, and
+  :meth:`Aggregator.advance` also observes the windows the frontier made final for watched accounts that
+  had no events in them (silence); :meth:`Aggregator.take_alerts` returns the alerts, which the caller
+  writes durably with the rows.
 
 Definitions are those of the README ("Windowed engagement"); :mod:`pipeline.reference` computes the same
 rows from a whole event list and is the test oracle.
@@ -26,6 +30,7 @@ from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
 from pipeline.account_state import AccountState, WindowCounts
+from pipeline.drops import Alert, DropDetector, DropState
 from pipeline.events import FOLLOW, FOLLOWERS, LIKE, MENTION, REPLY, UNFOLLOW, Event
 from pipeline.followers import FOLLOW as LEDGER_FOLLOW
 from pipeline.followers import SNAPSHOT as LEDGER_SNAPSHOT
@@ -136,6 +141,29 @@ class DictStore:
         return list(self.data)
 
 
+class EndIndex:
+    """Accounts by an end time (ms), popped in end order: a heap of the distinct ends and, per end, the
+    accounts due then (one list slot per entry, not one tuple per entry). An account may be listed twice."""
+
+    def __init__(self) -> None:
+        self._ends: list[int] = []
+        self._due: dict[int, list[str]] = {}
+
+    def add(self, end: int, account_id: str) -> None:
+        accounts = self._due.get(end)
+        if accounts is None:
+            accounts = self._due[end] = []
+            heapq.heappush(self._ends, end)
+        accounts.append(account_id)
+
+    def pop_through(self, horizon: int) -> Iterable[tuple[int, list[str]]]:
+        """``(end, accounts sorted)`` for every end at or before ``horizon``, earliest first, removed."""
+        ends = self._ends
+        while ends and ends[0] <= horizon:
+            end = heapq.heappop(ends)
+            yield end, sorted(self._due.pop(end, ()))
+
+
 class VersionClock:
     """Strictly increasing row versions from wall-clock nanoseconds (later writes always win)."""
 
@@ -160,6 +188,8 @@ class Aggregator:
         upsert_interval_s: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
         cache_accounts: int = 100_000,
+        detector: DropDetector | None = None,
+        watch: Collection[str] = (),
     ) -> None:
         self.config = config
         self.store = store
@@ -178,13 +208,19 @@ class Aggregator:
         self._touched: dict[str, AccountState] = {}
         self._fresh: dict[str, AccountState] = {}
         self.cache_accounts = cache_accounts
-        # The finalization index, per partition: a heap of the distinct ends of open windows, and the
-        # accounts with an open window ending there (one list slot per window, not one tuple per window).
-        self._ends: dict[int, list[int]] = {}
-        self._ending: dict[int, dict[int, list[str]]] = {}
+        # The finalization index, per partition: accounts by the ends of their open windows.
+        self._ending: dict[int, EndIndex] = {}
         self._frontier: dict[int, int] = {}
         self._final_rows: list[WindowRow] = []
         self.unmatched_responses = 0
+        # Drop detection: per partition, the accounts whose silence counts, by the end of their next
+        # window (observed as silent once the frontier passes it without a final window for it).
+        self.detector = detector
+        self.watch = frozenset(watch)
+        self._quiet: dict[int, EndIndex] = {}
+        self._alerts: list[Alert] = []
+        self.accounts_in_drop = 0  # owned accounts in a drop
+        self.watched: dict[str, tuple[float, float, bool]] = {}  # watched account -> score, baseline, in drop
 
     # -- state access -----------------------------------------------------------------------------
 
@@ -335,23 +371,19 @@ class Aggregator:
 
     def _index(self, partition: int, account_id: str, end: int) -> None:
         """Finalize ``account_id``'s window ending at ``end`` once the frontier passes ``end + lateness``."""
-        ending = self._ending.setdefault(partition, {})
-        accounts = ending.get(end)
-        if accounts is None:
-            accounts = ending[end] = []
-            heapq.heappush(self._ends.setdefault(partition, []), end)
-        accounts.append(account_id)
+        ending = self._ending.get(partition)
+        if ending is None:
+            ending = self._ending[partition] = EndIndex()
+        ending.add(end, account_id)
 
     def _finalize_through(self, partition: int, horizon: int) -> None:
         """Finalize ``partition``'s windows ending at or before ``horizon``, by end, then account."""
-        ends = self._ends.get(partition)
         ending = self._ending.get(partition)
-        if not ends or ending is None:
+        if ending is None:
             return
         window_ms = self.config.window_ms
-        while ends and ends[0] <= horizon:
-            end = heapq.heappop(ends)
-            for account_id in sorted(ending.pop(end, ())):
+        for end, accounts in ending.pop_through(horizon):
+            for account_id in accounts:
                 self._finalize(account_id, end - window_ms)
 
     def frontier(self, partition: int) -> int:
@@ -362,11 +394,15 @@ class Aggregator:
         if frontier_ms <= self._frontier.get(partition, NO_FRONTIER):
             return
         self._frontier[partition] = frontier_ms
-        self._finalize_through(partition, frontier_ms - self.config.lateness_ms)
+        horizon = frontier_ms - self.config.lateness_ms
+        self._finalize_through(partition, horizon)
+        if self.detector is not None:
+            self._silence_through(partition, horizon)
 
     def flush(self) -> None:
-        """Finalize every open window of every owned partition (end of a replay)."""
-        for partition in list(self._ends):
+        """Finalize every open window of every owned partition (end of a replay). The windows after them
+        are not observed as silent: the input ended, not the accounts' activity."""
+        for partition in list(self._ending):
             self._finalize_through(partition, 2**62)
             self._frontier[partition] = 2**62
 
@@ -379,9 +415,55 @@ class Aggregator:
         self._deferred.discard((account_id, start))
         self._last_upsert.pop((account_id, start), None)
         end = start + self.config.window_ms
-        self._final_rows.append(self._row(account_id, state, start, window, final=1))
+        row = self._row(account_id, state, start, window, final=1)
+        self._final_rows.append(row)
         state.final_through = max(state.final_through, end)
         self._prune(state)
+        if self.detector is not None:
+            if state.drop is None:
+                state.drop = DropState()
+            before = state.drop.in_drop
+            self._alerts += self.detector.observe(account_id, state.drop, start, row.score)
+            self._after_detection(account_id, state.drop, before, float(row.score))
+
+    # -- drop detection ---------------------------------------------------------------------------
+
+    def _silence_through(self, partition: int, horizon: int) -> None:
+        """Observe as silent the windows ending at or before ``horizon`` of the watched accounts of
+        ``partition`` that had no final window for them."""
+        quiet = self._quiet.get(partition)
+        if quiet is None or self.detector is None:
+            return
+        window_ms = self.config.window_ms
+        until = horizon // window_ms * window_ms  # windows starting before it end at or before horizon
+        for end, accounts in quiet.pop_through(horizon):
+            for account_id in accounts:
+                state = self._peek(account_id)
+                drop = state.drop
+                if drop is None or drop.last_end + window_ms != end or drop.last_end >= until:
+                    continue  # a final window (or an earlier silence) observed it already
+                state = self._state(account_id)  # changed: persisted at the next persist
+                before = drop.in_drop
+                self._alerts += self.detector.silence(account_id, drop, until)
+                self._after_detection(account_id, drop, before, 0.0)
+
+    def _after_detection(self, account_id: str, drop: DropState, was_in_drop: bool, score: float) -> None:
+        """Count drops, watch the silence of accounts whose silence counts, publish watched accounts."""
+        assert self.detector is not None
+        self.accounts_in_drop += drop.in_drop - was_in_drop
+        if self.detector.watches_silence(drop):
+            partition = self.partition_of(account_id)
+            quiet = self._quiet.get(partition)
+            if quiet is None:
+                quiet = self._quiet[partition] = EndIndex()
+            quiet.add(drop.last_end + self.config.window_ms, account_id)
+        if account_id in self.watch:
+            self.watched[account_id] = (score, drop.baseline, drop.in_drop)
+
+    def take_alerts(self) -> list[Alert]:
+        """The alerts raised since the last call (write them with the rows taken at the same time)."""
+        alerts, self._alerts = self._alerts, []
+        return alerts
 
     def _prune(self, state: AccountState) -> None:
         through = state.final_through
@@ -402,7 +484,8 @@ class Aggregator:
     # -- ownership --------------------------------------------------------------------------------
 
     def assign(self, partitions: set[int]) -> None:
-        """Own exactly ``partitions``: drop the rest, rebuild the finalization index from the store."""
+        """Own exactly ``partitions``: drop the rest, rebuild the finalization and silence indexes and the
+        count of accounts in a drop from the store."""
         self._touched.clear()
         self._fresh.clear()
         self._live.clear()
@@ -410,9 +493,10 @@ class Aggregator:
         self._last_upsert = OrderedDict(
             (k, v) for k, v in self._last_upsert.items() if self.partition_of(k[0]) in partitions
         )
-        self._ends = {p: [] for p in partitions}
-        self._ending = {p: {} for p in partitions}
+        self._ending = {p: EndIndex() for p in partitions}
+        self._quiet = {p: EndIndex() for p in partitions}
         self._frontier = {p: f for p, f in self._frontier.items() if p in partitions}
+        self.accounts_in_drop = 0
         for account_id in self.store.accounts():
             partition = self.partition_of(account_id)
             if partition not in partitions:
@@ -420,8 +504,14 @@ class Aggregator:
             raw = self.store.get(account_id)
             if raw is None:
                 continue
-            for start in AccountState.loads(raw).windows:
+            state = AccountState.loads(raw)
+            for start in state.windows:
                 self._index(partition, account_id, start + self.config.window_ms)
+            drop = state.drop
+            if drop is not None and self.detector is not None:
+                self.accounts_in_drop += drop.in_drop
+                if self.detector.watches_silence(drop):
+                    self._quiet[partition].add(drop.last_end + self.config.window_ms, account_id)
 
     # -- output -----------------------------------------------------------------------------------
 

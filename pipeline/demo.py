@@ -25,7 +25,7 @@ from pipeline import queries
 from pipeline.broker import EmbeddedBroker
 from pipeline.generate import TrafficModel, lines, paced
 from pipeline.ingest import ingest_lines, make_producer
-from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics
+from pipeline.kafka_admin import consumed_topics, ensure_topics, group_lag
 from pipeline.processes import free_port, spawn, stop, wait_for_port
 from pipeline.query_client import format_result, reading, run_query
 from pipeline.replay import worker_command
@@ -154,7 +154,7 @@ def _produce_live(settings: Settings, model: TrafficModel, halt: threading.Event
 
 def _drain(settings: Settings, out: Any, duration: float, began: float, produced: list[int]) -> None:
     deadline = time.monotonic() + 60
-    topics = pipeline_topics(settings)
+    topics = consumed_topics(settings)
     while time.monotonic() < deadline:
         out.write(_status(_scrape(settings), time.monotonic() - began, duration, produced[0]))
         out.flush()

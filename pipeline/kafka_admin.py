@@ -18,10 +18,16 @@ class BrokerUnavailable(RuntimeError):
     """No Kafka broker answered at the configured bootstrap servers within the timeout."""
 
 
-def pipeline_topics(settings: Settings) -> list[str]:
-    """Every topic the pipeline reads or writes (source topics, re-key topic, dead letters, alerts)."""
+def consumed_topics(settings: Settings) -> list[str]:
+    """The topics the workers' consumer group reads (source topics, re-key topic, dead letters): the ones
+    whose lag says whether everything produced was processed."""
     names = [settings.topic(t) for t in SOURCE_TOPICS]
-    return [*names, settings.topic(REKEY_TOPIC), settings.topic(DEAD_LETTER_TOPIC), settings.topic(ALERTS_TOPIC)]
+    return [*names, settings.topic(REKEY_TOPIC), settings.topic(DEAD_LETTER_TOPIC)]
+
+
+def pipeline_topics(settings: Settings) -> list[str]:
+    """Every topic the pipeline reads or writes: :func:`consumed_topics` and the alerts it produces."""
+    return [*consumed_topics(settings), settings.topic(ALERTS_TOPIC)]
 
 
 def admin_client(settings: Settings, timeout: float = 30.0) -> KafkaAdminClient:

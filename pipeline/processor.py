@@ -6,9 +6,10 @@ at-least-once delivery:
 1. decode and validate every message; bad input becomes dead letters (never an exception), unless so
    much of it is bad that the dead-letter brake trips (:mod:`pipeline.brake`): then the batch stops there;
 2. events of accounts owned by another partition, and responses, are re-keyed to the owner's partition;
-3. the aggregator counts events, moves the event-time frontier and finalizes windows;
-4. raw events and window rows are inserted into ClickHouse (retried until durable), while dead letters
-   and re-keyed messages are produced and acknowledged by Kafka;
+3. the aggregator counts events, moves the event-time frontier and finalizes windows; the drop detector
+   observes every final window (and the silent ones) and raises alerts (:mod:`pipeline.drops`);
+4. raw events, window rows and alerts are inserted into ClickHouse (retried until durable), while dead
+   letters, re-keyed messages and alerts are produced and acknowledged by Kafka;
 5. only when all of that is done are the account states written to the Faust table (changelog), once
    per touched account — at the end of the batch, or for several batches at once (the worker calls
    :meth:`BatchProcessor.persist`), or early once more accounts are touched than the live cache holds;
@@ -46,13 +47,25 @@ from pipeline.aggregator import (
 from pipeline.brake import DeadLetterBrake
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import decode_message, validate_event
-from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, REPLY, SOURCE_TOPICS, Event, Reason, Rejection
+from pipeline.drops import FIRING, Alert, DropConfig, DropDetector
+from pipeline.events import (
+    ALERTS_TOPIC,
+    DEAD_LETTER_TOPIC,
+    REKEY_TOPIC,
+    REPLY,
+    SOURCE_TOPICS,
+    Event,
+    Reason,
+    Rejection,
+)
 from pipeline.settings import Settings
 from pipeline.sink import (
+    ALERTS_TABLE,
     EVENTS_TABLE,
     WINDOWS_TABLE,
     SourcedEvent,
     WarehouseWriter,
+    alert_columns,
     event_columns,
     window_columns,
 )
@@ -173,8 +186,23 @@ class BatchProcessor:
             weight_mention=settings.weight_mention,
             weight_reply=settings.weight_reply,
         )
+        detector = DropDetector(
+            DropConfig(
+                window_ms=self.config.window_ms,
+                half_life_windows=settings.drop_half_life_windows,
+                warmup_windows=settings.drop_warmup_windows,
+                min_baseline=settings.drop_min_baseline,
+                threshold=settings.drop_threshold,
+                windows=settings.drop_windows,
+            )
+        )
         self.aggregator = Aggregator(
-            self.config, store, partition_of, upsert_interval_s=settings.upsert_interval_seconds
+            self.config,
+            store,
+            partition_of,
+            upsert_interval_s=settings.upsert_interval_seconds,
+            detector=detector,
+            watch=settings.drop_watch_accounts,
         )
         self.progress = Progress()
         self.brake = DeadLetterBrake(settings.dead_letter_brake_share, settings.dead_letter_brake_messages)
@@ -183,6 +211,7 @@ class BatchProcessor:
         self.source_kinds = {settings.topic(t): t for t in SOURCE_TOPICS}
         self.rekey_topic = settings.topic(REKEY_TOPIC)
         self.dead_letter_topic = settings.topic(DEAD_LETTER_TOPIC)
+        self.alerts_topic = settings.topic(ALERTS_TOPIC)
         self.newest_event_ms = 0
         # Per-batch tallies, published to Prometheus once per batch (labels() per event is costly).
         self._messages: Counter[str] = Counter()
@@ -210,6 +239,7 @@ class BatchProcessor:
         self.aggregator.persist(partitions)
         self.store.keep(lambda account_id: self.partition_of(account_id) in partitions)
         self.aggregator.assign(set(partitions))
+        metrics.ACCOUNTS_IN_DROP.set(self.aggregator.accounts_in_drop)
         self.progress = Progress(
             {k: v for k, v in self.progress.next_offset.items() if k[1] in partitions},
             {k: v for k, v in self.progress.watermark.items() if k[1] in partitions},
@@ -328,7 +358,31 @@ class BatchProcessor:
                 metrics.WINDOWS_FINALIZED.inc(finals)
         sends = [self.outbox.send(self.dead_letter_topic, d.dead_letter_id.encode(), d.to_json()) for d in dead]
         sends += [self.outbox.send(self.rekey_topic, key.encode("utf-8"), value) for key, value in rekeyed]
+        alerts = self.aggregator.take_alerts()
+        if alerts:
+            writes.append(self.writer.write_soon(ALERTS_TABLE, alert_columns(alerts)))
+            sends += self._send_alerts(alerts)
+        self._publish_detection(alerts)
         return self._delivered(sends, frontiers, writes)
+
+    def _send_alerts(self, alerts: Sequence[Alert]) -> list[Awaitable[Any]]:
+        """Produce ``alerts`` to the alerts topic, keyed by account (one account's alerts stay in order)."""
+        return [self.outbox.send(self.alerts_topic, a.account_id.encode("utf-8"), a.to_json()) for a in alerts]
+
+    def _publish_detection(self, alerts: Sequence[Alert]) -> None:
+        """Alert counters (counted when raised: a replay after a crash may count one again), the gauge of
+        accounts in a drop, and the watched accounts' gauges."""
+        for alert in alerts:
+            if alert.state == FIRING:
+                metrics.ALERTS_FIRED.labels(alert.reason).inc()
+            else:
+                metrics.ALERTS_RESOLVED.inc()
+        metrics.ACCOUNTS_IN_DROP.set(self.aggregator.accounts_in_drop)
+        watched, self.aggregator.watched = self.aggregator.watched, {}
+        for account, (score, baseline, in_drop) in watched.items():
+            metrics.WATCHED_SCORE.labels(account).set(score)
+            metrics.WATCHED_BASELINE.labels(account).set(baseline)
+            metrics.WATCHED_IN_DROP.labels(account).set(int(in_drop))
 
     async def _delivered(
         self, sends: list[Awaitable[Any]], frontiers: Mapping[int, int | None], writes: list[Awaitable[None]]
@@ -400,6 +454,11 @@ class BatchProcessor:
         if rows:
             await self.writer.write(WINDOWS_TABLE, window_columns(rows))
             metrics.WINDOWS_FINALIZED.inc(sum(1 for r in rows if r.final))
+        alerts = self.aggregator.take_alerts()
+        if alerts:
+            await self.writer.write(ALERTS_TABLE, alert_columns(alerts))
+            await asyncio.gather(*self._send_alerts(alerts))
+        self._publish_detection(alerts)
         return len(rows)
 
     def _consume(

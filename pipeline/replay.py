@@ -18,7 +18,7 @@ import orjson
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.ingest import IngestReport, ingest_lines, make_producer, read_lines
-from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics
+from pipeline.kafka_admin import consumed_topics, ensure_topics, group_lag
 from pipeline.processes import free_port, spawn, stop, wait_for_port
 from pipeline.settings import Settings
 
@@ -77,7 +77,7 @@ def replay(
 
 def _wait_until_committed(settings: Settings, worker: object, timeout: float, log: Callable[[str], None]) -> None:
     deadline = time.monotonic() + timeout
-    topics = pipeline_topics(settings)
+    topics = consumed_topics(settings)
     last_report = 0.0
     while True:
         if getattr(worker, "poll")() is not None:  # noqa: B009

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pipeline import metrics
 from pipeline.aggregator import WindowRow
 from pipeline.deadletter import DeadLetter
+from pipeline.drops import Alert
 from pipeline.events import Event
 from pipeline.warehouse import QueryResult, Warehouse, WarehouseError
 from pipeline.warehouse.base import Params
@@ -30,6 +31,7 @@ T = TypeVar("T")
 EVENTS_TABLE = "engagement_events"
 WINDOWS_TABLE = "engagement_windows"
 DEAD_LETTERS_TABLE = "engagement_dead_letters"
+ALERTS_TABLE = "engagement_alerts"
 
 # An event's fields (see :class:`~pipeline.events.Event`) followed by its source topic, partition, offset:
 # ``event + (topic, partition, offset)``.
@@ -50,10 +52,20 @@ def event_columns(events: Sequence[SourcedEvent], ingested_ms: int) -> dict[str,
 
 def window_columns(rows: Sequence[WindowRow]) -> dict[str, list[Any]]:
     """Columns of ``engagement_windows`` for a block of rows (window bounds in seconds)."""
+    return _windowed_columns(WindowRow._fields, rows)
+
+
+def alert_columns(alerts: Sequence[Alert]) -> dict[str, list[Any]]:
+    """Columns of ``engagement_alerts`` for a block of alerts (window bounds in seconds)."""
+    return _windowed_columns(Alert._fields, alerts)
+
+
+def _windowed_columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:
+    """``rows`` (tuples of ``names``) as columns, ``window_start``/``window_end`` from ms to seconds."""
     if not rows:
         return {}
     columns: dict[str, list[Any]] = {
-        name: list(values) for name, values in zip(WindowRow._fields, zip(*rows, strict=True), strict=True)
+        name: list(values) for name, values in zip(names, zip(*rows, strict=True), strict=True)
     }
     columns["window_start"] = [ms // 1000 for ms in columns["window_start"]]
     columns["window_end"] = [ms // 1000 for ms in columns["window_end"]]

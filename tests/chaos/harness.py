@@ -27,7 +27,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pipeline import queries
 from pipeline.decode import decode_message
 from pipeline.events import SOURCE_TOPICS, TYPE_TOPIC, Event
-from pipeline.kafka_admin import ensure_topics, group_lag, pipeline_topics
+from pipeline.kafka_admin import consumed_topics, ensure_topics, group_lag
 from pipeline.partitioning import account_partitioner
 from pipeline.poison import poison_stream
 from pipeline.processes import free_port, spawn, stop, wait_for_port
@@ -250,7 +250,7 @@ class Cluster:
         try:
             return {
                 (topic, partition): consumer.committed(TopicPartition(topic, partition))
-                for topic in pipeline_topics(self.settings)
+                for topic in consumed_topics(self.settings)
                 for partition in range(self.settings.partitions)
             }
         finally:
@@ -273,7 +273,7 @@ class Cluster:
     def wait_processed(self, timeout: float = 300.0) -> None:
         """Until the group has committed every message of every pipeline topic."""
         deadline = time.monotonic() + timeout
-        topics = pipeline_topics(self.settings)
+        topics = consumed_topics(self.settings)
         while lag := {tp: n for tp, n in group_lag(self.settings, topics).items() if n}:
             self.check_alive()
             if time.monotonic() > deadline:

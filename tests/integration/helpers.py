@@ -12,7 +12,7 @@ from pipeline import queries
 from pipeline.aggregator import WindowConfig
 from pipeline.decode import decode_line
 from pipeline.events import Event
-from pipeline.kafka_admin import group_lag, pipeline_topics
+from pipeline.kafka_admin import consumed_topics, group_lag
 from pipeline.processes import spawn, stop, wait_for_port
 from pipeline.query_client import run_query
 from pipeline.reference import ReferenceRows
@@ -67,7 +67,7 @@ def running_worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
 def wait_processed(settings: Settings, timeout: float = 120) -> None:
     """Until the worker's group has committed every message of every pipeline topic."""
     deadline = time.monotonic() + timeout
-    topics = pipeline_topics(settings)
+    topics = consumed_topics(settings)
     while sum(group_lag(settings, topics).values()) != 0:
         if time.monotonic() > deadline:
             raise TimeoutError(f"lag still {group_lag(settings, topics)}")
