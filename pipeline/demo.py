@@ -5,6 +5,11 @@ synthetic traffic; shows progress; after ``duration`` seconds prints the top acc
 to the top accounts by engagement rate, and the command to dig further; then the account report of the
 most-followed account and of the most-engaged one (the first row of each ranking). Ctrl-C stops everything
 cleanly.
+
+It also stages an engagement drop: :data:`DROP_ACCOUNT` gets steady likes, falls silent from 20 s to 35 s,
+then comes back; the demo shows the detector's alert firing while it is silent and resolving after it
+returns. For that to happen within a minute it runs 5-second windows with 8 s of allowed lateness (the
+defaults, 60 s and 300 s, suit real traffic) and a short warm-up (:func:`demo_settings`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import urllib.request
 from dataclasses import replace
 from typing import Any
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import queries
@@ -34,6 +40,25 @@ from pipeline.report_format import visible
 from pipeline.report_render import MIN_WIDTH, render_terminal
 from pipeline.settings import Settings
 from pipeline.warehouse import QueryResult
+
+DROP_ACCOUNT = "acct-drop-demo"
+DROP_SILENT_FROM_S = 20.0  # seconds into the traffic
+DROP_SILENT_UNTIL_S = 35.0
+DROP_LIKES_PER_SECOND = 8.0
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's windows and drop detector: short enough to show a drop firing and resolving in a minute."""
+    return replace(
+        settings,
+        window_seconds=5,
+        allowed_lateness_seconds=8,
+        drop_warmup_windows=3,
+        drop_half_life_windows=4.0,
+        drop_min_baseline=5.0,
+        drop_windows=2,
+        drop_watch=DROP_ACCOUNT,
+    )
 
 
 def _scrape(settings: Settings) -> dict[str, float]:
@@ -100,7 +125,7 @@ def run_demo(settings: Settings, duration: float = 60.0, rate: float = 1000.0, a
     stop_traffic = threading.Event()
     produced = [0]
     with EmbeddedBroker(log_path=settings.data_dir / "tansu.log") as broker:
-        settings = replace(settings, bootstrap_servers=broker.bootstrap_servers, web_port=free_port())
+        settings = replace(demo_settings(settings), bootstrap_servers=broker.bootstrap_servers, web_port=free_port())
         try:
             ensure_topics(settings)
             worker = spawn(worker_command(), env=settings.to_env(), log_path=settings.data_dir / "worker.log")
@@ -115,7 +140,7 @@ def run_demo(settings: Settings, duration: float = 60.0, rate: float = 1000.0, a
                 start_ms=started_ms,
                 seconds=duration,
                 events=None,
-                max_delay_s=5.0,
+                max_delay_s=3.0,
                 drain_tail=False,
                 seed=started_ms % 100_000,
             )
@@ -123,6 +148,10 @@ def run_demo(settings: Settings, duration: float = 60.0, rate: float = 1000.0, a
                 target=_produce_live, args=(settings, model, stop_traffic, produced), daemon=True
             )
             traffic.start()
+            drop = threading.Thread(
+                target=_produce_drop, args=(settings, started_ms, duration, stop_traffic), daemon=True
+            )
+            drop.start()
             print(f"  live traffic: {accounts:,} accounts, ~{rate:,.0f} events/s for {duration:.0f}s (Ctrl-C stops)\n")
             began = time.monotonic()
             while traffic.is_alive() and time.monotonic() - began < duration + 30:
@@ -148,6 +177,37 @@ def _produce_live(settings: Settings, model: TrafficModel, halt: threading.Event
     stream = paced(lines(model, invalid_share=0.002), model.events_per_second, halt, produced)
     try:
         ingest_lines(stream, settings, producer, "demo", batch_events=20)
+    finally:
+        producer.close()
+
+
+def _produce_drop(settings: Settings, started_ms: int, duration: float, halt: threading.Event) -> None:
+    """Likes to :data:`DROP_ACCOUNT`, live, except from DROP_SILENT_FROM_S to DROP_SILENT_UNTIL_S (each moved
+    to the next window boundary, so the silent windows are wholly silent)."""
+    producer = make_producer(settings)
+    window_ms = settings.window_seconds * 1000
+
+    def boundary(seconds: float) -> int:
+        return -(-(started_ms + int(seconds * 1000)) // window_ms) * window_ms
+
+    silent_from, silent_until = boundary(DROP_SILENT_FROM_S), boundary(DROP_SILENT_UNTIL_S)
+
+    def likes() -> Any:
+        n = 0
+        while not halt.is_set():
+            now = int(time.time() * 1000)
+            if now - started_ms > duration * 1000:
+                return
+            if not silent_from <= now < silent_until:
+                n += 1
+                yield orjson.dumps(
+                    {"event_id": f"drop-demo-{started_ms}-{n}", "type": "like", "ts": now,
+                     "actor_id": f"fan-{n % 40}", "account_id": DROP_ACCOUNT}
+                )  # fmt: skip
+            halt.wait(1 / DROP_LIKES_PER_SECOND)
+
+    try:
+        ingest_lines(likes(), settings, producer, "demo-drop", batch_events=1)
     finally:
         producer.close()
 
@@ -187,6 +247,22 @@ def _report(settings: Settings, started_ms: int, out: Any) -> None:
     print(f"  .venv/bin/engagement sql {shlex.quote(example)} --data-dir {data_dir}", file=out)
     print(f"  .venv/bin/engagement report ACCOUNT [--json] [--html FILE] --data-dir {data_dir}", file=out)
     _account_reports(settings, _first_account(by_followers), _first_account(by_rate), out)
+    _drop_alerts(settings, out)
+
+
+def _drop_alerts(settings: Settings, out: Any) -> None:
+    """The staged drop's alerts, as the detector wrote them to ``engagement_alerts``."""
+    alerts = run_query(settings, queries.ACCOUNT_ALERTS, {"account": DROP_ACCOUNT})
+    print(
+        f"\nEngagement drop staged for {DROP_ACCOUNT} (silent from {DROP_SILENT_FROM_S:.0f} s to "
+        f"{DROP_SILENT_UNTIL_S:.0f} s of the traffic; 5-second windows, a drop = 2 windows below half the "
+        "baseline), as engagement_alerts holds it:",
+        file=out,
+    )
+    print(format_result(alerts, "table"), file=out)
+    states = [str(row[alerts.columns.index("state")]) for row in alerts.rows]
+    if states[:2] != ["firing", "resolved"]:
+        print("  (the drop did not complete within the run: try a longer --duration)", file=out)
 
 
 def _first_account(ranking: QueryResult) -> str | None:

@@ -65,6 +65,15 @@ SELECT
     (SELECT count() FROM engagement_dead_letters FINAL) AS dead_letters
 """
 
+# One account's engagement-drop alerts (pipeline.drops), oldest first.
+ACCOUNT_ALERTS = """
+SELECT toString(window_start) AS window_start, state, reason, round(observed, 1) AS observed,
+       round(baseline, 1) AS baseline, round(drop_pct, 1) AS drop_pct
+FROM engagement_alerts FINAL
+WHERE account_id = %(account)s
+ORDER BY window_start, state
+"""
+
 DEAD_LETTERS_BY_REASON = """
 SELECT reason, count() AS dead_letters
 FROM engagement_dead_letters FINAL

@@ -102,9 +102,12 @@ def _processes_with(marker: str) -> list[int]:
 def test_demo_prints_both_leaderboards_and_the_sql_command(tmp_path: Path) -> None:
     data = tmp_path / "var"
     result = engagement(
-        "demo", "--duration", "8", "--rate", "500", "--accounts", "400", "--data-dir", str(data), timeout=240
+        "demo", "--duration", "60", "--rate", "500", "--accounts", "400", "--data-dir", str(data), timeout=360
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # the staged drop: firing while silent, resolved after it returns
+    staged = result.stdout.split("Engagement drop staged for acct-drop-demo")[1].splitlines()
+    assert [line.split()[2:4] for line in staged[3:5]] == [["firing", "silence"], ["resolved", "recovered"]], staged
     assert "TOP 10 BY FOLLOWERS" in result.stdout and "TOP 10 BY ENGAGEMENT RATE" in result.stdout
     followed = re.search(r"^most followed: (\S+)$", result.stdout, re.M)
     engaged = re.search(r"^most engaged \(engagement rate, >= 100 followers\): (\S+)$", result.stdout, re.M)
