@@ -34,6 +34,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from pipeline.settings import Settings
+
 FIRING = "firing"
 RESOLVED = "resolved"
 
@@ -48,6 +50,18 @@ class DropConfig:
     min_baseline: float = 5.0
     threshold: float = 0.5
     windows: int = 3
+
+    @classmethod
+    def of(cls, settings: Settings) -> DropConfig:
+        """The detector's settings (``ENGAGEMENT_DROP_*``) for the windows of ``settings``."""
+        return cls(
+            window_ms=settings.window_seconds * 1000,
+            half_life_windows=settings.drop_half_life_windows,
+            warmup_windows=settings.drop_warmup_windows,
+            min_baseline=settings.drop_min_baseline,
+            threshold=settings.drop_threshold,
+            windows=settings.drop_windows,
+        )
 
     @property
     def alpha(self) -> float:

@@ -186,22 +186,12 @@ class BatchProcessor:
             weight_mention=settings.weight_mention,
             weight_reply=settings.weight_reply,
         )
-        detector = DropDetector(
-            DropConfig(
-                window_ms=self.config.window_ms,
-                half_life_windows=settings.drop_half_life_windows,
-                warmup_windows=settings.drop_warmup_windows,
-                min_baseline=settings.drop_min_baseline,
-                threshold=settings.drop_threshold,
-                windows=settings.drop_windows,
-            )
-        )
         self.aggregator = Aggregator(
             self.config,
             store,
             partition_of,
             upsert_interval_s=settings.upsert_interval_seconds,
-            detector=detector,
+            detector=DropDetector(DropConfig.of(settings)),
             watch=settings.drop_watch_accounts,
         )
         self.progress = Progress()

@@ -26,13 +26,14 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipeline import queries
 from pipeline.decode import decode_message
+from pipeline.drops import DropConfig, DropDetector, DropState
 from pipeline.events import SOURCE_TOPICS, TYPE_TOPIC, Event
 from pipeline.kafka_admin import consumed_topics, ensure_topics, group_lag
 from pipeline.partitioning import account_partitioner
 from pipeline.poison import poison_stream
 from pipeline.processes import free_port, spawn, stop, wait_for_port
 from pipeline.query_client import run_query
-from pipeline.reference import reference_rows
+from pipeline.reference import ReferenceRows, reference_rows
 from pipeline.replay import worker_command
 from pipeline.settings import Settings
 from tests.integration.helpers import config_of, stored_windows
@@ -138,8 +139,9 @@ def poisoned(stream: Stream, settings: Settings, share: float = 0.05, seed: int 
 
 def chaos_settings(base: Settings, bootstrap_servers: str) -> Settings:
     """Settings for fault tests: 4 partitions, frequent persists and commits (so a fault finds states
-    stored ahead of committed offsets), and a short session timeout (a killed worker's partitions move
-    after ~6 s instead of 10)."""
+    stored ahead of committed offsets), a short session timeout (a killed worker's partitions move
+    after ~6 s instead of 10), and 15-second windows with a drop detector quick to arm, so the generated
+    streams raise alerts (about 2,000 per stream, firing and resolved, drops and silences)."""
     return replace(
         base,
         bootstrap_servers=bootstrap_servers,
@@ -147,6 +149,12 @@ def chaos_settings(base: Settings, bootstrap_servers: str) -> Settings:
         commit_interval=0.3,
         persist_interval_seconds=0.7,
         broker_session_timeout=6.0,
+        window_seconds=15,  # 40 windows in a stream of ~10 minutes: enough for drops to arm and fire
+        allowed_lateness_seconds=120,
+        drop_warmup_windows=3,
+        drop_half_life_windows=3.0,
+        drop_min_baseline=2.0,
+        drop_windows=2,
     )
 
 
@@ -353,6 +361,46 @@ def assert_exact(settings: Settings, stream: Stream) -> None:
         stored_letters - stream.dead_letters,
         stream.dead_letters - stored_letters,
     )
+    assert_alerts_exact(settings, stream, expected)
+
+
+Alert = tuple[str, int, str, str, float, float]  # account, window start (ms), state, reason, observed, baseline
+
+
+def assert_alerts_exact(settings: Settings, stream: Stream, windows: ReferenceRows) -> None:
+    """The drop alerts equal the detector's over the reference's final windows, up to a cutoff that every
+    partition's event-time frontier passed before the end (after it, silence was observed up to where
+    each partition's frontier happened to stop, which the reference does not model)."""
+    config = DropConfig.of(settings)
+    newest = max(e.ts_ms for e in stream.events)
+    cutoff = (newest - settings.allowed_lateness_seconds * 1000) // config.window_ms * config.window_ms
+    cutoff -= 10 * config.window_ms
+    expected = {a for a in reference_alerts(windows, config, cutoff) if a[1] + config.window_ms <= cutoff}
+    rows = run_query(
+        settings,
+        "SELECT account_id, toInt64(toUInt32(window_start)) * 1000, state, reason, observed, baseline"
+        " FROM engagement_alerts FINAL",
+    ).rows
+    stored = {(str(a), int(s), str(st), str(r), float(o), float(b)) for a, s, st, r, o, b in rows}
+    assert len(stored) == len(rows)  # one row per alert
+    stored = {a for a in stored if a[1] + config.window_ms <= cutoff}
+    assert stored == expected, (sorted(stored - expected)[:3], sorted(expected - stored)[:3])
+    assert expected, "the scenario raised no alert before the cutoff: the comparison proves nothing"
+
+
+def reference_alerts(windows: ReferenceRows, config: DropConfig, silent_until: int) -> list[Alert]:
+    """The detector over each account's final windows in order (gaps scoring 0), then over its silence up
+    to ``silent_until`` where silence counts (as the worker's frontier-driven timer observes it)."""
+    detector = DropDetector(config)
+    states: dict[str, DropState] = {}
+    raised = []
+    for account, start in sorted(windows):
+        state = states.setdefault(account, DropState())
+        raised += detector.observe(account, state, start, windows[(account, start)][11])
+    for account, state in states.items():
+        if detector.watches_silence(state):
+            raised += detector.silence(account, state, silent_until)
+    return [(a.account_id, a.window_start, a.state, a.reason, a.observed, a.baseline) for a in raised]
 
 
 def random_pauses(rnd: random.Random, count: int, low: float, high: float) -> Iterator[float]:
