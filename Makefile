@@ -22,9 +22,11 @@ demo: $(STAMP)
 	$(BIN)/engagement demo --duration $(DURATION) --data-dir var
 
 # Unit tests, lint and types, then integration tests against real services: the embedded broker and
-# chDB, and a Debian ClickHouse 18.16 server that this target installs (apt) and starts if needed.
+# chDB, and a Debian ClickHouse 18.16 server that this target installs (apt) and starts if needed; promtool
+# (Debian's prometheus package, installed the same way) checks and unit-tests deploy/prometheus/.
 test: $(STAMP) lint typecheck
 	./tests/services/clickhouse-server.sh install
+	./tests/services/prometheus.sh install
 	$(BIN)/python -m pytest -q tests
 
 unit: $(STAMP)
@@ -32,6 +34,7 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	./tests/services/clickhouse-server.sh install
+	./tests/services/prometheus.sh install
 	$(BIN)/python -m pytest -q -m integration tests
 
 # The fault tests alone (also part of `make test`): kills, a ClickHouse outage, rebalances, duplicates, poison
