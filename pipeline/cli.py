@@ -6,10 +6,16 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from pipeline.query_client import Reader
+
+T = TypeVar("T")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -98,36 +104,49 @@ def parse_as_of(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc} (epoch ms, or RFC 3339 with Z or ±hh:mm)") from exc
 
 
+def _read(settings: Settings, read: Callable[[Reader], T], empty_store: str) -> tuple[T | None, int]:
+    """``read`` run with one read-only connection (the worker's ``/query`` while a worker holds the
+    embedded store): ``(result, 0)``, or ``(None, exit code)`` once the error is printed: 1 for an empty
+    store (``empty_store`` says what that means here) or ClickHouse failing, 2 for a bad period."""
+    from pipeline.query_client import reading
+    from pipeline.report import EmptyStore
+    from pipeline.warehouse import WarehouseError
+
+    try:
+        with reading(settings) as run:
+            return read(run), 0
+    except EmptyStore:
+        print(f"error: {empty_store}", file=sys.stderr)
+        return None, 1
+    except ValueError as exc:  # a period starting before 1970
+        print(f"error: {exc}", file=sys.stderr)
+        return None, 2
+    except WarehouseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import shutil
 
     import orjson
 
-    from pipeline.query_client import reading
-    from pipeline.report import EmptyStore, Weights, default_as_of, report_with
+    from pipeline.report import Weights, default_as_of, report_with
     from pipeline.report_html import render_html
+    from pipeline.report_model import AccountReport
     from pipeline.report_render import MIN_WIDTH, render_terminal
-    from pipeline.warehouse import WarehouseError
 
     settings = _settings(args)
-    try:
-        with reading(settings) as run:  # one connection; the worker's /query while a worker holds the store
-            newest = default_as_of(run)  # EmptyStore, even with --as-of: a report of nothing is a mistake
-            as_of = newest if args.as_of is None else args.as_of
-            report = report_with(run, args.account, as_of, args.days, settings.burst_threshold, Weights.of(settings))
-    except EmptyStore:
-        print(
-            f"error: the store holds no events ({settings.warehouse}"
-            f"{f', {settings.data_dir}' if settings.warehouse == 'embedded' else ''}): nothing to report",
-            file=sys.stderr,
-        )
-        return 1
-    except ValueError as exc:  # a period starting before 1970
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except WarehouseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+    def read(run: Reader) -> AccountReport:
+        newest = default_as_of(run)  # EmptyStore, even with --as-of: a report of nothing is a mistake
+        as_of = newest if args.as_of is None else args.as_of
+        return report_with(run, args.account, as_of, args.days, settings.burst_threshold, Weights.of(settings))
+
+    where = f"{settings.warehouse}{f', {settings.data_dir}' if settings.warehouse == 'embedded' else ''}"
+    report, code = _read(settings, read, f"the store holds no events ({where}): nothing to report")
+    if report is None:
+        return code
     said = sys.stderr if args.json else sys.stdout
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report.to_json_dict(), option=orjson.OPT_INDENT_2) + b"\n")
@@ -150,26 +169,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     import orjson
 
-    from pipeline.leaderboard import leaderboard_with
+    from pipeline.leaderboard import LeaderboardRow, leaderboard_with
     from pipeline.leaderboard_render import render_leaderboard
-    from pipeline.query_client import reading
-    from pipeline.report import EmptyStore, default_as_of
-    from pipeline.warehouse import WarehouseError
+    from pipeline.report import default_as_of
 
-    settings = _settings(args)
-    try:
-        with reading(settings) as run:
-            as_of = default_as_of(run) if args.as_of is None else args.as_of
-            rows = leaderboard_with(run, args.by, args.limit, as_of, args.days)
-    except EmptyStore:
-        print("error: the store holds no events: pass --as-of to rank nothing", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # a period starting before 1970
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except WarehouseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    def read(run: Reader) -> tuple[int, list[LeaderboardRow]]:
+        as_of = default_as_of(run) if args.as_of is None else args.as_of
+        return as_of, leaderboard_with(run, args.by, args.limit, as_of, args.days)
+
+    result, code = _read(_settings(args), read, "the store holds no events: pass --as-of to rank nothing")
+    if result is None:
+        return code
+    as_of, rows = result
     if args.json:
         board = {"by": args.by, "as_of": as_of, "days": args.days, "rows": [r.to_json_dict() for r in rows]}
         sys.stdout.buffer.write(orjson.dumps(board, option=orjson.OPT_INDENT_2) + b"\n")
