@@ -438,13 +438,16 @@ class Aggregator:
         until = horizon // window_ms * window_ms  # windows starting before it end at or before horizon
         for end, accounts in quiet.pop_through(horizon):
             for account_id in accounts:
-                state = self._peek(account_id)
-                drop = state.drop
-                if drop is None or drop.last_end + window_ms != end or drop.last_end >= until:
+                seen = self._peek(account_id).drop
+                if seen is None or seen.last_end + window_ms != end or seen.last_end >= until:
                     continue  # a final window (or an earlier silence) observed it already
-                state = self._state(account_id)  # changed: persisted at the next persist
+                state = self._state(account_id)  # the copy that is persisted (_peek may load a throwaway)
+                drop = state.drop
+                assert drop is not None
                 before = drop.in_drop
                 self._alerts += self.detector.silence(account_id, drop, until)
+                # the windows observed as silent are final: an event for them is late, even after a restart
+                state.final_through = max(state.final_through, until)
                 self._after_detection(account_id, drop, before, 0.0)
 
     def _after_detection(self, account_id: str, drop: DropState, was_in_drop: bool, score: float) -> None:

@@ -128,9 +128,10 @@ class DropDetector:
         return state.entered >= self.config.warmup_windows and state.baseline >= self.config.min_baseline
 
     def watches_silence(self, state: DropState) -> bool:
-        """Whether a window without events would count against the account now (so a timer must observe
-        its silent windows): armed with a baseline above 0 and not already in a drop."""
-        return not state.in_drop and self.armed(state) and state.baseline > 0
+        """Whether windows without events could still raise an alert (so a timer must observe them): not
+        in a drop, and a baseline above 0 and at least the minimum (silence only lowers a baseline, so one
+        under the minimum never arms; one still warming up may arm on the silence itself)."""
+        return not state.in_drop and state.baseline > 0 and state.baseline >= self.config.min_baseline
 
     def observe(self, account_id: str, state: DropState, window_start: int, score: float) -> list[Alert]:
         """Observe the final window starting at ``window_start`` (after the silent windows since the last

@@ -278,3 +278,45 @@ def test_states_stored_before_positions_existed_still_load() -> None:
     legacy = b'[[[1767225600000,1,0,0,0,0,0,["u1"],["e1"],[]]],-1,{},{},null,-1,[]]'
     state = AccountState.loads(legacy)
     assert state.applied == {} and state.windows[1767225600000].likes == 1
+
+
+def test_silence_after_a_restart_is_stored_once_and_never_raised_twice() -> None:
+    """Silence observed on an account whose state is not cached (after assign(), or evicted) is applied to
+    the state that gets persisted: the drop is stored, counted once, and not raised again later."""
+    from pipeline.drops import DropConfig, DropDetector
+
+    window = CFG.window_ms
+    detector = DropDetector(DropConfig(window_ms=window, half_life_windows=1.0, warmup_windows=3, min_baseline=1.0))
+    store = DictStore()
+
+    def aggregator() -> Aggregator:
+        agg = Aggregator(CFG, store, lambda account: 0, detector=detector, cache_accounts=1)
+        agg.assign({0})
+        return agg
+
+    agg = aggregator()
+    for k in range(5):  # windows 0-4 of A with 5 likes each; B keeps event time moving
+        for i in range(5):
+            agg.apply_event(ev(f"a{k}-{i}", "like", k * 60 + i, f"u{i}", "A"), 0)
+    agg.advance(0, T0 + 5 * window + CFG.lateness_ms)
+    agg.end_batch()
+    assert agg.take_alerts() == [] and agg.accounts_in_drop == 0
+
+    agg = aggregator()  # a restart: nothing cached
+    agg.apply_event(ev("b", "like", 20 * 60, "u", "B"), 0)
+    agg.advance(0, T0 + 20 * window + CFG.lateness_ms)  # windows 5-19 of A final without events
+    alerts = agg.take_alerts()
+    assert [(a.account_id, (a.window_start - T0) // window, a.state, a.reason) for a in alerts] == [
+        ("A", 7, "firing", "silence")
+    ]
+    assert agg.accounts_in_drop == 1
+    agg.end_batch()
+
+    agg = aggregator()
+    assert agg.accounts_in_drop == 1  # stored in a drop
+    assert agg.apply_event(ev("late", "like", 10 * 60, "u", "A"), 0) == Outcome.LATE  # silent windows are final
+    for i in range(5):
+        agg.apply_event(ev(f"back-{i}", "like", 21 * 60 + i, f"u{i}", "A"), 0)
+    agg.advance(0, T0 + 22 * window + CFG.lateness_ms)
+    assert [(a.state, (a.window_start - T0) // window) for a in agg.take_alerts()] == [("resolved", 21)]
+    assert agg.accounts_in_drop == 0

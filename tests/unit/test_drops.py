@@ -128,3 +128,17 @@ def test_state_round_trips_and_silence_is_watched_only_when_it_counts() -> None:
 def test_alerts_serialize_for_the_topic() -> None:
     (alert,) = run([10.0] * 10 + [0.0] * 3)
     assert b'"state":"firing"' in alert.to_json() and b'"window_start":720000' in alert.to_json()
+
+
+def test_silence_during_the_warm_up_can_arm_the_detector_and_fire() -> None:
+    # warm-up 4: three windows of 10, then silence: the first silent window is the 4th in the baseline
+    # (10 -> 5, at the minimum: armed), the next three are low: firing at window 6
+    detector, state = DropDetector(CONFIG), DropState()
+    for k in range(3):
+        detector.observe("w", state, k * W, 10.0)
+    assert not detector.armed(state) and detector.watches_silence(state)  # the timer must watch it already
+    assert brief(detector.silence("w", state, 20 * W)) == [(6, FIRING, "silence")]
+    # a baseline under the minimum never arms, silence or not
+    quiet = DropState()
+    detector.observe("q", quiet, 0, 4.0)
+    assert not detector.watches_silence(quiet) and detector.silence("q", quiet, 100 * W) == []
