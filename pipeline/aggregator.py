@@ -500,6 +500,7 @@ class Aggregator:
         self._quiet = {p: EndIndex() for p in partitions}
         self._frontier = {p: f for p, f in self._frontier.items() if p in partitions}
         self.accounts_in_drop = 0
+        self.watched = {a: v for a, v in self.watched.items() if self.partition_of(a) in partitions}
         for account_id in self.store.accounts():
             partition = self.partition_of(account_id)
             if partition not in partitions:

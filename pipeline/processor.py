@@ -25,6 +25,7 @@ blocks (awaits) while ClickHouse is down, pausing consumption.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -230,6 +231,11 @@ class BatchProcessor:
         self.store.keep(lambda account_id: self.partition_of(account_id) in partitions)
         self.aggregator.assign(set(partitions))
         metrics.ACCOUNTS_IN_DROP.set(self.aggregator.accounts_in_drop)
+        for account in self.settings.drop_watch_accounts:  # another worker publishes the others' gauges
+            if self.partition_of(account) not in partitions:
+                for gauge in (metrics.WATCHED_SCORE, metrics.WATCHED_BASELINE, metrics.WATCHED_IN_DROP):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(account)
         self.progress = Progress(
             {k: v for k, v in self.progress.next_offset.items() if k[1] in partitions},
             {k: v for k, v in self.progress.watermark.items() if k[1] in partitions},
