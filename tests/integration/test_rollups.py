@@ -126,7 +126,7 @@ def test_backfill_views_retries_and_reapplied_migration_equal_the_raw_events(
     migrate(warehouse, settings, before_rollups)
     insert(warehouse, events[:half])
     applied = migrate(warehouse, settings)  # the rollups, backfilled from the first half
-    assert [m.version for m in applied] == [ROLLUPS_VERSION]
+    assert [m.version for m in applied] == [m.version for m in discover() if m.version >= ROLLUPS_VERSION]
     insert(warehouse, events[half:])  # through the materialized views
     assert_rollups_equal_raw(warehouse, events)
 
