@@ -334,3 +334,15 @@ def promql_refs(expr: str) -> PromRefs:
         if not is_call and identifier not in _KEYWORDS:
             names.add(identifier)
     return PromRefs(frozenset(names), frozenset(matched), frozenset(grouped))
+
+
+def assert_reads_known_series(query: PromQuery, series: Mapping[str, frozenset[str]]) -> None:
+    """Every series ``query`` reads is in ``series`` (name -> its labels), with the labels it matches
+    and groups by (target labels aside)."""
+    refs = promql_refs(query.expr)
+    unknown = refs.names - set(series)
+    assert not unknown, f"{query.where}: not a known series: {sorted(unknown)}"
+    for name, label in refs.matched:
+        assert label in series[name] | TARGET_LABELS, f"{query.where}: {name} has no label {label}"
+    available = set().union(*(series[name] for name in refs.names)) | TARGET_LABELS
+    assert refs.grouped <= available, f"{query.where}: grouped by {sorted(refs.grouped - available)}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,3 +86,14 @@ def opened_store(settings: Settings, migrated: bool = True) -> Iterator[Warehous
         yield warehouse
     finally:
         warehouse.close()
+
+
+def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``engagement ARGS`` in a subprocess with ``settings`` (and ``env``) in its environment; text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env={**os.environ, **settings.to_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from pipeline.settings import Settings
 from pipeline.sink import event_columns
 from pipeline.warehouse import open_warehouse
 from pipeline.warehouse.migrate import migrate
-from tests.integration.helpers import running_worker
+from tests.integration.helpers import run_cli, running_worker
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +44,7 @@ EVENTS = [
 
 
 def engagement(settings: Settings, *args: str, columns: int = 100) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "report", *args],
-        env={**os.environ, **settings.to_env(), "COLUMNS": str(columns), "LINES": "40"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(settings, "report", *args, COLUMNS=str(columns), LINES="40")
 
 
 def fill(settings: Settings, events: list[Event]) -> None:

@@ -10,9 +10,7 @@ None (undefined) is seen sorting after every number.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import orjson
@@ -26,7 +24,7 @@ from pipeline.report_reference import RANK_BY, ReferenceStore, reference_leaderb
 from pipeline.settings import Settings
 from pipeline.warehouse import Warehouse, open_warehouse
 from pipeline.warehouse.migrate import migrate
-from tests.integration.helpers import opened_store
+from tests.integration.helpers import opened_store, run_cli
 from tests.integration.test_report_equals_reference import insert
 
 pytestmark = pytest.mark.integration
@@ -98,13 +96,7 @@ def test_unknown_metric_and_bad_arguments_are_refused(embedded_settings: Setting
 
 
 def engagement(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "leaderboard", *args],
-        env={**os.environ, **settings.to_env()},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(settings, "leaderboard", *args)
 
 
 def test_cli_prints_json_and_a_table(embedded_settings: Settings, events: list[Event]) -> None:

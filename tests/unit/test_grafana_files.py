@@ -17,12 +17,12 @@ from tests.deploy_files import (
     PROMETHEUS_SERIES,
     PROMETHEUS_TYPE,
     ROOT,
-    TARGET_LABELS,
     TimeRange,
     alert_rule_promql,
     alert_rules,
     alerting_files,
     all_files,
+    assert_reads_known_series,
     categorized_files,
     dashboard_files,
     dashboard_promql,
@@ -308,15 +308,8 @@ def known_series() -> dict[str, frozenset[str]]:
     "query", dashboard_promql() + alert_rule_promql(), ids=lambda q: q.where.replace(" ", "_")[:80]
 )
 def test_grafana_promql_reads_only_pipeline_metrics(query: Any) -> None:
-    series = known_series()
-    refs = promql_refs(query.expr)
-    assert refs.names, query.where
-    unknown = refs.names - set(series)
-    assert not unknown, f"{query.where}: not in pipeline/metrics.py: {sorted(unknown)}"
-    for name, label in refs.matched:
-        assert label in series[name] | TARGET_LABELS, f"{query.where}: {name} has no label {label}"
-    available = set().union(*(series[name] for name in refs.names)) | TARGET_LABELS
-    assert refs.grouped <= available, f"{query.where}: grouped by {sorted(refs.grouped - available)}"
+    assert promql_refs(query.expr).names, query.where
+    assert_reads_known_series(query, known_series())  # pipeline/metrics.py's
 
 
 def test_promql_refs_reads_names_and_labels() -> None:

@@ -13,7 +13,7 @@ import pytest
 from pipeline.settings import Settings
 from tests.deploy_files import (
     PROMETHEUS_SERIES,
-    TARGET_LABELS,
+    assert_reads_known_series,
     exported_metrics,
     load,
     prometheus_config,
@@ -62,14 +62,7 @@ def test_rules_are_named_and_documented(path: Path) -> None:
 
 @pytest.mark.parametrize("query", rule_file_promql(), ids=lambda q: q.where.replace(" ", "_"))
 def test_rules_read_only_pipeline_metrics(query: Any) -> None:
-    series = {**exported_metrics(), **PROMETHEUS_SERIES, **recorded()}
-    refs = promql_refs(query.expr)
-    unknown = refs.names - set(series)
-    assert not unknown, f"{query.where}: not in pipeline/metrics.py nor recorded: {sorted(unknown)}"
-    for name, label in refs.matched:
-        assert label in series[name] | TARGET_LABELS, f"{query.where}: {name} has no label {label}"
-    available = set().union(*(series[name] for name in refs.names)) | TARGET_LABELS
-    assert refs.grouped <= available, f"{query.where}: grouped by {sorted(refs.grouped - available)}"
+    assert_reads_known_series(query, {**exported_metrics(), **PROMETHEUS_SERIES, **recorded()})
 
 
 def test_every_alert_has_tests_that_see_it_fire_and_stay_quiet() -> None:
