@@ -154,6 +154,15 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             return None
         return int(value) if value is not None else None
 
+    def fetched_at(topic: str, partition: int) -> int | None:
+        """Wall-clock ms of the consumer's last fetch of the partition (when its highwater was read)."""
+        try:
+            aiokafka_consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            value = aiokafka_consumer.last_poll_timestamp(faust.types.TP(topic, partition))
+        except Exception:
+            return None
+        return int(value) if value is not None else None
+
     def committed(topic: str, partition: int) -> int | None:
         value = app.consumer._committed_offset.get(faust.types.TP(topic, partition))  # type: ignore[attr-defined]
         return int(value) if value is not None else None
@@ -200,6 +209,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         partition_of,
         highwater,
         committed,
+        fetched_at,
     )
 
     def owned_partitions() -> set[int]:

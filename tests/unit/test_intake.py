@@ -82,3 +82,15 @@ def test_read_order_after_a_seek_to_the_committed_offset() -> None:
     assert order.due("p", 100)
     order.forget(["p"])
     assert order.due("p", 5)  # revoked, then assigned again: unknown until the next seek
+
+
+def test_the_private_faust_and_aiokafka_parts_the_worker_reads_exist() -> None:
+    """pipeline.worker reads each partition's last fetch time (for the freshness of its highwater) through
+    Faust's consumer thread: ``Consumer._thread._ensure_consumer().last_poll_timestamp(tp)``."""
+    import aiokafka
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    thread_init = inspect.getsource(faust.transport.consumer.ThreadDelegateConsumer.__init__)
+    assert "self._thread = " in thread_init
+    assert callable(faust_aiokafka.AIOKafkaConsumerThread._ensure_consumer)
+    assert "partition" in inspect.signature(aiokafka.AIOKafkaConsumer.last_poll_timestamp).parameters
