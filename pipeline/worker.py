@@ -100,6 +100,20 @@ async def _send_batches(
     return futures
 
 
+ACCOUNT_STATE_TABLE = "account-state"  # the Faust table of account states
+
+
+def internal_topics(settings: Settings) -> dict[str, int]:
+    """The topics Faust creates itself for the worker, name -> partitions: the account-state table's changelog
+    (compacted, ``settings.partitions`` partitions, named after ``app_id``, not ``topic_prefix``) and the
+    leader assignor's topic (1 partition). Deployments that create every topic ahead (Strimzi ``KafkaTopic``)
+    declare these next to :func:`pipeline.kafka_admin.pipeline_topics`."""
+    return {
+        f"{settings.app_id}-{ACCOUNT_STATE_TABLE}-changelog": settings.partitions,
+        f"{settings.app_id}-__assignor-__leader": 1,
+    }
+
+
 def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, BatchProcessor]:
     """Build the Faust app for ``settings`` writing to ``warehouse`` (already migrated)."""
     app = IntakeApp(
@@ -137,7 +151,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     source_topic = raw_topic(*sources, rekey)
     dead_letter_topic = raw_topic(settings.topic(DEAD_LETTER_TOPIC))
     table = app.Table(
-        "account-state",
+        ACCOUNT_STATE_TABLE,
         partitions=settings.partitions,
         use_partitioner=True,
         key_type=bytes,  # bytes types make Faust use the "raw" codec for the changelog and its recovery
