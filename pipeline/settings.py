@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Secret:
 
 
 WarehouseKind = Literal["embedded", "server"]
+ClusterEngines = Literal["replicated", "plain"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,11 @@ class Settings:
     insert_retry_max_seconds: float = 30.0
     events_ttl_days: int = 0  # 0 keeps raw events forever; applied where the server supports TTL
     dead_letters_ttl_days: int = 30
+    # ClickHouse cluster mode (pipeline.warehouse.cluster): the cluster's name in the servers'
+    # remote_servers; empty = one node (the default). "replicated": Replicated*MergeTree shards, DDL ON
+    # CLUSTER (needs ZooKeeper/Keeper); "plain": MergeTree shards, DDL applied on every node in turn.
+    clickhouse_cluster: str = ""
+    clickhouse_cluster_engines: ClusterEngines = "replicated"
 
     # Web server (/metrics, /healthz, embedded /query)
     web_host: str = "127.0.0.1"
@@ -143,6 +150,14 @@ class Settings:
             raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
         if self.warehouse not in ("embedded", "server"):
             raise SettingsError("ENGAGEMENT_WAREHOUSE must be 'embedded' or 'server'")
+        if not re.fullmatch(r"[\w.-]*", self.clickhouse_cluster):
+            raise SettingsError(
+                "ENGAGEMENT_CLICKHOUSE_CLUSTER must be a cluster name of remote_servers ([A-Za-z0-9_.-])"
+            )
+        if self.clickhouse_cluster and self.warehouse != "server":
+            raise SettingsError("ENGAGEMENT_CLICKHOUSE_CLUSTER needs ENGAGEMENT_WAREHOUSE=server")
+        if self.clickhouse_cluster_engines not in ("replicated", "plain"):
+            raise SettingsError("ENGAGEMENT_CLICKHOUSE_CLUSTER_ENGINES must be 'replicated' or 'plain'")
         if self.fetch_max_wait_ms <= 0:
             raise SettingsError("ENGAGEMENT_FETCH_MAX_WAIT_MS must be > 0")
         if self.persist_interval_seconds < 0:

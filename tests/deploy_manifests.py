@@ -40,10 +40,6 @@ IMAGE_MARKERS = {
     "python_full_version": "3.11.14",
 }
 
-# Settings named in the manifests that another branch adds to pipeline/settings.py (issue 7: the cluster DDL).
-PENDING_SETTINGS = frozenset({"ENGAGEMENT_CLICKHOUSE_CLUSTER"})
-
-
 # ---------------------------------------------------------------------------------------------------- tools
 
 

@@ -13,6 +13,12 @@ from pipeline.settings import Settings
 from pipeline.warehouse.base import Params, QueryError, QueryResult, WarehouseUnavailable
 from pipeline.warehouse.params import bind
 
+# On a cluster (pipeline.warehouse.cluster), every query of the session runs with these: an insert into a
+# Distributed table returns once every shard has its rows (not when they are queued on the node we talk
+# to), and IN/JOIN subqueries over Distributed tables are run once over the whole cluster (GLOBAL), so
+# every statement of pipeline.queries gives the single node's answer.
+CLUSTER_SESSION_SETTINGS = {"insert_distributed_sync": 1, "distributed_product_mode": "global"}
+
 # ClickHouse error codes that mean "the server is there but cannot serve this now".
 _TRANSIENT_CODES = frozenset({159, 160, 164, 202, 203, 209, 210, 241, 242, 252, 319, 425})
 
@@ -39,6 +45,7 @@ class ServerWarehouse:
             "password": settings.clickhouse_password.reveal(),
             "connect_timeout": connect_timeout,
             "send_receive_timeout": 300,
+            "settings": CLUSTER_SESSION_SETTINGS if settings.clickhouse_cluster else {},
         }
         self._client = Client(database=self.database or "default", **self._connect)
 

@@ -72,11 +72,12 @@ class Stream:
         return stream
 
 
-def generated_events(count: int = EVENTS, seed: int = SEED) -> list[dict[str, Any]]:
-    """``count`` realistic events (duplicates, disorder within the lateness, self-engagement, Unicode)."""
+def generated_events(count: int = EVENTS, seed: int = SEED, events_per_second: float = 150) -> list[dict[str, Any]]:
+    """``count`` realistic events (duplicates, disorder within the lateness, self-engagement, Unicode), at
+    ``events_per_second`` of event time."""
     from pipeline.generate import TrafficModel, generate
 
-    model = TrafficModel(accounts=800, users=20_000, events_per_second=150, events=count, seed=seed)
+    model = TrafficModel(accounts=800, users=20_000, events_per_second=events_per_second, events=count, seed=seed)
     return list(generate(model))
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian's ClickHouse server (18.16) for the integration tests.
 #   install          install the package if it is missing (apt; root or sudo)
-#   start DIR PORT   run a private server with its data in DIR on 127.0.0.1:PORT (native protocol)
+#   start DIR PORT   run a private server with its data in DIR on 127.0.0.1:PORT (native protocol);
+#                    DIR/config.d/*.xml, if present, is merged into its config (the cluster tests put
+#                    a remote_servers cluster there)
 set -euo pipefail
 
 cmd=${1:-install}

@@ -32,7 +32,6 @@ from tests.deploy_files import (
     provisioning_environment,
 )
 from tests.deploy_manifests import (
-    PENDING_SETTINGS,
     bind_mounts,
     compose,
     compose_service,
@@ -110,7 +109,7 @@ def test_kafka_runs_kraft_with_enough_partitions() -> None:
 @pytest.mark.parametrize("service", ENGAGEMENT_SERVICES)
 def test_engagement_services_use_real_settings_of_the_image(service: str) -> None:
     env = engagement_env(service)
-    unknown = {name for name in env if name not in SETTINGS} - PENDING_SETTINGS
+    unknown = {name for name in env if name not in SETTINGS}
     assert not unknown
     settings = Settings.from_env(env)
     assert settings.warehouse == "server" and settings.clickhouse_host == "clickhouse"

@@ -18,7 +18,6 @@ from pipeline.settings import PREFIX, Settings
 from pipeline.worker import create_app, internal_topics
 from tests.deploy_files import K8S, PROMETHEUS, k8s_manifest_files, kustomization_files, load
 from tests.deploy_manifests import (
-    PENDING_SETTINGS,
     kustomize_references,
     objects,
     one,
@@ -202,7 +201,7 @@ def test_workloads_use_real_settings_resources_and_a_non_root_user(target: Path)
             names = {e["name"] for e in container.get("env", [])}
             for source in container.get("envFrom", []):
                 names |= set(configmaps[source["configMapRef"]["name"]]["data"])
-            assert names and not (names - SETTINGS - PENDING_SETTINGS), names - SETTINGS
+            assert names and not (names - SETTINGS), names - SETTINGS
             resources = container["resources"]
             assert resources["requests"]["cpu"] and resources["requests"]["memory"] and resources["limits"]["memory"]
     workers = one(rendered, "Deployment", "engagement-worker")["spec"]["template"]["spec"]["containers"]
