@@ -88,7 +88,8 @@ class Settings:
 
     # Batching
     batch_max_events: int = 10000  # events written per chunk
-    batch_max_messages: int = 2000  # Kafka messages taken per batch (bounds the bytes held at once)
+    batch_max_messages: int = 10000  # Kafka messages taken per batch
+    batch_max_bytes: int = 8 << 20  # payload bytes taken per batch (bounds the memory held at once)
     batch_max_seconds: float = 0.5
     upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
     persist_interval_seconds: float = 5.0  # under load, states are persisted (and batches acked) this often
@@ -162,8 +163,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_FETCH_MAX_WAIT_MS must be > 0")
         if self.persist_interval_seconds < 0:
             raise SettingsError("ENGAGEMENT_PERSIST_INTERVAL_SECONDS must be >= 0")
-        if self.batch_max_events <= 0 or self.batch_max_seconds <= 0 or self.batch_max_messages <= 0:
-            raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS, _MESSAGES and _SECONDS must be > 0")
+        if min(self.batch_max_events, self.batch_max_seconds, self.batch_max_messages, self.batch_max_bytes) <= 0:
+            raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS, _MESSAGES, _BYTES and _SECONDS must be > 0")
         if not 0 <= self.dead_letter_brake_share <= 1:
             raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE must be between 0 and 1 (1 disables the brake)")
         if self.dead_letter_brake_messages <= 0:

@@ -231,7 +231,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
     # The source topics bypass Faust's per-message stream path (see pipeline.intake); registering the
     # topic with the conductor makes the consumer subscribe to it and enables acks for its offsets.
-    app.intake = IntakeBuffer(our_topics, settings.batch_max_messages, settings.batch_max_seconds)
+    app.intake = IntakeBuffer(
+        our_topics, settings.batch_max_messages, settings.batch_max_seconds, max_bytes=settings.batch_max_bytes
+    )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.topics.add(source_topic)
 
