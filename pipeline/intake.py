@@ -49,7 +49,7 @@ class IntakeBuffer:
         batch_size: int,
         within: float,
         capacity_batches: int = 2,
-        max_bytes: int = 8 << 20,
+        max_bytes: int = 32 << 20,
     ) -> None:
         self.topics = frozenset(topics)
         self.batch_size = batch_size

@@ -89,7 +89,7 @@ class Settings:
     # Batching
     batch_max_events: int = 10000  # events written per chunk
     batch_max_messages: int = 10000  # Kafka messages taken per batch
-    batch_max_bytes: int = 8 << 20  # payload bytes taken per batch (bounds the memory held at once)
+    batch_max_bytes: int = 32 << 20  # payload bytes taken per batch (bounds the memory held at once)
     batch_max_seconds: float = 0.5
     upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
     persist_interval_seconds: float = 5.0  # under load, states are persisted (and batches acked) this often
