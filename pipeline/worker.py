@@ -5,7 +5,7 @@ Agents and tasks:
   the consumer (:mod:`pipeline.intake`, below Faust's per-message stream path) and hands each batch to
   :class:`~pipeline.processor.BatchProcessor`. A batch is acknowledged (its offsets become committable)
   only once its rows are durable and the account states it changed are in the table's changelog; states
-  are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, at once when idle. When the
+  are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, within a second when idle. When the
   dead-letter brake trips (:mod:`pipeline.brake`), the worker logs why and exits with code 65 without
   acknowledging the batch; any other failure of a batch is a bug: it exits with code 70, also unacked.
 - ``dead_letters`` copies the dead-letter topic into ``engagement_dead_letters``.
@@ -101,6 +101,7 @@ async def _send_batches(
 
 
 ACCOUNT_STATE_TABLE = "account-state"  # the Faust table of account states
+IDLE_PERSIST_SECONDS = 1.0  # when idle, states are persisted (and batches acknowledged) after this long
 
 
 def internal_topics(settings: Settings) -> dict[str, int]:
@@ -238,8 +239,12 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     app.topics.add(source_topic)
 
     # Batches processed but not yet acknowledged: their states are persisted (and they are acked, so
-    # Faust may commit their offsets) every persist_interval_seconds under load, at once when idle.
+    # Faust may commit their offsets) every persist_interval_seconds under load, and when idle once
+    # IDLE_PERSIST_SECONDS have passed (or the interval, if shorter): under a moderate load batches close by
+    # time and the intake is empty after most of them, and persisting after each one wrote every touched
+    # account's state twice a second, which cost a live worker a fifth of its capacity.
     unacked: list[list[Any]] = []
+    idle_persist = min(settings.persist_interval_seconds, IDLE_PERSIST_SECONDS)
     acking: asyncio.Future[None] | None = None  # the latest acknowledgement; it waits for the ones before
     last_settled = time.monotonic()
 
@@ -288,7 +293,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 )
                 unacked.append(batch)
                 idle = len(app.intake) == 0
-                if idle or time.monotonic() - last_settled >= settings.persist_interval_seconds:
+                since = time.monotonic() - last_settled
+                if since >= settings.persist_interval_seconds or (idle and since >= idle_persist):
                     await settle()
             except brake.DeadLetterBrakeTripped as exc:  # bad input upstream: stop before it is all dead-lettered
                 log.critical("%s", exc)
@@ -330,7 +336,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             return
         await processor.announce_watermarks(owned_partitions())
         await processor.write_deferred()
-        if unacked and time.monotonic() - last_settled >= settings.persist_interval_seconds:
+        since = time.monotonic() - last_settled
+        idle = app.intake is None or len(app.intake) == 0
+        if unacked and (since >= settings.persist_interval_seconds or (idle and since >= idle_persist)):
             await settle()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
