@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.warehouse.base import Warehouse
+from pipeline.warehouse.base import QueryError, Warehouse
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent.parent / "schemas"
 MIGRATIONS_TABLE = "engagement_schema_migrations"
@@ -100,8 +100,20 @@ def applied_versions(warehouse: Warehouse) -> set[int]:
 
 
 def migrate(warehouse: Warehouse, settings: Settings, directory: Path = SCHEMAS_DIR) -> list[Migration]:
-    """Create the database and apply every pending migration; returns those applied now."""
+    """Create the database and apply every pending migration; returns those applied now.
+
+    When the migrations table is readable and nothing is pending, nothing is executed: a user without DDL
+    rights (the ingest user on servers with SQL access control) can run it at worker start once an
+    administrator applied the migrations.
+    """
     database = warehouse.database
+    try:
+        done = applied_versions(warehouse)
+    except QueryError:  # no database or no migrations table yet
+        done = None
+    pending = [m for m in discover(directory) if done is None or m.version not in done]
+    if not pending:
+        return []
     warehouse.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     warehouse.execute(
         f"CREATE TABLE IF NOT EXISTS `{database}`.{MIGRATIONS_TABLE} "
@@ -111,7 +123,7 @@ def migrate(warehouse: Warehouse, settings: Settings, directory: Path = SCHEMAS_
     done = applied_versions(warehouse)
     server = warehouse.server_version()
     applied: list[Migration] = []
-    for migration in discover(directory):
+    for migration in pending:
         if migration.version in done:
             continue
         for statement in statements(render(migration.text, settings, server)):
