@@ -165,6 +165,9 @@ def test_the_ingest_user_writes_and_reads_its_database_only(admin: Settings) -> 
         event = Event("ingested", "like", T, "fan", "plain")
         warehouse.insert("engagement_events", event_columns([(*event, "likes", 0, 1)], ingested_ms=1))
         assert warehouse.query("SELECT count() FROM engagement_events FINAL WHERE event_id = 'ingested'").rows == [(1,)]
+        # the documented limit of users.d XML (SECURITY.md): no per-statement rights inside its database
+        warehouse.execute("CREATE TABLE planted_here (x String) ENGINE = Memory")
+        warehouse.execute("DROP TABLE planted_here")
     finally:
         warehouse.close()
     assert refused(ingest, f"SELECT * FROM {OTHER_DATABASE}.private") == 291
