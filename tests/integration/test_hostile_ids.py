@@ -13,6 +13,7 @@ from pipeline.query_client import reading, run_query
 from pipeline.report import account_report
 from pipeline.report_model import DAY_MS
 from pipeline.settings import Settings
+from pipeline.warehouse import QueryError, open_warehouse
 from tests.integration.helpers import run_cli
 from tests.integration.test_cli_report import fill
 
@@ -112,3 +113,25 @@ def test_sql_param_errors_are_clear(embedded_settings: Settings) -> None:
     assert bad.returncode == 2 and "--param takes NAME=VALUE" in bad.stderr
     unbound = run_cli(embedded_settings, "sql", "SELECT %(a)s AS a", "--param", "b=1")
     assert unbound.returncode != 0 and "no value for parameter 'a'" in unbound.stderr
+
+
+def test_sql_refuses_writes_and_outside_reads_on_both_backends(hostile_store: Settings) -> None:
+    settings = hostile_store
+    for statement, reason in (
+        ("DROP TABLE engagement_events", "DROP statements are refused"),
+        ("INSERT INTO engagement_events (event_id) SELECT 'x'", "INSERT statements are refused"),
+        ("SELECT 1; DROP TABLE engagement_events", "only one statement is allowed"),
+        ("SELECT * FROM file('/etc/passwd', 'TSV', 'x String')", "table function file() is refused"),
+    ):
+        result = run_cli(settings, "sql", statement)
+        assert result.returncode == 2 and result.stderr.startswith("refused: "), result.stderr
+        assert reason in result.stderr, result.stderr
+    if settings.warehouse == "server":  # past the guard, the server itself refuses: the session is read-only
+        warehouse = open_warehouse(settings, read_only=True)
+        try:
+            with pytest.raises(QueryError) as error:
+                warehouse.execute("INSERT INTO engagement_events (event_id) SELECT 'x'")
+            assert error.value.code == 164
+        finally:
+            warehouse.close()
+    assert run_query(settings, "SELECT count() FROM engagement_events FINAL").rows == [(len(hostile_events()),)]
