@@ -45,6 +45,23 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         stop(process, timeout=30)
 
 
+@pytest.fixture(scope="session")
+def clickhouse_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int, Path]]:
+    """A second private ClickHouse server with TLS: (plain port, secure port, the CA file that signed it)."""
+    from tests.tls import make_tls
+
+    directory = tmp_path_factory.mktemp("clickhouse-tls")
+    files = make_tls(directory / "tls")
+    port, secure = free_port(), free_port()
+    command = [str(SERVER_SCRIPT), "start", str(directory), str(port), str(secure), str(files.cert), str(files.key)]
+    process = spawn(command, log_path=directory / "stdout.log")
+    try:
+        wait_for_port("127.0.0.1", secure, 60, process)
+        yield port, secure, files.ca
+    finally:
+        stop(process, timeout=30)
+
+
 @pytest.fixture()
 def server_settings(clickhouse_server: tuple[str, int], tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Settings for the server warehouse, with a database of this test's own."""

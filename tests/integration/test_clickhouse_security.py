@@ -229,3 +229,27 @@ def test_retention_drops_old_raw_events_and_dead_letters_where_ttl_exists(embedd
             store.execute(f"OPTIMIZE TABLE {table} FINAL")
         assert store.query("SELECT event_id FROM engagement_events FINAL").rows == [("new",)]
         assert store.query("SELECT dead_letter_id FROM engagement_dead_letters FINAL").rows == [("dl/1",)]
+
+
+def test_tls_to_the_server(clickhouse_tls_server: tuple[int, int, Path], tmp_path: Path) -> None:
+    _, secure, ca = clickhouse_tls_server
+    settings = Settings.from_env(
+        {}, warehouse="server", clickhouse_port=secure, clickhouse_secure=True, clickhouse_ca_file=str(ca),
+        clickhouse_database="tls_test", data_dir=tmp_path,
+    )  # fmt: skip
+    with opened_store(settings) as store:  # migrations and a query, over TLS, the certificate verified
+        assert store.query("SELECT count() FROM engagement_events").rows == [(0,)]
+    result = run_cli(settings, "sql", "SELECT 1 AS one", "--format", "csv")
+    assert (result.returncode, result.stdout.split()) == (0, ["one", "1"]), result.stderr
+    untrusted = open_warehouse(replace(settings, clickhouse_ca_file=""))  # the system's CAs did not sign it
+    try:
+        with pytest.raises(WarehouseError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.query("SELECT 1")
+    finally:
+        untrusted.close()
+    plain = open_warehouse(replace(settings, clickhouse_secure=False))  # plaintext on the TLS port: refused
+    try:
+        with pytest.raises(WarehouseError):
+            plain.query("SELECT 1")
+    finally:
+        plain.close()
