@@ -12,7 +12,8 @@ Agents and tasks:
 
 Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
 embedded store ``/query`` (read-only SQL, since only this process may open chDB's directory) and
-``/admin/flush`` (finalize all open windows: the end of a replay).
+``/admin/flush`` (finalize all open windows: the end of a replay). These two answer only on a loopback
+``ENGAGEMENT_WEB_HOST`` and to this machine (:func:`local_endpoint_refusal`).
 """
 
 from __future__ import annotations
