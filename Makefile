@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 DURATION ?= 60
 
-.PHONY: demo test unit integration chaos lint typecheck bench bench-quick bench-report clean
+.PHONY: demo test unit integration chaos lint typecheck bench bench-quick bench-report up down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,19 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The pipeline on Docker Compose (deploy/compose/compose.yaml): Kafka, ClickHouse, the migrations, WORKERS
+# workers, Prometheus, Grafana and live traffic (TRAFFIC= leaves the generator out). `make down` removes it
+# all, data included.
+COMPOSE := docker compose -f deploy/compose/compose.yaml
+WORKERS ?= 2
+TRAFFIC ?= 1
+
+up:
+	$(COMPOSE) $(if $(TRAFFIC),--profile traffic) up --detach --build --scale worker=$(WORKERS)
+
+down:
+	$(COMPOSE) --profile traffic down --volumes --remove-orphans
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -5,12 +5,15 @@ Everything runs on the same generated data, the same embedded broker (tansu) and
 drift between machines; ratios hold).
 
     .venv/bin/python bench/harness.py [--quick] [--json] [--events N]
+    .venv/bin/python bench/harness.py --workers-scaling [--events N] [--json]   (1 vs 2 workers, ClickHouse server)
     make bench                     (the full run; results go to bench/RESULTS.md by hand, with the command)
 
 Figures: raw_consume_eps (aiokafka reading the messages, doing nothing), naive_faust_eps (textbook Faust
 agent), peer_eps (Quix Streams), single_eps / batch_eps (our full pipeline, one event per message / JSON
 arrays), p50/p99_latency_s (produce -> row visible in ClickHouse at half of batch_eps), peak_rss_mb (worker
 in the batch run), rss_1m_accounts_mb (worker RSS with 1,000,000 distinct accounts in open windows).
+``--workers-scaling``: workers_1_eps, workers_2_eps (JSON arrays, one consumer group, a ClickHouse server)
+and their ratio.
 """
 
 from __future__ import annotations
@@ -467,6 +470,117 @@ def run(quick: bool, events: int | None) -> dict[str, Any]:
     return {**results, "machine": machine, "events": n, "_notes": notes}
 
 
+# -- scale-out: 1 vs 2 workers ----------------------------------------------------------------------
+
+SERVER_SCRIPT = ROOT / "tests" / "services" / "clickhouse-server.sh"
+
+
+def _owned(settings: Settings) -> list[int]:
+    url = f"http://{settings.web_host}:{settings.web_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return list(orjson.loads(response.read())["partitions"])
+    except OSError:
+        return []
+
+
+def wait_shared(members: list[Settings], timeout: float = 120) -> None:
+    """Until every member owns partitions, all of them together own each partition once, and that held
+    for a second (the group is stable: no rebalance left to pay for in the measurement)."""
+    deadline = time.monotonic() + timeout
+    stable = 0
+    while stable < 2:
+        owned = [_owned(member) for member in members]
+        settled = all(owned) and sorted(p for o in owned for p in o) == list(range(PARTITIONS))
+        stable = stable + 1 if settled else 0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the group never shared the partitions: {owned}")
+        time.sleep(0.5)
+
+
+def group_eps(
+    settings: Settings, count: int, messages: list[tuple[str, bytes, bytes, int | None]], expected: int, work: Path
+) -> float:
+    """Events/s of ``count`` workers of one group: started, the partitions shared out, then ``messages``
+    (``expected`` events) published; from the first event any of them consumed to every message
+    committed."""
+    processes = []
+    members = []
+    for index in range(count):
+        member = replace(settings, web_port=free_port(), data_dir=work / f"{settings.app_id}-{index}")
+        member.data_dir.mkdir(parents=True)
+        members.append(member)
+        processes.append(spawn(worker_command(), env=member.to_env(), log_path=work / f"{member.app_id}-{index}.log"))
+    try:
+        for member, process in zip(members, processes, strict=True):
+            wait_for_port(member.web_host, member.web_port, 120, process)
+        wait_shared(members)
+        threading.Thread(target=publish, args=(settings.bootstrap_servers, messages), daemon=True).start()
+        topics = consumed_topics(settings)
+        started = None
+        deadline = time.monotonic() + 1800
+        while True:
+            if any(process.poll() is not None for process in processes):
+                raise RuntimeError(f"a worker died; see {work}")
+            now = time.perf_counter()
+            if started is None and any(_scrape(m, "engagement_events_consumed_total") > 0 for m in members):
+                started = now
+            if started is not None and sum(group_lag(settings, topics).values()) == 0:
+                return expected / (now - started)
+            if time.monotonic() > deadline:
+                raise TimeoutError("the workers did not drain")
+            time.sleep(0.05 if started is None else 0.2)
+    finally:
+        for process in processes:
+            stop(process, timeout=30)
+
+
+def workers_scaling(events: int | None) -> dict[str, Any]:
+    """Throughput of 1 and of 2 workers of one consumer group over the same JSON-array messages (4
+    partitions), both writing to one private ClickHouse server (tests/services/clickhouse-server.sh; two
+    workers cannot share the embedded store). ``workers_2_ratio`` is the 2-worker figure over the 1-worker
+    one; on a machine with fewer cores than workers + broker + ClickHouse it stays below 2."""
+    n = events or 200_000
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
+    ):
+        work = Path(tmp)
+        port = free_port()
+        server = spawn([str(SERVER_SCRIPT), "start", str(work / "clickhouse"), str(port)], log_path=work / "ch.log")
+        try:
+            wait_for_port("127.0.0.1", port, 60, server)
+            log(f"generating {n:,} events")
+            model = TrafficModel(accounts=20_000, users=200_000, events_per_second=2000, events=n, seed=1)
+            data = list(lines(model))
+            results: dict[str, Any] = {"events": n, "machine": {"cpus": os.cpu_count()}}
+            for count in (1, 2):
+                settings = replace(
+                    worker_settings(broker.bootstrap_servers, work, f"scale{count}"),
+                    warehouse="server",
+                    clickhouse_port=port,
+                    clickhouse_database=f"bench_scale{count}",
+                )
+                ensure_topics(settings)
+                log(f"workers_{count}_eps: {count} worker(s) of one group")
+                messages = encode(data, settings, batch=100)
+                results[f"workers_{count}_eps"] = group_eps(settings, count, messages, n, work)
+            results["workers_2_ratio"] = results["workers_2_eps"] / results["workers_1_eps"]
+            return results
+        finally:
+            stop(server, timeout=30)
+
+
+def scaling_report(results: dict[str, Any]) -> str:
+    one = results["workers_1_eps"]
+    rows = [f"events: {results['events']:,}   cpus: {results['machine']['cpus']}", ""]
+    rows.append(f"{'figure':<22}{'value':>14}  {'/ 1 worker':>10}")
+    for count in (1, 2):
+        value = results[f"workers_{count}_eps"]
+        rows.append(f"workers_{count}_eps{'':<10}{value:>14,.0f}  {value / one:>9.2f}x")
+    return "\n".join(rows)
+
+
 def report(results: dict[str, Any]) -> str:
     raw = results["raw_consume_eps"]
     naive = results["naive_faust_eps"]
@@ -510,7 +624,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--rss-only", action="store_true", help="only the 1,000,000-account RSS figure")
+    parser.add_argument(
+        "--workers-scaling", action="store_true", help="only 1 vs 2 workers of one group on a ClickHouse server"
+    )
     args = parser.parse_args(argv)
+    if args.workers_scaling:
+        scaling = workers_scaling(args.events)
+        print(orjson.dumps(scaling).decode() if args.json else scaling_report(scaling))
+        return 0
     if args.rss_only:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp, EmbeddedBroker() as broker:
             print(f"rss_1m_accounts_mb {rss_with_accounts(broker.bootstrap_servers, Path(tmp), 1_000_000):,.1f}")

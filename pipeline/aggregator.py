@@ -389,6 +389,10 @@ class Aggregator:
     def frontier(self, partition: int) -> int:
         return self._frontier.get(partition, NO_FRONTIER)
 
+    def final_through(self, account_id: str) -> int:
+        """The end of the account's last final window (its state is loaded if needed)."""
+        return self._state(account_id).final_through
+
     def advance(self, partition: int, frontier_ms: int) -> None:
         """Move ``partition``'s event-time frontier forward (never back) and finalize what it passed."""
         if frontier_ms <= self._frontier.get(partition, NO_FRONTIER):
@@ -461,7 +465,7 @@ class Aggregator:
                 quiet = self._quiet[partition] = EndIndex()
             quiet.add(drop.last_end + self.config.window_ms, account_id)
         if account_id in self.watch:
-            self.watched[account_id] = (score, drop.baseline, drop.in_drop)
+            self.watched[account_id] = (score, self.detector.baseline(drop), drop.in_drop)
 
     def take_alerts(self) -> list[Alert]:
         """The alerts raised since the last call (write them with the rows taken at the same time)."""

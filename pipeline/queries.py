@@ -49,11 +49,17 @@ FROM engagement_events
 """
 
 # The final window rows, deduplicated, with times as epoch seconds (for comparisons and exports).
+# FINAL is read in a subquery and sorted outside it: on a cluster, ClickHouse 18.16 fails to sort rows read
+# with FINAL straight from a Distributed table ("Cannot find column ts_ms in source stream").
 FINAL_WINDOWS = """
-SELECT account_id, toUInt32(window_start) AS window_start, toUInt32(window_end) AS window_end,
-       likes, replies, mentions, engagers, follows, unfollows, followers, responses, score,
-       engagement_rate, final
-FROM engagement_windows FINAL
+SELECT *
+FROM
+(
+    SELECT account_id, toUInt32(window_start) AS window_start, toUInt32(window_end) AS window_end,
+           likes, replies, mentions, engagers, follows, unfollows, followers, responses, score,
+           engagement_rate, final
+    FROM engagement_windows FINAL
+)
 ORDER BY account_id, window_start
 """
 
@@ -66,11 +72,16 @@ SELECT
 """
 
 # One account's engagement-drop alerts (pipeline.drops), oldest first.
+# (FINAL in a subquery, sorted outside it: see FINAL_WINDOWS.)
 ACCOUNT_ALERTS = """
-SELECT toString(window_start) AS window_start, state, reason, round(observed, 1) AS observed,
-       round(baseline, 1) AS baseline, round(drop_pct, 1) AS drop_pct
-FROM engagement_alerts FINAL
-WHERE account_id = %(account)s
+SELECT *
+FROM
+(
+    SELECT toString(window_start) AS window_start, state, reason, round(observed, 1) AS observed,
+           round(baseline, 1) AS baseline, round(drop_pct, 1) AS drop_pct
+    FROM engagement_alerts FINAL
+    WHERE account_id = %(account)s
+)
 ORDER BY window_start, state
 """
 

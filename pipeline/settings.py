@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Secret:
 
 
 WarehouseKind = Literal["embedded", "server"]
+ClusterEngines = Literal["replicated", "plain"]
 KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -90,7 +92,8 @@ class Settings:
 
     # Batching
     batch_max_events: int = 10000  # events written per chunk
-    batch_max_messages: int = 2000  # Kafka messages taken per batch (bounds the bytes held at once)
+    batch_max_messages: int = 10000  # Kafka messages taken per batch
+    batch_max_bytes: int = 32 << 20  # payload bytes taken per batch (bounds the memory held at once)
     batch_max_seconds: float = 0.5
     upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
     persist_interval_seconds: float = 5.0  # under load, states are persisted (and batches acked) this often
@@ -106,6 +109,11 @@ class Settings:
     insert_retry_max_seconds: float = 30.0
     events_ttl_days: int = 0  # 0 keeps raw events forever; applied where the server supports TTL
     dead_letters_ttl_days: int = 30
+    # ClickHouse cluster mode (pipeline.warehouse.cluster): the cluster's name in the servers'
+    # remote_servers; empty = one node (the default). "replicated": Replicated*MergeTree shards, DDL ON
+    # CLUSTER (needs ZooKeeper/Keeper); "plain": MergeTree shards, DDL applied on every node in turn.
+    clickhouse_cluster: str = ""
+    clickhouse_cluster_engines: ClusterEngines = "replicated"
 
     # Web server (/metrics, /healthz, embedded /query)
     web_host: str = "127.0.0.1"
@@ -174,12 +182,20 @@ class Settings:
             raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
         if self.warehouse not in ("embedded", "server"):
             raise SettingsError("ENGAGEMENT_WAREHOUSE must be 'embedded' or 'server'")
+        if not re.fullmatch(r"[\w.-]*", self.clickhouse_cluster):
+            raise SettingsError(
+                "ENGAGEMENT_CLICKHOUSE_CLUSTER must be a cluster name of remote_servers ([A-Za-z0-9_.-])"
+            )
+        if self.clickhouse_cluster and self.warehouse != "server":
+            raise SettingsError("ENGAGEMENT_CLICKHOUSE_CLUSTER needs ENGAGEMENT_WAREHOUSE=server")
+        if self.clickhouse_cluster_engines not in ("replicated", "plain"):
+            raise SettingsError("ENGAGEMENT_CLICKHOUSE_CLUSTER_ENGINES must be 'replicated' or 'plain'")
         if self.fetch_max_wait_ms <= 0:
             raise SettingsError("ENGAGEMENT_FETCH_MAX_WAIT_MS must be > 0")
         if self.persist_interval_seconds < 0:
             raise SettingsError("ENGAGEMENT_PERSIST_INTERVAL_SECONDS must be >= 0")
-        if self.batch_max_events <= 0 or self.batch_max_seconds <= 0 or self.batch_max_messages <= 0:
-            raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS, _MESSAGES and _SECONDS must be > 0")
+        if min(self.batch_max_events, self.batch_max_seconds, self.batch_max_messages, self.batch_max_bytes) <= 0:
+            raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS, _MESSAGES, _BYTES and _SECONDS must be > 0")
         if not 0 <= self.dead_letter_brake_share <= 1:
             raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE must be between 0 and 1 (1 disables the brake)")
         if self.dead_letter_brake_messages <= 0:

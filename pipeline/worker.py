@@ -103,6 +103,20 @@ async def _send_batches(
     return futures
 
 
+ACCOUNT_STATE_TABLE = "account-state"  # the Faust table of account states
+
+
+def internal_topics(settings: Settings) -> dict[str, int]:
+    """The topics Faust creates itself for the worker, name -> partitions: the account-state table's changelog
+    (compacted, ``settings.partitions`` partitions, named after ``app_id``, not ``topic_prefix``) and the
+    leader assignor's topic (1 partition). Deployments that create every topic ahead (Strimzi ``KafkaTopic``)
+    declare these next to :func:`pipeline.kafka_admin.pipeline_topics`."""
+    return {
+        f"{settings.app_id}-{ACCOUNT_STATE_TABLE}-changelog": settings.partitions,
+        f"{settings.app_id}-__assignor-__leader": 1,
+    }
+
+
 def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, BatchProcessor]:
     """Build the Faust app for ``settings`` writing to ``warehouse`` (already migrated)."""
     app = IntakeApp(
@@ -141,7 +155,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     source_topic = raw_topic(*sources, rekey)
     dead_letter_topic = raw_topic(settings.topic(DEAD_LETTER_TOPIC))
     table = app.Table(
-        "account-state",
+        ACCOUNT_STATE_TABLE,
         partitions=settings.partitions,
         use_partitioner=True,
         key_type=bytes,  # bytes types make Faust use the "raw" codec for the changelog and its recovery
@@ -154,6 +168,15 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     def highwater(topic: str, partition: int) -> int | None:
         try:
             value = app.consumer.highwater(faust.types.TP(topic, partition))
+        except Exception:
+            return None
+        return int(value) if value is not None else None
+
+    def fetched_at(topic: str, partition: int) -> int | None:
+        """Wall-clock ms of the consumer's last fetch of the partition (when its highwater was read)."""
+        try:
+            aiokafka_consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            value = aiokafka_consumer.last_poll_timestamp(faust.types.TP(topic, partition))
         except Exception:
             return None
         return int(value) if value is not None else None
@@ -204,6 +227,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         partition_of,
         highwater,
         committed,
+        fetched_at,
     )
 
     def owned_partitions() -> set[int]:
@@ -211,7 +235,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
     # The source topics bypass Faust's per-message stream path (see pipeline.intake); registering the
     # topic with the conductor makes the consumer subscribe to it and enables acks for its offsets.
-    app.intake = IntakeBuffer(our_topics, settings.batch_max_messages, settings.batch_max_seconds)
+    app.intake = IntakeBuffer(
+        our_topics, settings.batch_max_messages, settings.batch_max_seconds, max_bytes=settings.batch_max_bytes
+    )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.topics.add(source_topic)
 
@@ -398,8 +424,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     """Create topics and tables if missing, then run the worker until SIGTERM/SIGINT, then exit the
     process with the worker's exit code (it does not return after a run)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    warehouse = open_warehouse(settings)  # first: a missing embedded extra fails before Kafka is touched
     ensure_topics(settings)
-    warehouse = open_warehouse(settings)
     migrate(warehouse, settings)
     app, processor = create_app(settings, warehouse)
     # The hot path allocates many short-lived objects next to a large, long-lived state: collect the

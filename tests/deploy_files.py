@@ -1,9 +1,10 @@
-"""The deployable alerting and observability files of deploy/ as the tests see them.
+"""The files of deploy/ as the tests see them.
 
-Every file under deploy/grafana and deploy/prometheus belongs to exactly one category below; the tests take
-each category's files from these functions, and a test checks that the categories hold every file, so a new
-file without a test fails. The SQL and PromQL found in them are extracted here, with Grafana's ClickHouse
-macros expanded the way grafana-clickhouse-datasource (v4) expands them.
+Every file under deploy/ belongs to a category below; the tests take each category's files from these
+functions, and a test checks that the categories hold every file, so a new file without a test fails. The
+SQL and PromQL found in the Grafana and Prometheus files are extracted here, with Grafana's ClickHouse macros
+expanded the way grafana-clickhouse-datasource (v4) expands them. (tests/deploy_manifests.py reads the
+image, Compose and Kubernetes files.)
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from prometheus_client import Counter, Gauge, Histogram
 from pipeline import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-GRAFANA = ROOT / "deploy" / "grafana"
-PROMETHEUS = ROOT / "deploy" / "prometheus"
+DEPLOY = ROOT / "deploy"
+GRAFANA = DEPLOY / "grafana"
+PROMETHEUS = DEPLOY / "prometheus"
 PROVISIONING = GRAFANA / "provisioning"
+DOCKER = DEPLOY / "docker"
+COMPOSE = DEPLOY / "compose"
+K8S = DEPLOY / "k8s"
 
 CLICKHOUSE_TYPE = "grafana-clickhouse-datasource"
 PROMETHEUS_TYPE = "prometheus"
@@ -42,7 +47,7 @@ def load(path: Path) -> Any:
 
 
 def all_files() -> set[Path]:
-    return {p for root in (GRAFANA, PROMETHEUS) for p in root.rglob("*") if p.is_file()}
+    return {p for p in DEPLOY.rglob("*") if p.is_file()}
 
 
 def datasource_files() -> list[Path]:
@@ -80,6 +85,40 @@ def prometheus_test_files() -> list[Path]:
     return sorted((PROMETHEUS / "tests").glob("*.yml"))
 
 
+def dockerfile() -> Path:
+    return DOCKER / "Dockerfile"
+
+
+def dockerignore() -> Path:
+    """BuildKit reads ``<Dockerfile>.dockerignore`` beside the Dockerfile instead of the context's one."""
+    return DOCKER / "Dockerfile.dockerignore"
+
+
+def requirements_lock() -> Path:
+    return DOCKER / "requirements.lock"
+
+
+def compose_file() -> Path:
+    return COMPOSE / "compose.yaml"
+
+
+def compose_prometheus_config() -> Path:
+    return COMPOSE / "prometheus" / "prometheus.yml"
+
+
+def compose_clickhouse_users_files() -> list[Path]:
+    return sorted((COMPOSE / "clickhouse" / "users.d").glob("*.xml"))
+
+
+def kustomization_files() -> list[Path]:
+    return sorted(K8S.rglob("kustomization.yaml"))
+
+
+def k8s_manifest_files() -> list[Path]:
+    """Every Kubernetes manifest (not a kustomization) under deploy/k8s."""
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
 def categorized_files() -> set[Path]:
     files = {
         *datasource_files(),
@@ -88,6 +127,14 @@ def categorized_files() -> set[Path]:
         prometheus_config(),
         *prometheus_rule_files(),
         *prometheus_test_files(),
+        dockerfile(),
+        dockerignore(),
+        requirements_lock(),
+        compose_file(),
+        compose_prometheus_config(),
+        *compose_clickhouse_users_files(),
+        *kustomization_files(),
+        *k8s_manifest_files(),
     }
     for kind in ALERTING_KINDS.values():
         files.update(alerting_files(kind))
@@ -98,6 +145,42 @@ def categorized_files() -> set[Path]:
 def datasource_uids() -> dict[str, str]:
     """uid -> type of every provisioned data source."""
     return {d["uid"]: d["type"] for path in datasource_files() for d in load(path)["datasources"]}
+
+
+def provisioning_files() -> list[Path]:
+    """Every Grafana provisioning file (data sources, dashboard providers, alerting)."""
+    alerting = [p for kind in ALERTING_KINDS.values() for p in alerting_files(kind)]
+    return [*datasource_files(), *dashboard_provider_files(), *alerting]
+
+
+def strings(value: Any) -> list[str]:
+    """Every string value inside ``value`` (nested dicts and lists)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return []
+
+
+ENV_REFERENCE = re.compile(r"\$\{?(\w+)\}?")
+
+
+def provisioning_environment() -> set[str]:
+    """The environment variables Grafana substitutes in the provisioning files ($NAME / ${NAME}); a rule's
+    query models are not interpolated, so they are left out."""
+    referenced: set[str] = set()
+    for path in provisioning_files():
+        content = load(path)
+        if "groups" in content:
+            for group in content["groups"]:
+                for rule in group["rules"]:
+                    rest = {k: v for k, v in rule.items() if k != "data"}
+                    referenced.update(ENV_REFERENCE.findall(" ".join(strings(rest))))
+        else:
+            referenced.update(ENV_REFERENCE.findall(" ".join(strings(content))))
+    return referenced
 
 
 def alert_rules() -> Iterator[tuple[Path, dict[str, Any], dict[str, Any]]]:

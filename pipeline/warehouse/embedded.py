@@ -11,21 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow as pa
 
+from pipeline.extras import require_embedded
 from pipeline.warehouse.base import Params, QueryError, QueryResult
 from pipeline.warehouse.params import bind
 
+NEEDED_BY = "the embedded warehouse (ENGAGEMENT_WAREHOUSE=embedded)"
+
 
 class EmbeddedWarehouse:
-    """chDB session on ``path``, with ``database`` as the current database once it exists."""
+    """chDB session on ``path``, with ``database`` as the current database once it exists. Raises
+    :class:`pipeline.extras.MissingExtra` if chDB or pyarrow is not installed (the ``embedded`` extra)."""
 
     kind = "embedded"
 
     def __init__(self, path: Path, database: str = "engagement") -> None:
-        from chdb import session as chdb_session
-
-        session: Any = chdb_session
+        session = require_embedded("chdb.session", NEEDED_BY)
+        self._pyarrow = require_embedded("pyarrow", NEEDED_BY)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.database = database
@@ -61,7 +63,7 @@ class EmbeddedWarehouse:
         return self._raw(sql, params)
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
-        block = pa.table({name: list(values) for name, values in columns.items()})  # noqa: F841 (chDB reads it by name)
+        block = self._pyarrow.table({name: list(values) for name, values in columns.items()})  # noqa: F841 (chDB reads it by name)
         names = ", ".join(f"`{name}`" for name in columns)
         try:
             self._session.query(f"INSERT INTO {table} ({names}) SELECT * FROM Python(block)")

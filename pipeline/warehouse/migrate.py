@@ -4,17 +4,30 @@ Contract: :func:`migrate` is idempotent (re-running applies nothing new) and ord
 number). A file is recorded only after all its statements succeeded; every statement is written to be
 re-runnable (``IF NOT EXISTS``), so a file interrupted half-way is simply applied again.
 Newer-only extras are template slots (``{{TTL_EVENTS}}``...) rendered empty on servers that lack them.
+
+On a cluster (``ENGAGEMENT_CLICKHOUSE_CLUSTER``, :mod:`pipeline.warehouse.cluster`) each file is rendered
+for the cluster, statement by statement in the same order. Replicated mode: DDL carries ON CLUSTER (each
+statement returns once every node ran it) and the migrations table is one replicated table with every
+node a replica, so a file recorded on one node is recorded everywhere. Plain mode: each DDL statement is
+run on every node of ``system.clusters`` in turn, and the file is recorded on every node; it counts as
+applied only when every node has it. Backfill inserts run once, through the Distributed tables.
+Concurrent migrates are not locked out: run one at a time (a Job, a one-shot service; workers migrate at
+start). Two at once are harmless but wasteful: every statement is ``IF NOT EXISTS``, a backfill run twice
+only adds copies that the rollups' readers absorb, and a version recorded twice is read as one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.settings import Settings
 from pipeline.warehouse.base import QueryError, Warehouse
+from pipeline.warehouse.cluster import ClusterLayout, ClusterStatement, cluster_statements
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent.parent / "schemas"
 MIGRATIONS_TABLE = "engagement_schema_migrations"
@@ -94,6 +107,26 @@ def statements(text: str) -> list[str]:
     return [s for s in out if s.strip()]
 
 
+_MIGRATIONS_COLUMNS = "(version UInt32, name String, checksum String, applied_at DateTime('UTC') DEFAULT now())"
+# Replicated mode: one ZooKeeper path for the whole cluster (no {shard}), every node a replica of it.
+_MIGRATIONS_REPLICATED = (
+    "ReplicatedMergeTree('/clickhouse/tables/cluster/%(database)s/" + MIGRATIONS_TABLE + "', '{shard}-{replica}')"
+)
+
+
+def migrations_table_ddl(database: str, layout: ClusterLayout | None) -> str:
+    """The DDL of the migrations table: MergeTree on one node and on every node of a plain cluster; on a
+    replicated cluster ON CLUSTER and one replicated table for the whole cluster."""
+    on_cluster = layout.on_cluster if layout else ""
+    engine = "MergeTree"
+    if layout is not None and layout.replicated:
+        engine = _MIGRATIONS_REPLICATED % {"database": database}
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.{MIGRATIONS_TABLE}{on_cluster} "
+        f"{_MIGRATIONS_COLUMNS} ENGINE = {engine} ORDER BY version"
+    )
+
+
 def applied_versions(warehouse: Warehouse) -> set[int]:
     result = warehouse.query(f"SELECT version FROM {MIGRATIONS_TABLE}")
     return {int(row[0]) for row in result.rows}
@@ -102,35 +135,85 @@ def applied_versions(warehouse: Warehouse) -> set[int]:
 def migrate(warehouse: Warehouse, settings: Settings, directory: Path = SCHEMAS_DIR) -> list[Migration]:
     """Create the database and apply every pending migration; returns those applied now.
 
-    When the migrations table is readable and nothing is pending, nothing is executed: a user without DDL
-    rights (the ingest user on servers with SQL access control) can run it at worker start once an
-    administrator applied the migrations.
+    On a cluster in plain mode, also connects to every node of the cluster (``system.clusters``, with the
+    credentials of ``settings``) and closes those connections before returning.
+
+    On a single node, when the migrations table is readable and nothing is pending, nothing is executed:
+    a user without DDL rights (the ingest user on servers with SQL access control) can run it at worker
+    start once an administrator applied the migrations.
     """
-    database = warehouse.database
+    layout = ClusterLayout.of(settings)
+    if layout is None:
+        if _nothing_pending(warehouse, directory):
+            return []
+        return _migrate(warehouse, [warehouse], settings, directory, None)
+    if layout.replicated:
+        return _migrate(warehouse, [warehouse], settings, directory, layout)
+    with _every_node(warehouse, settings, layout) as nodes:
+        return _migrate(warehouse, nodes, settings, directory, layout)
+
+
+def _nothing_pending(warehouse: Warehouse, directory: Path) -> bool:
+    """Whether the migrations table is readable and records every migration of ``directory``."""
     try:
         done = applied_versions(warehouse)
     except QueryError:  # no database or no migrations table yet
-        done = None
-    pending = [m for m in discover(directory) if done is None or m.version not in done]
-    if not pending:
-        return []
-    warehouse.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    warehouse.execute(
-        f"CREATE TABLE IF NOT EXISTS `{database}`.{MIGRATIONS_TABLE} "
-        "(version UInt32, name String, checksum String, applied_at DateTime('UTC') DEFAULT now()) "
-        "ENGINE = MergeTree ORDER BY version"
-    )
-    done = applied_versions(warehouse)
+        return False
+    return all(m.version in done for m in discover(directory))
+
+
+def _migrate(
+    warehouse: Warehouse,
+    nodes: list[Warehouse],
+    settings: Settings,
+    directory: Path,
+    layout: ClusterLayout | None,
+) -> list[Migration]:
+    """Apply the pending migrations: statements for every node on each of ``nodes`` (one on a single node
+    or with ON CLUSTER), the others on ``warehouse``; recorded on every one of ``nodes``."""
+    database = warehouse.database
+    for node in nodes:
+        node.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`{layout.on_cluster if layout else ''}")
+        node.execute(migrations_table_ddl(database, layout))
+    done = set.intersection(*(applied_versions(node) for node in nodes))
     server = warehouse.server_version()
     applied: list[Migration] = []
-    for migration in pending:
+    for migration in discover(directory):
         if migration.version in done:
             continue
-        for statement in statements(render(migration.text, settings, server)):
-            warehouse.execute(statement)
-        warehouse.insert(
-            f"`{database}`.{MIGRATIONS_TABLE}",
-            {"version": [migration.version], "name": [migration.name], "checksum": [migration.checksum]},
-        )
+        rendered = statements(render(migration.text, settings, server))
+        plan = cluster_statements(rendered, layout) if layout else [ClusterStatement(s, True) for s in rendered]
+        for statement in plan:
+            for node in nodes if statement.on_every_node else [warehouse]:
+                node.execute(statement.sql)
+        for node in nodes:
+            node.insert(
+                f"`{database}`.{MIGRATIONS_TABLE}",
+                {"version": [migration.version], "name": [migration.name], "checksum": [migration.checksum]},
+            )
         applied.append(migration)
     return applied
+
+
+@contextmanager
+def _every_node(warehouse: Warehouse, settings: Settings, layout: ClusterLayout) -> Iterator[list[Warehouse]]:
+    """A connection to each node of the cluster (one per shard in plain mode), closed on exit."""
+    from pipeline.warehouse.server import ServerWarehouse
+
+    warehouse.execute(f"CREATE DATABASE IF NOT EXISTS `{warehouse.database}`")  # the session's database
+    found = warehouse.query(
+        "SELECT host_address, port, replica_num FROM system.clusters WHERE cluster = %(cluster)s"
+        " ORDER BY shard_num, replica_num",
+        {"cluster": layout.name},
+    ).rows
+    if not found:
+        raise QueryError(f"cluster {layout.name!r} is not in system.clusters (the servers' remote_servers)")
+    if any(int(replica) > 1 for _, _, replica in found):
+        raise QueryError(f"cluster {layout.name!r} has replicas: plain mode takes one node per shard")
+    with ExitStack() as stack:
+        nodes: list[Warehouse] = []
+        for host, port, _ in found:
+            node = ServerWarehouse(replace(settings, clickhouse_host=str(host), clickhouse_port=int(port)))
+            stack.callback(node.close)
+            nodes.append(node)
+        yield nodes

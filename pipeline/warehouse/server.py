@@ -13,6 +13,12 @@ from pipeline.settings import Settings
 from pipeline.warehouse.base import Params, QueryError, QueryResult, WarehouseUnavailable
 from pipeline.warehouse.params import bind
 
+# On a cluster (pipeline.warehouse.cluster), every query of the session runs with these: an insert into a
+# Distributed table returns once every shard has its rows (not when they are queued on the node we talk
+# to), and IN/JOIN subqueries over Distributed tables are run once over the whole cluster (GLOBAL), so
+# every statement of pipeline.queries gives the single node's answer.
+CLUSTER_SESSION_SETTINGS = {"insert_distributed_sync": 1, "distributed_product_mode": "global"}
+
 # ClickHouse error codes that mean "the server is there but cannot serve this now". Not 164 (READONLY): a
 # user without write rights is a configuration error that no retry mends (QueryError names it at once).
 _TRANSIENT_CODES = frozenset({159, 160, 202, 203, 209, 210, 241, 242, 252, 319, 425})
@@ -64,8 +70,11 @@ class ServerWarehouse:
         self, settings: Settings, database: str | None = None, connect_timeout: float = 5.0, read_only: bool = False
     ) -> None:
         self.database = settings.clickhouse_database if database is None else database
+        options = connection_options(settings, read_only)
+        session = {**(CLUSTER_SESSION_SETTINGS if settings.clickhouse_cluster else {}), **options.pop("settings", {})}
         self._connect = {
-            **connection_options(settings, read_only),
+            **options,
+            "settings": session,
             "connect_timeout": connect_timeout,
             "send_receive_timeout": 300,
         }

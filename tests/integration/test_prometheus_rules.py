@@ -19,6 +19,7 @@ from tests.deploy_files import (
     prometheus_rule_files,
     prometheus_test_files,
 )
+from tests.deploy_manifests import bind_mounts, compose_service
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +67,17 @@ def test_grafana_promql_parses(promtool: str, tmp_path: Path) -> None:
     index = "\n".join(f"rule {i + 1}: {q.where}" for i, q in enumerate(queries))
     done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{index}"
+
+
+def test_compose_config_checks_with_its_mounts(promtool: str, tmp_path: Path) -> None:
+    # Prometheus of deploy/compose sees its files through bind mounts: lay them out as the container does.
+    mounts = bind_mounts(compose_service("prometheus"))
+    for container, host in mounts.items():
+        target = tmp_path / container.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if host.is_dir():
+            shutil.copytree(host, target)
+        else:
+            shutil.copy(host, target)
+    output = run(promtool, "check", "config", tmp_path / "etc/prometheus/prometheus.yml")
+    assert f"{len(prometheus_rule_files())} rule files found" in output

@@ -105,6 +105,25 @@ def assert_rollups_equal_raw(warehouse: Warehouse, events: Sequence[Event]) -> N
     assert set(outbound) == expected_outbound(events)
 
 
+def migrate_around_the_backfill(
+    warehouse: Warehouse, settings: Settings, events: Sequence[Event], scratch: Path
+) -> int:
+    """The migrations before the rollups (copied to the new directory ``scratch``), the first half of
+    ``events``, the rest of the migrations (004 backfills that half), then the second half (through the
+    materialized views). Returns where the halves meet."""
+    scratch.mkdir()
+    for migration in discover():
+        if migration.version < ROLLUPS_VERSION:
+            shutil.copy(migration.path, scratch / migration.path.name)
+    half = len(events) // 2
+    migrate(warehouse, settings, scratch)
+    insert(warehouse, events[:half])
+    applied = migrate(warehouse, settings)  # the rollups, backfilled from the first half
+    assert [m.version for m in applied] == [m.version for m in discover() if m.version >= ROLLUPS_VERSION]
+    insert(warehouse, events[half:])  # through the materialized views
+    return half
+
+
 @pytest.fixture()
 def warehouse(backend_settings: Settings) -> Iterator[Warehouse]:
     with opened_store(backend_settings, migrated=False) as opened:
@@ -116,18 +135,7 @@ def test_backfill_views_retries_and_reapplied_migration_equal_the_raw_events(
 ) -> None:
     settings = backend_settings
     events = report_events(seed=5, bulk_events=12_000)
-    before_rollups = tmp_path / "schemas"
-    before_rollups.mkdir()
-    for migration in discover():
-        if migration.version < ROLLUPS_VERSION:
-            shutil.copy(migration.path, before_rollups / migration.path.name)
-    half = len(events) // 2
-
-    migrate(warehouse, settings, before_rollups)
-    insert(warehouse, events[:half])
-    applied = migrate(warehouse, settings)  # the rollups, backfilled from the first half
-    assert [m.version for m in applied] == [m.version for m in discover() if m.version >= ROLLUPS_VERSION]
-    insert(warehouse, events[half:])  # through the materialized views
+    half = migrate_around_the_backfill(warehouse, settings, events, tmp_path / "schemas")
     assert_rollups_equal_raw(warehouse, events)
 
     insert(warehouse, events[half - BLOCK // 2 : half + BLOCK // 2])  # retried inserts, across the seam

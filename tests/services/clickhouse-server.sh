@@ -3,7 +3,8 @@
 #   install          install the package if it is missing (apt; root or sudo)
 #   start DIR PORT [SECURE_PORT CERT KEY]
 #                    run a private server with its data in DIR on 127.0.0.1:PORT (native protocol), and with
-#                    TLS on SECURE_PORT (certificate and key files, PEM) when given
+#                    TLS on SECURE_PORT (certificate and key files, PEM) when given; DIR/config.d/*.xml, if
+#                    present, is merged into its config (the cluster tests put a remote_servers cluster there)
 set -euo pipefail
 
 cmd=${1:-install}

@@ -36,7 +36,10 @@ from tests.deploy_files import (
     panels,
     percentencode,
     promql_refs,
+    provisioning_environment,
+    provisioning_files,
     sql_queries,
+    strings,
 )
 
 # How the account dashboard's statements filter by the selected account: percent-encoded by Grafana,
@@ -45,38 +48,17 @@ ACCOUNT_FILTER = "decodeURLComponent('${account:percentencode}')"
 
 # Grafana's duration syntax for `for` and group intervals (Prometheus' model.ParseDuration).
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-ENV_REFERENCE = re.compile(r"\$\{?(\w+)\}?")
 UID = re.compile(r"^[a-zA-Z0-9_-]{1,40}$")  # Grafana's rule and data source uid limits
-
-
-def provisioning_files() -> list[Path]:
-    return [
-        *datasource_files(),
-        *dashboard_provider_files(),
-        *alerting_files("rules"),
-        *alerting_files("contact points"),
-        *alerting_files("policies"),
-    ]
-
-
-def strings(value: Any) -> list[str]:
-    """Every string value inside ``value`` (nested dicts and lists)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in strings(v)]
-    return []
 
 
 def readme() -> str:
     return (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def test_every_file_under_deploy_grafana_and_prometheus_is_tested() -> None:
-    # Each category is read by the tests of this file, tests/unit/test_prometheus_files.py and the two
-    # integration tests; a file outside every category (or an alerting file of unknown kind) is untested.
+def test_every_file_under_deploy_is_tested() -> None:
+    # Each category is read by the tests of this file, tests/unit/test_prometheus_files.py,
+    # tests/unit/test_deploy_*.py and the integration tests; a file outside every category (or an alerting
+    # file of unknown kind) is untested.
     untested = sorted(str(p.relative_to(ROOT)) for p in all_files() - categorized_files())
     assert untested == []
     assert dashboard_files() and datasource_files() and dashboard_provider_files()
@@ -100,16 +82,7 @@ def test_environment_references_are_documented_variables() -> None:
     # Grafana replaces $NAME / ${NAME} by its environment in provisioning files (except in a rule's query
     # model): each one must be meant, and the README must say what to set.
     documented = readme()
-    referenced: set[str] = set()
-    for path in provisioning_files():
-        content = load(path)
-        if "groups" in content:  # rule query models are not interpolated: look at everything else
-            for group in content["groups"]:
-                for rule in group["rules"]:
-                    rest = {k: v for k, v in rule.items() if k != "data"}
-                    referenced.update(ENV_REFERENCE.findall(" ".join(strings(rest))))
-        else:
-            referenced.update(ENV_REFERENCE.findall(" ".join(strings(content))))
+    referenced = provisioning_environment()
     assert referenced, "the data sources take their addresses and credentials from the environment"
     for name in referenced:
         assert re.fullmatch(r"[A-Z][A-Z0-9_]*", name), f"${name} is not an environment variable"

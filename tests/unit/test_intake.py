@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-from typing import Any
 
 import faust.transport.consumer
+from faust.types import TP, Message
 
 from pipeline.intake import IntakeBuffer
 
 # sha256 of faust-streaming 0.15.3's Consumer._drain_messages, which IntakeConsumer._drain_messages copies.
 FAUST_DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+
+def message(offset: int, value: bytes = b"{}") -> Message:
+    return Message("t", 0, offset, 0.0, 0, None, None, value, None, tp=TP("t", 0))
+
+
+def offsets(batch: list[Message]) -> list[int]:
+    return [m.offset for m in batch]
 
 
 def test_the_copied_faust_fetch_loop_is_unchanged_upstream() -> None:
@@ -25,32 +33,32 @@ def test_the_copied_faust_fetch_loop_is_unchanged_upstream() -> None:
 def test_batches_close_at_their_size_and_the_buffer_pushes_back() -> None:
     async def run() -> None:
         buffer = IntakeBuffer({"t"}, batch_size=3, within=10.0, capacity_batches=2)
-        accepted = [buffer.put(message) for message in range(6)]  # type: ignore[arg-type]
+        accepted = [buffer.put(message(offset)) for offset in range(6)]
         assert accepted == [True, True, True, True, True, False] and not buffer.space.is_set()
-        assert await buffer.take() == [0, 1, 2] and buffer.space.is_set()
-        assert await buffer.take() == [3, 4, 5]
+        assert offsets(await buffer.take()) == [0, 1, 2] and buffer.space.is_set()
+        assert offsets(await buffer.take()) == [3, 4, 5]
 
     asyncio.run(run())
 
 
 def test_an_open_batch_is_taken_within_its_time() -> None:
-    async def run() -> tuple[list[Any], float]:
+    async def run() -> tuple[list[int], float]:
         buffer = IntakeBuffer({"t"}, batch_size=100, within=0.2)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        buffer.put("a")  # type: ignore[arg-type]
-        loop.call_later(0.05, buffer.put, "b")
+        buffer.put(message(0))
+        loop.call_later(0.05, buffer.put, message(1))
         batch = await buffer.take()
-        return batch, loop.time() - started
+        return offsets(batch), loop.time() - started
 
     batch, waited = asyncio.run(run())
-    assert batch == ["a", "b"] and 0.15 <= waited < 1.0
+    assert batch == [0, 1] and 0.15 <= waited < 1.0
 
 
 def test_clearing_drops_everything_and_frees_space() -> None:
     async def run() -> None:
         buffer = IntakeBuffer({"t"}, batch_size=1, within=10.0, capacity_batches=1)
-        assert buffer.put("a") is False  # type: ignore[arg-type]
+        assert buffer.put(message(0)) is False
         buffer.clear()
         assert len(buffer) == 0 and buffer.space.is_set()
 
@@ -82,3 +90,27 @@ def test_read_order_after_a_seek_to_the_committed_offset() -> None:
     assert order.due("p", 100)
     order.forget(["p"])
     assert order.due("p", 5)  # revoked, then assigned again: unknown until the next seek
+
+
+def test_the_private_faust_and_aiokafka_parts_the_worker_reads_exist() -> None:
+    """pipeline.worker reads each partition's last fetch time (for the freshness of its highwater) through
+    Faust's consumer thread: ``Consumer._thread._ensure_consumer().last_poll_timestamp(tp)``."""
+    import aiokafka
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    thread_init = inspect.getsource(faust.transport.consumer.ThreadDelegateConsumer.__init__)
+    assert "self._thread = " in thread_init
+    assert callable(faust_aiokafka.AIOKafkaConsumerThread._ensure_consumer)
+    assert "partition" in inspect.signature(aiokafka.AIOKafkaConsumer.last_poll_timestamp).parameters
+
+
+def test_a_batch_closes_at_its_byte_bound_before_its_message_count() -> None:
+    async def run() -> list[int]:
+        buffer = IntakeBuffer({"t"}, batch_size=100, within=10.0, max_bytes=1000)
+        for offset in range(7):
+            buffer.put(message(offset, b"x" * 300))  # the 4th message reaches 1,200 bytes: the batch closes
+        first = await buffer.take()
+        assert buffer._open_bytes == 900 and len(buffer) == 3
+        return offsets(first)
+
+    assert asyncio.run(run()) == [0, 1, 2, 3]

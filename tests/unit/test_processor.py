@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from pipeline.aggregator import NO_FRONTIER
 from pipeline.partitioning import account_partitioner
-from pipeline.processor import BatchProcessor, Message, StagedStore
+from pipeline.processor import HIGHWATER_MAX_AGE_MS, BatchProcessor, Message, StagedStore
 from pipeline.settings import Settings
 from pipeline.sink import WarehouseWriter
 from pipeline.warehouse import QueryResult, WarehouseUnavailable
@@ -73,6 +74,7 @@ def make(  # type: ignore[no-untyped-def]
     failures: int = 0,
     highwaters: dict[tuple[str, int], int] | None = None,
     table: FakeTable | None = None,
+    fetched_at: dict[tuple[str, int], int] | None = None,
 ):
     """A processor owning every partition, with its fakes; ``table``: a Faust table to resume from."""
     settings = Settings.from_env({}, partitions=partitions, window_seconds=60, allowed_lateness_seconds=60)
@@ -93,6 +95,7 @@ def make(  # type: ignore[no-untyped-def]
         outbox,
         account_partitioner(partitions),
         lambda topic, p: marks.get((topic, p), 0),
+        fetched_at=lambda topic, p: (fetched_at or {}).get((topic, p)),
     )
     processor.on_assignment(set(range(partitions)))
     return processor, outbox, warehouse, table, slept
@@ -200,6 +203,23 @@ def test_frontier_waits_for_every_upstream_partition() -> None:
     assert processor.source_frontier(1) == T0 + 4_000  # caught up: the highest watermark
 
 
+def test_a_topic_whose_highwater_is_stale_holds_time_back() -> None:
+    """Offsets say "caught up" only as of the last fetch: messages published since are unread. A topic
+    whose highwater is older than HIGHWATER_MAX_AGE_MS holds time back at its own watermark."""
+    now_ms = int(time.time() * 1000)
+    fetched = {("likes", 0): now_ms, ("replies", 0): now_ms}
+    processor, _, _, _, _ = make(partitions=1, highwaters={("likes", 0): 3, ("replies", 0): 1}, fetched_at=fetched)
+    account = owned_by(0, partitions=1)
+    reply = {**like("r0", account, sec=10), "type": "reply"}
+    messages = [Message("likes", 0, i, orjson.dumps(like(f"a{i}", account, sec=i * 100))) for i in range(3)]
+    asyncio.run(processor.process([*messages, Message("replies", 0, 0, orjson.dumps(reply))]))
+    assert processor.source_frontier(0) == T0 + 200_000  # both caught up, fresh: the highest watermark
+    fetched[("replies", 0)] = now_ms - HIGHWATER_MAX_AGE_MS - 1_000
+    assert processor.source_frontier(0) == T0 + 10_000  # replies may have unread messages: wait for them
+    fetched[("replies", 0)] = int(time.time() * 1000)
+    assert processor.source_frontier(0) == T0 + 200_000
+
+
 def test_clickhouse_outage_is_retried_and_state_waits_for_durability() -> None:
     processor, _, warehouse, table, slept = make(failures=3)
     account = owned_by(0)
@@ -223,7 +243,7 @@ def test_state_is_not_committed_when_the_write_never_happens() -> None:
     assert warehouse.inserts == [] and len(table) == 0
 
 
-def test_late_event_is_dead_lettered() -> None:
+def test_late_event_is_dead_lettered(caplog: pytest.LogCaptureFixture) -> None:
     processor, outbox, _, _, _ = make(partitions=1, highwaters={("likes", 0): 3})
     account = owned_by(0, partitions=1)
     late_marker = orjson.dumps({"k": "w", "q": 0, "t": T0 + 10_000_000})
@@ -239,6 +259,10 @@ def test_late_event_is_dead_lettered() -> None:
     asyncio.run(processor.process([Message("likes", 0, 2, orjson.dumps(like("old2", account, sec=1)))]))
     reasons = [(d["reason"], d["source_offset"]) for d in outbox.on("engagement-dead-letters")]
     assert ("late", 2) in reasons
+    # One log line (rate-limited) says what moved time past it, with each source topic's read position.
+    explained = [r.getMessage() for r in caplog.records if r.getMessage().startswith("late event")]
+    assert len(explained) == 1 and explained[0].startswith(f"late event old2 of {account} at {T0 + 1_000}")
+    assert f"partition 0 frontier {T0 + 10_000_000}" in explained[0] and "likes:0 watermark=" in explained[0]
 
 
 @pytest.mark.parametrize("value", [b"", b"{}", b'{"k": "r"}', b'{"k": "e", "v": {"type": "like"}}'])
