@@ -7,11 +7,13 @@ until it accepts connections; leaving stops it. Storage is in memory: a stopped 
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 from pipeline.extras import require_embedded
 from pipeline.processes import free_port, spawn, stop, wait_for_port
+from pipeline.settings import Settings
 
 
 def tansu_binary() -> Path:
@@ -25,23 +27,38 @@ def tansu_binary() -> Path:
 
 
 class EmbeddedBroker:
-    """A tansu broker on 127.0.0.1:``port`` for the lifetime of the ``with`` block."""
+    """A tansu broker on 127.0.0.1:``port`` for the lifetime of the ``with`` block.
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    ``advertised_port``: the port announced to clients (a TLS terminator in front of it, in tests);
+    ``authentication``: tansu's ``--authentication`` (every client must log in with SASL/SCRAM).
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+        authentication: bool = False,
+    ) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        self.authentication = authentication
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
+
+    def client_settings(self, settings: Settings) -> Settings:
+        """``settings`` pointed at this broker: its address, plaintext (it listens on loopback only, and
+        the embedded build can neither hold SASL users nor start TLS; see SECURITY.md)."""
+        return replace(settings, bootstrap_servers=self.bootstrap_servers, kafka_security_protocol="PLAINTEXT")
 
     def start(self, timeout: float = 30.0) -> EmbeddedBroker:
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.process = spawn(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            log_path=self.log_path,
-        )
+        url, advertised = f"tcp://127.0.0.1:{self.port}", f"tcp://127.0.0.1:{self.advertised_port}"
+        command = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised]
+        self.process = spawn(command + (["--authentication"] if self.authentication else []), log_path=self.log_path)
         try:
             wait_for_port("127.0.0.1", self.port, timeout, self.process)
         except Exception:

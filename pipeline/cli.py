@@ -1,4 +1,4 @@
-"""The ``engagement`` command: worker, ingest, replay, sql, report, leaderboard, migrate, generate, demo."""
+"""The ``engagement`` command: worker, ingest, replay, sql, report, leaderboard, migrate, users, generate, demo."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.extras import MissingExtra
+from pipeline.kafka_security import KafkaAuthError
 from pipeline.settings import Settings, SettingsError
+from pipeline.warehouse.base import WarehouseError
 
 if TYPE_CHECKING:
     from pipeline.query_client import Reader
@@ -82,8 +84,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from pipeline.warehouse import WarehouseError
 
     settings = _settings(args)
+    params: dict[str, object] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            print(f"--param takes NAME=VALUE (NAME: letters, digits, _), got {item!r}", file=sys.stderr)
+            return 2
+        params[name] = value
     try:
-        result = run_query(settings, args.query)
+        result = run_query(settings, args.query, params or None)
     except ReadOnlyViolation as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
@@ -209,6 +218,39 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from pipeline.clickhouse_users import supports_access_control, users_sql, users_xml
+    from pipeline.warehouse import open_warehouse
+
+    settings = _settings(args)
+    if args.action == "xml":
+        print(users_xml(settings), end="")
+        return 0
+    if args.action == "sql":
+        print(";\n".join(users_sql(settings)) + ";")
+        return 0
+    if settings.warehouse != "server":
+        print("the embedded store (chDB) has no users: nothing to create", file=sys.stderr)
+        return 2
+    statements = users_sql(settings)  # checks the passwords before connecting
+    warehouse = open_warehouse(settings)
+    try:
+        version = warehouse.server_version()
+        if not supports_access_control(version):
+            print(
+                f"ClickHouse {version[0]}.{version[1]} has no SQL access control: install the output of "
+                "`engagement users xml` as users.d/engagement.xml on the server instead (see SECURITY.md)",
+                file=sys.stderr,
+            )
+            return 2
+        for statement in statements:
+            warehouse.execute(statement)
+    finally:
+        warehouse.close()
+    print(f"users {settings.clickhouse_ingest_user} and {settings.clickhouse_analyst_user} are in place")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipeline.generate import TrafficModel, lines, paced
 
@@ -328,8 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sql", help="run a read-only SQL query on the warehouse")
     common(p)
-    p.add_argument("query")
+    p.add_argument("query", help="one reading statement; %%(NAME)s placeholders take the --param values")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="bind VALUE (a string, quoted and escaped) to %%(NAME)s in the query; repeatable",
+    )
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("report", help="the account report: connected vs engaged, for one account")
@@ -353,6 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply the DDL in schemas/")
     common(p)
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("users", help="the least-privilege ClickHouse users: create them, or print SQL or XML")
+    common(p, data_dir=False)
+    p.add_argument(
+        "action",
+        choices=["create", "sql", "xml"],
+        help="create: run CREATE USER/GRANT on the server (20.5+); sql: print them; xml: print users.d XML",
+    )
+    p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("generate", help="synthetic traffic to Kafka, or to a JSON-lines file with --out")
     common(p, data_dir=False)
@@ -397,6 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtra as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KafkaAuthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except WarehouseError as exc:  # e.g. ClickHouse refused the user or password (messages hold no secret)
+        print(f"error: ClickHouse: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

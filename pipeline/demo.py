@@ -125,7 +125,7 @@ def run_demo(settings: Settings, duration: float = 60.0, rate: float = 1000.0, a
     stop_traffic = threading.Event()
     produced = [0]
     with EmbeddedBroker(log_path=settings.data_dir / "tansu.log") as broker:
-        settings = replace(demo_settings(settings), bootstrap_servers=broker.bootstrap_servers, web_port=free_port())
+        settings = replace(broker.client_settings(demo_settings(settings)), web_port=free_port())
         try:
             ensure_topics(settings)
             worker = spawn(worker_command(), env=settings.to_env(), log_path=settings.data_dir / "worker.log")

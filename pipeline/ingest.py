@@ -22,6 +22,7 @@ from kafka import KafkaProducer
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import _Invalid, encode_element, load_json, validate_event
 from pipeline.events import DEAD_LETTER_TOPIC, TYPE_TOPIC, Reason, Rejection
+from pipeline.kafka_security import kafka_python_config
 from pipeline.partitioning import partition_for
 from pipeline.settings import Settings
 
@@ -37,8 +38,9 @@ class IngestReport:
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
+    """A producer for the pipeline's topics, with the configured TLS/SASL (:mod:`pipeline.kafka_security`)."""
     return KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_python_config(settings),
         acks="all",
         linger_ms=20,
         batch_size=1 << 20,

@@ -11,6 +11,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.events import ALERTS_TOPIC, DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS
+from pipeline.kafka_security import check_credentials, kafka_python_config
 from pipeline.settings import Settings
 
 
@@ -31,11 +32,16 @@ def pipeline_topics(settings: Settings) -> list[str]:
 
 
 def admin_client(settings: Settings, timeout: float = 30.0) -> KafkaAdminClient:
-    """An admin client, retrying until a broker answers or ``timeout`` passes (then BrokerUnavailable)."""
+    """An admin client, retrying until a broker answers or ``timeout`` passes (then BrokerUnavailable).
+
+    The configured TLS/SASL credentials are checked first: a refused login raises
+    :class:`~pipeline.kafka_security.KafkaAuthError` at once instead of a retry until the timeout.
+    """
+    check_credentials(settings)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+            return KafkaAdminClient(**kafka_python_config(settings), request_timeout_ms=10_000)
         except KafkaError as exc:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"no Kafka broker at {settings.bootstrap_servers}: {exc}") from exc
@@ -67,7 +73,7 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> Non
 
 
 def partition_counts(settings: Settings, names: Iterable[str]) -> dict[str, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConsumer(**kafka_python_config(settings))
     try:
         out: dict[str, int] = {}
         for name in names:
@@ -84,9 +90,7 @@ def partition_counts(settings: Settings, names: Iterable[str]) -> dict[str, int]
 
 def group_lag(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
     """Messages not yet committed by the worker's consumer group, per partition (0 = fully processed)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=settings.app_id, enable_auto_commit=False
-    )
+    consumer = KafkaConsumer(**kafka_python_config(settings), group_id=settings.app_id, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = end_offsets(consumer, tps)

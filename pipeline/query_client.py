@@ -60,7 +60,7 @@ def reading(settings: Settings, timeout: float = 60.0) -> Iterator[Reader]:
 
             yield via_worker
             return
-    warehouse = open_warehouse(settings)
+    warehouse = open_warehouse(settings, read_only=True)
     try:
 
         def direct(sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:

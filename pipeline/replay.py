@@ -49,8 +49,7 @@ def replay(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker(log_path=settings.data_dir / "tansu.log") as broker:
         settings = replace(
-            settings,
-            bootstrap_servers=broker.bootstrap_servers,
+            broker.client_settings(settings),
             web_port=free_port(),
             commit_interval=min(settings.commit_interval, 0.5),
         )

@@ -50,6 +50,10 @@ class Secret:
 
 WarehouseKind = Literal["embedded", "server"]
 ClusterEngines = Literal["replicated", "plain"]
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,33 @@ class Settings:
     dead_letter_brake_share: float = 0.5
     dead_letter_brake_messages: int = 1000
 
+    # Security (pipeline.kafka_security, pipeline.clickhouse_users, SECURITY.md). Kafka: every client (Faust,
+    # kafka-python) gets these; file paths empty = unused.
+    kafka_security_protocol: KafkaProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    kafka_ssl_cafile: str = ""  # CA bundle that signed the brokers' certificates (default: the system's)
+    kafka_ssl_certfile: str = ""  # client certificate (mutual TLS)
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_check_hostname: bool = True
+    kafka_auth_timeout_seconds: float = 10.0  # the start-up credential check gives up after this long
+    # ClickHouse over TLS (clickhouse-driver: secure port, usually 9440)
+    clickhouse_secure: bool = False
+    clickhouse_ca_file: str = ""
+    clickhouse_verify: bool = True
+    # The read-only connection of `engagement sql`, `report`, `leaderboard` (server). Empty user: the
+    # ENGAGEMENT_CLICKHOUSE_USER, in a session the client makes read-only (readonly = 1).
+    clickhouse_readonly_user: str = ""
+    clickhouse_readonly_password: Secret = field(default_factory=lambda: Secret(""))
+    # The least-privilege users that `engagement users` renders (XML) or creates (SQL access control)
+    clickhouse_ingest_user: str = "engagement_ingest"
+    clickhouse_ingest_password: Secret = field(default_factory=lambda: Secret(""))
+    clickhouse_analyst_user: str = "engagement_analyst"
+    clickhouse_analyst_password: Secret = field(default_factory=lambda: Secret(""))
+    # The worker's /query and /admin/flush answer only on a loopback ENGAGEMENT_WEB_HOST unless this is 1
+    web_allow_remote_query: bool = False
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from ``ENGAGEMENT_<FIELD>``; ``overrides`` win over the environment.
@@ -175,6 +206,14 @@ class Settings:
             raise SettingsError("ENGAGEMENT_DROP_HALF_LIFE_WINDOWS must be > 0, _WARMUP_WINDOWS and _WINDOWS >= 1")
         if not 0 < self.drop_threshold < 1 or self.drop_min_baseline < 0:
             raise SettingsError("ENGAGEMENT_DROP_THRESHOLD must be between 0 and 1, _MIN_BASELINE >= 0")
+        if self.kafka_security_protocol not in KAFKA_PROTOCOLS:
+            raise SettingsError(f"ENGAGEMENT_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(KAFKA_PROTOCOLS)}")
+        if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise SettingsError(f"ENGAGEMENT_KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}")
+        if self.kafka_security_protocol.startswith("SASL_") and not self.kafka_sasl_username:
+            raise SettingsError("ENGAGEMENT_KAFKA_SASL_USERNAME is required with a SASL security protocol")
+        if self.kafka_auth_timeout_seconds <= 0:
+            raise SettingsError("ENGAGEMENT_KAFKA_AUTH_TIMEOUT_SECONDS must be > 0")
         if len(self.drop_watch_accounts) > DROP_WATCH_MAX:
             raise SettingsError(f"ENGAGEMENT_DROP_WATCH lists more than {DROP_WATCH_MAX} accounts")
 
@@ -206,6 +245,12 @@ class Settings:
 
 def _parse(name: str, raw: str, type_name: Any) -> Any:
     kind = str(type_name)
+    if kind == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name}={raw!r} is not a valid bool (1/0, true/false)")
     try:
         if kind == "int":
             return int(raw)

@@ -12,13 +12,15 @@ Agents and tasks:
 
 Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
 embedded store ``/query`` (read-only SQL, since only this process may open chDB's directory) and
-``/admin/flush`` (finalize all open windows: the end of a replay).
+``/admin/flush`` (finalize all open windows: the end of a replay). These two answer only on a loopback
+``ENGAGEMENT_WEB_HOST`` and to this machine (:func:`local_endpoint_refusal`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import sys
@@ -37,6 +39,7 @@ from pipeline.deadletter import DeadLetter
 from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
 from pipeline.intake import IntakeApp, IntakeBuffer, IntakeConsumer
 from pipeline.kafka_admin import ensure_topics
+from pipeline.kafka_security import faust_credentials
 from pipeline.partitioning import account_partitioner
 from pipeline.processor import BatchProcessor, Message, StagedStore
 from pipeline.query_client import LOCK_FILE
@@ -120,6 +123,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     app = IntakeApp(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -358,6 +362,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     @app.page("/query")
     class QueryPage(View):
         async def post(self, request: Request) -> Response:
+            refused = local_endpoint_refusal(settings, request.remote)  # type: ignore[attr-defined]
+            if refused:
+                return self.json({"error": refused}, status=403)
             body = orjson.loads(await request.read())
             sql = str(body.get("sql", ""))
             try:
@@ -374,11 +381,45 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     @app.page("/admin/flush")
     class FlushPage(View):
         async def post(self, request: Request) -> Response:
+            refused = local_endpoint_refusal(settings, request.remote)  # type: ignore[attr-defined]
+            if refused:
+                return self.json({"error": refused}, status=403)
             processor.on_assignment(owned_partitions())
             rows = await processor.flush()
             return self.json({"rows": rows})
 
     return app, processor
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only: ``localhost``, 127.0.0.0/8, ``::1``."""
+    if not host:
+        return False
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def local_endpoint_refusal(settings: Settings, peer: str | None) -> str | None:
+    """Why ``/query`` or ``/admin/flush`` must not answer ``peer``, or None when it may.
+
+    Both run on the worker's own ClickHouse connection (the ingest user), so they answer only when the web
+    server is bound to a loopback ENGAGEMENT_WEB_HOST and the request comes from this machine, unless
+    ENGAGEMENT_WEB_ALLOW_REMOTE_QUERY=1. ``/metrics`` and ``/healthz`` are not restricted.
+    """
+    if settings.web_allow_remote_query:
+        return None
+    if not is_loopback(settings.web_host):
+        return (
+            f"this endpoint is off: ENGAGEMENT_WEB_HOST={settings.web_host} is not a loopback address "
+            "(set ENGAGEMENT_WEB_ALLOW_REMOTE_QUERY=1 to serve it anyway; see SECURITY.md)"
+        )
+    if not is_loopback(peer):
+        return "this endpoint answers requests from this machine only"
+    return None
 
 
 def _write_lock(settings: Settings) -> Path:

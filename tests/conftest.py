@@ -10,25 +10,54 @@ from pathlib import Path
 import pytest
 
 from pipeline.broker import EmbeddedBroker
+from pipeline.clickhouse_users import users_xml
 from pipeline.kafka_admin import ensure_topics
 from pipeline.processes import free_port, spawn, stop, wait_for_port
-from pipeline.settings import Settings
+from pipeline.settings import Secret, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = ROOT / "tests" / "services" / "clickhouse-server.sh"
+# The least-privilege users of the private server (pipeline.clickhouse_users), confined to this database
+USERS_DATABASE = "engagement_users_test"
+USERS_SETTINGS: dict[str, object] = {
+    "clickhouse_database": USERS_DATABASE,
+    "clickhouse_ingest_password": Secret("ingest-Pw-7Qz!k3'\\x"),
+    "clickhouse_analyst_password": Secret('analyst-Pw-9Rw#m4"y'),
+}
 
 
 @pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """A private ClickHouse server on a free port for the whole session: (host, port)."""
+    """A private ClickHouse server on a free port for the whole session: (host, port). Besides ``default``
+    (no password), it has the pipeline's ingest and analyst users of ``USERS_SETTINGS`` (users.d XML)."""
     if not Path("/usr/sbin/clickhouse-server").exists():
         pytest.fail("clickhouse-server is not installed: run `tests/services/clickhouse-server.sh install`")
     directory = tmp_path_factory.mktemp("clickhouse")
+    (directory / "users.d").mkdir()
+    users = users_xml(Settings.from_env({}, **USERS_SETTINGS), networks=["127.0.0.1"])
+    (directory / "users.d" / "engagement.xml").write_text(users, encoding="utf-8")
     port = free_port()
     process = spawn([str(SERVER_SCRIPT), "start", str(directory), str(port)], log_path=directory / "stdout.log")
     try:
         wait_for_port("127.0.0.1", port, 60, process)
         yield ("127.0.0.1", port)
+    finally:
+        stop(process, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int, Path]]:
+    """A second private ClickHouse server with TLS: (plain port, secure port, the CA file that signed it)."""
+    from tests.tls import make_tls
+
+    directory = tmp_path_factory.mktemp("clickhouse-tls")
+    files = make_tls(directory / "tls")
+    port, secure = free_port(), free_port()
+    command = [str(SERVER_SCRIPT), "start", str(directory), str(port), str(secure), str(files.cert), str(files.key)]
+    process = spawn(command, log_path=directory / "stdout.log")
+    try:
+        wait_for_port("127.0.0.1", secure, 60, process)
+        yield port, secure, files.ca
     finally:
         stop(process, timeout=30)
 

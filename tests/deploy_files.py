@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,8 +256,15 @@ class TimeRange:
 
 
 def sqlstring(value: str) -> str:
-    """Grafana's ``${var:sqlstring}`` format: quoted, ``'`` doubled."""
+    """Grafana's ``${var:sqlstring}`` format: quoted, ``'`` doubled (a backslash is left as it is, which
+    ClickHouse reads as an escape: the dashboards do not use this format for that reason)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def percentencode(value: str) -> str:
+    """Grafana's ``${var:percentencode}`` format (encodeURIComponent, and ``!'()*`` too): only
+    ``A-Za-z0-9-_.~`` and ``%XX`` remain, nothing ClickHouse's string syntax reads as a quote or an escape."""
+    return urllib.parse.quote(value, safe="-_.~")
 
 
 # grafana-clickhouse-datasource v4 (pkg/macros): the macros and what they become.
@@ -281,6 +289,8 @@ def expand(sql: str, time_range: TimeRange, variables: Mapping[str, str]) -> str
             return value
         if fmt == "sqlstring":
             return sqlstring(value)
+        if fmt == "percentencode":
+            return percentencode(value)
         raise ValueError(f"variable format {fmt!r} is not expanded by the tests")
 
     def macro(match: re.Match[str]) -> str:

@@ -137,14 +137,29 @@ def migrate(warehouse: Warehouse, settings: Settings, directory: Path = SCHEMAS_
 
     On a cluster in plain mode, also connects to every node of the cluster (``system.clusters``, with the
     credentials of ``settings``) and closes those connections before returning.
+
+    On a single node, when the migrations table is readable and nothing is pending, nothing is executed:
+    a user without DDL rights (the ingest user on servers with SQL access control) can run it at worker
+    start once an administrator applied the migrations.
     """
     layout = ClusterLayout.of(settings)
     if layout is None:
+        if _nothing_pending(warehouse, directory):
+            return []
         return _migrate(warehouse, [warehouse], settings, directory, None)
     if layout.replicated:
         return _migrate(warehouse, [warehouse], settings, directory, layout)
     with _every_node(warehouse, settings, layout) as nodes:
         return _migrate(warehouse, nodes, settings, directory, layout)
+
+
+def _nothing_pending(warehouse: Warehouse, directory: Path) -> bool:
+    """Whether the migrations table is readable and records every migration of ``directory``."""
+    try:
+        done = applied_versions(warehouse)
+    except QueryError:  # no database or no migrations table yet
+        return False
+    return all(m.version in done for m in discover(directory))
 
 
 def _migrate(

@@ -19,8 +19,9 @@ from pipeline.warehouse.params import bind
 # every statement of pipeline.queries gives the single node's answer.
 CLUSTER_SESSION_SETTINGS = {"insert_distributed_sync": 1, "distributed_product_mode": "global"}
 
-# ClickHouse error codes that mean "the server is there but cannot serve this now".
-_TRANSIENT_CODES = frozenset({159, 160, 164, 202, 203, 209, 210, 241, 242, 252, 319, 425})
+# ClickHouse error codes that mean "the server is there but cannot serve this now". Not 164 (READONLY): a
+# user without write rights is a configuration error that no retry mends (QueryError names it at once).
+_TRANSIENT_CODES = frozenset({159, 160, 202, 203, 209, 210, 241, 242, 252, 319, 425})
 
 
 def _plain(value: Any) -> Any:
@@ -31,23 +32,57 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def connection_options(settings: Settings, read_only: bool = False) -> dict[str, Any]:
+    """clickhouse-driver's ``Client`` keyword arguments (but the database) for these settings.
+
+    ``read_only``: the read-only user (ENGAGEMENT_CLICKHOUSE_READONLY_USER/_PASSWORD) when one is set;
+    otherwise ENGAGEMENT_CLICKHOUSE_USER in a session made read-only by the client (``readonly = 1``), which
+    the server enforces. TLS: ENGAGEMENT_CLICKHOUSE_SECURE, _CA_FILE, _VERIFY.
+    """
+    options: dict[str, Any] = {
+        "host": settings.clickhouse_host,
+        "port": settings.clickhouse_port,
+        "user": settings.clickhouse_user,
+        "password": settings.clickhouse_password.reveal(),
+        "secure": settings.clickhouse_secure,
+        "verify": settings.clickhouse_verify,
+    }
+    if settings.clickhouse_ca_file:
+        options["ca_certs"] = settings.clickhouse_ca_file
+    if read_only:
+        if settings.clickhouse_readonly_user:
+            options["user"] = settings.clickhouse_readonly_user
+            options["password"] = settings.clickhouse_readonly_password.reveal()
+        else:
+            options["settings"] = {"readonly": 1}
+    return options
+
+
 class ServerWarehouse:
-    """A ClickHouse server reached with clickhouse-driver. Connects lazily; reconnects after failures."""
+    """A ClickHouse server reached with clickhouse-driver. Connects lazily; reconnects after failures.
+
+    Error messages never contain the password (ClickHouse's own do not; ours are scrubbed too).
+    """
 
     kind = "server"
 
-    def __init__(self, settings: Settings, database: str | None = None, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, settings: Settings, database: str | None = None, connect_timeout: float = 5.0, read_only: bool = False
+    ) -> None:
         self.database = settings.clickhouse_database if database is None else database
+        options = connection_options(settings, read_only)
+        session = {**(CLUSTER_SESSION_SETTINGS if settings.clickhouse_cluster else {}), **options.pop("settings", {})}
         self._connect = {
-            "host": settings.clickhouse_host,
-            "port": settings.clickhouse_port,
-            "user": settings.clickhouse_user,
-            "password": settings.clickhouse_password.reveal(),
+            **options,
+            "settings": session,
             "connect_timeout": connect_timeout,
             "send_receive_timeout": 300,
-            "settings": CLUSTER_SESSION_SETTINGS if settings.clickhouse_cluster else {},
         }
         self._client = Client(database=self.database or "default", **self._connect)
+
+    def _scrub(self, message: str) -> str:
+        password = str(self._connect.get("password") or "")
+        return message.replace(password, "********") if password else message
 
     def _run(self, sql: str, data: Any = None, columnar: bool = False, with_types: bool = False) -> Any:
         try:
@@ -57,14 +92,15 @@ class ServerWarehouse:
         except ch_errors.ServerException as exc:
             if exc.code in _TRANSIENT_CODES:
                 self._client.disconnect()
-                raise WarehouseUnavailable(str(exc)) from exc
-            raise QueryError(exc.message.strip().splitlines()[0] if exc.message else str(exc), exc.code) from exc
+                raise WarehouseUnavailable(self._scrub(str(exc))) from exc
+            message = exc.message.strip().splitlines()[0] if exc.message else str(exc)
+            raise QueryError(self._scrub(message), exc.code) from exc
         except (OSError, ch_errors.NetworkError, ch_errors.SocketTimeoutError, EOFError) as exc:
             self._client.disconnect()
-            raise WarehouseUnavailable(f"ClickHouse server unreachable: {exc}") from exc
+            raise WarehouseUnavailable(self._scrub(f"ClickHouse server unreachable: {exc}")) from exc
         except ch_errors.Error as exc:
             self._client.disconnect()
-            raise WarehouseUnavailable(str(exc)) from exc
+            raise WarehouseUnavailable(self._scrub(str(exc))) from exc
 
     def execute(self, sql: str, params: Params = None) -> None:
         if sql.lstrip().upper().startswith("CREATE DATABASE"):
@@ -91,7 +127,10 @@ class ServerWarehouse:
         self._run(f"INSERT INTO {table} ({names}) VALUES", [list(v) for v in columns.values()], columnar=True)
 
     def server_version(self) -> tuple[int, int]:
-        row = self._on_default_database("SELECT version()")[0][0][0]
+        try:
+            row = self._run("SELECT version()")[0][0]
+        except QueryError:  # the session's database does not exist yet
+            row = self._on_default_database("SELECT version()")[0][0][0]
         major, minor = str(row).split(".")[:2]
         return int(major), int(minor)
 

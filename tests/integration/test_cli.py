@@ -18,6 +18,19 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
+# Every secret setting, set to a distinctive value: none may ever be printed or logged
+SECRET_ENV = {
+    f"ENGAGEMENT_{name}": f"pw-{name.lower()}-Zq7#{i}"
+    for i, name in enumerate(
+        ("CLICKHOUSE_PASSWORD", "CLICKHOUSE_READONLY_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD",
+         "CLICKHOUSE_ANALYST_PASSWORD", "KAFKA_SASL_PASSWORD")
+    )
+}  # fmt: skip
+
+
+def leaked(*outputs: str) -> list[str]:
+    """The secret values of SECRET_ENV found in ``outputs``."""
+    return [value for value in SECRET_ENV.values() if any(value in output for output in outputs)]
 
 
 def engagement(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -78,12 +91,14 @@ def test_generate_to_file_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_migrate_and_config_show(tmp_path: Path) -> None:
-    env = {"ENGAGEMENT_DATA_DIR": str(tmp_path), "ENGAGEMENT_CLICKHOUSE_PASSWORD": "hunter2"}
+    env = {"ENGAGEMENT_DATA_DIR": str(tmp_path), **SECRET_ENV}
     first = engagement("migrate", env=env)
     assert first.returncode == 0 and "applied 001_engagement_events" in first.stdout
     assert "schema is up to date" in engagement("migrate", env=env).stdout
     shown = engagement("config", "show", env=env)
-    assert "ENGAGEMENT_CLICKHOUSE_PASSWORD=Secret('********')" in shown.stdout and "hunter2" not in shown.stdout
+    for name in SECRET_ENV:
+        assert f"{name}=Secret('********')" in shown.stdout
+    assert leaked(first.stdout, first.stderr, shown.stdout, shown.stderr) == []
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -102,9 +117,13 @@ def _processes_with(marker: str) -> list[int]:
 def test_demo_prints_both_leaderboards_and_the_sql_command(tmp_path: Path) -> None:
     data = tmp_path / "var"
     result = engagement(
-        "demo", "--duration", "60", "--rate", "500", "--accounts", "400", "--data-dir", str(data), timeout=360
-    )
+        "demo", "--duration", "60", "--rate", "500", "--accounts", "400", "--data-dir", str(data),
+        env={**SECRET_ENV, "ENGAGEMENT_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "ENGAGEMENT_KAFKA_SASL_USERNAME": "u"},
+        timeout=360,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    # the demo's own broker is plaintext on loopback whatever Kafka security is configured; no secret shows
+    assert leaked(result.stdout, result.stderr, (data / "worker.log").read_text(errors="replace")) == []
     # the staged drop: firing while silent, resolved after it returns
     staged = result.stdout.split("Engagement drop staged for acct-drop-demo")[1].splitlines()
     assert [line.split()[2:4] for line in staged[3:5]] == [["firing", "silence"], ["resolved", "recovered"]], staged

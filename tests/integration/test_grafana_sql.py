@@ -30,7 +30,8 @@ T = 1_769_904_000  # 2026-02-01T00:00:00Z, in seconds
 H0, H1 = T + 10 * HOUR, T + 11 * HOUR
 RANGE = TimeRange(T, T + DAY, 60)  # 1-minute points: engager buckets are single hours
 WIDE = TimeRange(T, T + DAY, 2 * HOUR)  # 2-hour points: H0 and H1 fall in one bucket
-A, B, C = "acct-a'1", "acct-b", "acct-c"  # A's quote goes through ${account:sqlstring}
+# A's quote, backslash and Unicode go through ${account:percentencode} and decodeURLComponent
+A, B, C = "acct-a'1\\' OR 1 = 1 -- é", "acct-b", "acct-c"
 
 NUMERIC = re.compile(r"^(Nullable\()?(U?Int\d+|Float\d+|Decimal.*)\)?$")
 DATETIME = re.compile(r"^(Nullable\()?DateTime")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian's ClickHouse server (18.16) for the integration tests.
 #   install          install the package if it is missing (apt; root or sudo)
-#   start DIR PORT   run a private server with its data in DIR on 127.0.0.1:PORT (native protocol);
-#                    DIR/config.d/*.xml, if present, is merged into its config (the cluster tests put
-#                    a remote_servers cluster there)
+#   start DIR PORT [SECURE_PORT CERT KEY]
+#                    run a private server with its data in DIR on 127.0.0.1:PORT (native protocol), and with
+#                    TLS on SECURE_PORT (certificate and key files, PEM) when given; DIR/config.d/*.xml, if
+#                    present, is merged into its config (the cluster tests put a remote_servers cluster there)
 set -euo pipefail
 
 cmd=${1:-install}
@@ -21,6 +22,11 @@ case "$cmd" in
     ;;
   start)
     dir=$2; port=$3
+    tls=""
+    if [ $# -ge 6 ]; then
+      tls="<tcp_port_secure>$4</tcp_port_secure>
+  <openSSL><server><certificateFile>$5</certificateFile><privateKeyFile>$6</privateKeyFile><verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile><disableProtocols>sslv2,sslv3</disableProtocols></server></openSSL>"
+    fi
     mkdir -p "$dir"/{data,tmp,user_files,format_schemas}
     cat > "$dir/config.xml" <<XML
 <?xml version="1.0"?>
@@ -37,6 +43,7 @@ case "$cmd" in
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
   <timezone>UTC</timezone>
+  $tls
 </yandex>
 XML
     cat > "$dir/users.xml" <<'XML'

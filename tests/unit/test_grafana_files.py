@@ -5,6 +5,7 @@ reference between them resolves, and every PromQL expression reads only metrics 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,17 @@ from tests.deploy_files import (
     exported_metrics,
     load,
     panels,
+    percentencode,
     promql_refs,
     provisioning_environment,
     provisioning_files,
     sql_queries,
     strings,
 )
+
+# How the account dashboard's statements filter by the selected account: percent-encoded by Grafana,
+# decoded by ClickHouse, so no value can end the string literal (see SECURITY.md)
+ACCOUNT_FILTER = "decodeURLComponent('${account:percentencode}')"
 
 # Grafana's duration syntax for `for` and group intervals (Prometheus' model.ParseDuration).
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
@@ -169,7 +175,17 @@ def test_account_dashboard_selects_the_account_and_annotates_drops() -> None:
     assert any("engagement_alerts" in a["target"]["rawSql"] for a in annotations)
     for query in sql_queries():
         if query.where.startswith("account-engagement.json: panel"):
-            assert "${account:sqlstring}" in query.sql, f"{query.where}: not filtered by the selected account"
+            assert ACCOUNT_FILTER in query.sql, f"{query.where}: not filtered by the selected account"
+    # ${account:sqlstring} doubles quotes but leaves backslashes, which ClickHouse reads as escapes: an
+    # account id (or a crafted ?var-account= in a dashboard URL) could break out of the string
+    assert not any("sqlstring" in query.sql for query in sql_queries())
+
+
+def test_percentencoded_values_cannot_leave_the_string() -> None:
+    for value in ("x\\' OR 1 = 1 --", "o'brien", "\\", "é🙂 %27", "plain-id_1.~"):
+        encoded = percentencode(value)
+        assert re.fullmatch(r"[A-Za-z0-9_.~%-]*", encoded), encoded
+        assert urllib.parse.unquote(encoded) == value
 
 
 def test_every_sql_statement_expands_to_one_read_only_statement() -> None:
@@ -193,6 +209,7 @@ def test_expand_follows_the_plugin() -> None:
         "SELECT 30 WHERE ts >= toDateTime(100) AND ts <= toDateTime(200) AND a = 'o''k' AND b = 'o'k' "
         "AND c < toDateTime(200)"
     )
+    assert expand("${v:percentencode}", time_range, {"v": "o'k é"}) == "o%27k%20%C3%A9"
     with pytest.raises(ValueError, match="timeInterval"):
         expand("SELECT $__timeInterval(ts)", time_range, {})
 
