@@ -407,9 +407,12 @@ def test_clickhouse_users_grants_and_networks(target: Path) -> None:
     names = {key.split("/")[0] for key in users}
     assert names == {settings.clickhouse_user, "grafana"}
     database = settings.clickhouse_database
-    assert settings.clickhouse_cluster  # Distributed tables: CREATE TABLE ... ENGINE = Distributed needs REMOTE
+    # The cluster DDL: CREATE TABLE ... ENGINE = Distributed needs REMOTE, ON CLUSTER needs CLUSTER, and the
+    # migrations read system.clusters (config.xml's access_control_improvements ask grants for both).
+    assert settings.clickhouse_cluster
+    cluster_ddl = ["GRANT REMOTE ON *.*", "GRANT CLUSTER ON *.*", "GRANT SELECT ON system.clusters"]
     expected = {
-        settings.clickhouse_user: [f"GRANT ALL ON {database}.*", "GRANT REMOTE ON *.*"],
+        settings.clickhouse_user: [f"GRANT ALL ON {database}.*", *cluster_ddl],
         "grafana": [f"GRANT SELECT ON {database}.*"],
     }
     for name in names:
@@ -422,6 +425,21 @@ def test_clickhouse_users_grants_and_networks(target: Path) -> None:
         for cidr in users[f"{name}/networks/ip"]:
             network = ipaddress.ip_network(cidr)
             assert network.is_private and network.prefixlen >= 8, (name, cidr)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "GRANT SELEKT ON engagement.*",  # no such privilege
+        "GRANT REMOTE ON engagement.*",  # global: only ON *.*
+        "GRANT SELECT ON engagement.* TO grafana",  # a users file names no grantees
+        "GRANT ON CLUSTER engagement SELECT ON engagement.*",  # nor a cluster
+        "GRANT analyst",  # nor roles
+    ],
+)
+def test_the_grant_check_refuses_what_a_users_file_refuses(query: str) -> None:
+    with pytest.raises((AssertionError, RuntimeError)):
+        check_config_grants([query])
 
 
 def network_policies(rendered: Rendered) -> list[dict[str, Any]]:
