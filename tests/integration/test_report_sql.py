@@ -13,11 +13,12 @@ import pytest
 
 from pipeline.events import Event
 from pipeline.report import EmptyStore, Weights, account_report
-from pipeline.report_model import DELAY_NAMES, AccountReport, Day, TopEngager, iso_ms
+from pipeline.report_model import DELAY_NAMES, Day, TopEngager, iso_ms
 from pipeline.settings import Settings
 from pipeline.sink import event_columns
 from pipeline.warehouse import Warehouse
 from tests.integration.helpers import opened_store
+from tests.report_fixtures import zero_report
 
 pytestmark = pytest.mark.integration
 
@@ -143,32 +144,8 @@ def test_no_followers_and_no_inbound(warehouse: Warehouse) -> None:
             snapshot("s-1", T - DAY, "other", 5),
         ],
     )
-    assert account_report(warehouse, "lonely", as_of=T) == AccountReport(
-        account_id="lonely",
-        as_of=T,
-        days=28,
-        followers=0,
-        engagers=0,
-        engagement_rate=None,
-        likes=0,
-        replies=0,
-        mentions=0,
-        returning_engager_rate=None,
-        loyal_core=0,
-        inbound_conversations=0,
-        answered_24h=0,
-        response_rate=None,
-        median_response_seconds=None,
-        outbound=0,
-        responses_sent=0,
-        dialogue_share=None,
-        reciprocal_circle=0,
-        top_engagers=[],
-        top10_share=None,
-        bot_share=None,
-        human_engagement_rate=None,
-        daily=empty_days(S, 28),
-        response_delays=dict.fromkeys(DELAY_NAMES, 0),
+    assert account_report(warehouse, "lonely", as_of=T) == zero_report(
+        "lonely", T, daily=empty_days(S, 28), response_delays=dict.fromkeys(DELAY_NAMES, 0)
     )
     unfollowed = account_report(warehouse, "unfollowed", as_of=T)
     assert (unfollowed.followers, unfollowed.engagers, unfollowed.engagement_rate) == (0, 1, None)

@@ -17,6 +17,7 @@ from pipeline.report_html import DELAY_LABELS
 from pipeline.report_model import DUNBAR, AccountReport, Day, TopEngager
 from pipeline.report_reference import reference_report, store
 from pipeline.report_render import MIN_WIDTH, render_html, render_terminal, sparkline
+from tests.report_fixtures import zero_report
 
 WIDTHS = (MIN_WIDTH, 57, 80, 100, 160)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -64,27 +65,7 @@ def generated() -> dict[str, AccountReport]:
 
 def undefined_report() -> AccountReport:
     """Every field that can be None is None; no followers, no days, no engagers."""
-    return AccountReport(
-        account_id="<script>alert(1)</script>",
-        as_of=1_770_000_000_000,
-        days=28,
-        followers=0,
-        engagers=0,
-        engagement_rate=None,
-        likes=0,
-        replies=0,
-        mentions=0,
-        returning_engager_rate=None,
-        loyal_core=0,
-        inbound_conversations=0,
-        answered_24h=0,
-        response_rate=None,
-        median_response_seconds=None,
-        outbound=0,
-        responses_sent=0,
-        dialogue_share=None,
-        reciprocal_circle=0,
-    )
+    return zero_report("<script>alert(1)</script>", 1_770_000_000_000)
 
 
 def hostile_report() -> AccountReport:
