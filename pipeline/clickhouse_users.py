@@ -13,8 +13,8 @@ Servers with SQL access control (ClickHouse 20.5 and later) get ``CREATE USER`` 
 (:func:`users_xml`), where rights cannot be granted per table: each user is confined to the pipeline's
 database with ``allow_databases``, and the ingest user can also create or drop tables there. Passwords are
 stored as SHA-256 hashes, never in clear. On a cluster (``ENGAGEMENT_CLICKHOUSE_CLUSTER``) the ingest user
-is also granted the ``*_local`` tables, and the statements carry ``ON CLUSTER`` (replicated mode) or are
-run on every node (plain mode, by ``engagement users create``).
+is also granted the ``*_local`` tables and ``system.clusters``, and the statements carry ``ON CLUSTER``
+(replicated mode) or are run on every node (plain mode, by ``engagement users create``).
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ def users_sql(settings: Settings) -> list[str]:
         f"GRANT{on_cluster} SELECT, INSERT ON {database}.{table} TO {identifier(ingest)}"
         for table in granted_tables(settings)
     ]
+    if layout is not None:  # migrate at worker start lists a plain cluster's nodes
+        statements.append(f"GRANT{on_cluster} SELECT ON system.clusters TO {identifier(ingest)}")
     statements.append(f"GRANT{on_cluster} SELECT ON {database}.* TO {identifier(analyst)}")
     return statements
 

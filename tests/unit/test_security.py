@@ -212,7 +212,8 @@ def test_users_sql_on_a_cluster_grants_the_local_tables_on_every_node() -> None:
     on_cluster = " ON CLUSTER 'engagement_cluster'"
     assert all(on_cluster in s for s in statements)
     ingest_grants = [s for s in statements if s.startswith("GRANT") and "engagement_ingest" in s]
-    granted = {s.split("`engagement`.", 1)[1].split()[0] for s in ingest_grants}
+    assert ingest_grants[-1] == f"GRANT{on_cluster} SELECT ON system.clusters TO `engagement_ingest`"
+    granted = {s.split("`engagement`.", 1)[1].split()[0] for s in ingest_grants[:-1]}
     assert granted == created_tables(cluster_ddl, "`engagement`.")
     assert {t + LOCAL_SUFFIX for t in SHARDING_KEYS} <= granted
     plain = users_sql(replace(settings, clickhouse_cluster_engines="plain"))
