@@ -109,6 +109,7 @@ class AccountState:
                     ledger.entries,
                     self.applied,
                     None if self.drop is None else self.drop.to_list(),
+                    0 if self.drop is None else self.drop.decay,  # apart from it: older readers take 6 fields
                 ]
             )
         )
@@ -119,6 +120,7 @@ class AccountState:
         windows, final_through, conversations, pending, base, folded_until, entries = fields[:7]
         applied = fields[7] if len(fields) > 7 else {}  # states stored by earlier versions have none
         drop = fields[8] if len(fields) > 8 else None
+        decay = fields[9] if len(fields) > 9 else 0
         return cls(
             windows={
                 w[0]: WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9])) for w in windows
@@ -128,7 +130,7 @@ class AccountState:
             pending=pending,
             ledger=FollowerLedger(base, folded_until, [(e[0], e[1], e[2], e[3]) for e in entries]),
             applied=applied,
-            drop=None if drop is None else DropState.from_list(drop),
+            drop=None if drop is None else DropState.from_list(drop, decay),
         )
 
 

@@ -390,8 +390,8 @@ class Aggregator:
         return self._frontier.get(partition, NO_FRONTIER)
 
     def final_through(self, account_id: str) -> int:
-        """The end of the account's last final window (its state is loaded if needed)."""
-        return self._state(account_id).final_through
+        """The end of the account's last final window (read only: the state is not marked touched)."""
+        return self._peek(account_id).final_through
 
     def advance(self, partition: int, frontier_ms: int) -> None:
         """Move ``partition``'s event-time frontier forward (never back) and finalize what it passed."""

@@ -84,28 +84,16 @@ class DropState:
     decay: int = 0
 
     def to_list(self) -> list[Any]:
-        return [
-            self.baseline,
-            self.entered,
-            self.below,
-            self.below_silent,
-            int(self.in_drop),
-            self.last_end,
-            self.decay,
-        ]
+        """The stored form, without ``decay`` (stored apart: see :class:`~pipeline.account_state.AccountState`,
+        so that a release reading exactly these six fields can still read the states of this one)."""
+        return [self.baseline, self.entered, self.below, self.below_silent, int(self.in_drop), self.last_end]
 
     @classmethod
-    def from_list(cls, fields: list[Any]) -> DropState:
-        """The inverse of :meth:`to_list`; states stored before ``decay`` existed have 6 fields."""
-        baseline, entered, below, below_silent, in_drop, last_end, *decay = fields
+    def from_list(cls, fields: list[Any], decay: int = 0) -> DropState:
+        """The inverse of :meth:`to_list`, with the ``decay`` stored beside it."""
+        baseline, entered, below, below_silent, in_drop, last_end = fields[:6]
         return cls(
-            float(baseline),
-            int(entered),
-            int(below),
-            int(below_silent),
-            bool(in_drop),
-            int(last_end),
-            int(decay[0]) if decay else 0,
+            float(baseline), int(entered), int(below), int(below_silent), bool(in_drop), int(last_end), int(decay)
         )
 
 

@@ -33,6 +33,8 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
 from faust.types.tuples import ack_lock
 
+from pipeline.settings import Settings
+
 
 class IntakeBuffer:
     """Messages waiting to be processed, cut into batches as they arrive.
@@ -49,7 +51,7 @@ class IntakeBuffer:
         batch_size: int,
         within: float,
         capacity_batches: int = 2,
-        max_bytes: int = 32 << 20,
+        max_bytes: int = Settings.batch_max_bytes,
     ) -> None:
         self.topics = frozenset(topics)
         self.batch_size = batch_size

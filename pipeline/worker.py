@@ -249,6 +249,13 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     # account's state twice a second, which cost a live worker a fifth of its capacity.
     unacked: list[list[Any]] = []
     idle_persist = min(settings.persist_interval_seconds, IDLE_PERSIST_SECONDS)
+
+    def persist_due() -> bool:
+        """Whether the batches processed since the last persist should be persisted (and acked) now."""
+        since = time.monotonic() - last_settled
+        idle = app.intake is None or len(app.intake) == 0
+        return since >= settings.persist_interval_seconds or (idle and since >= idle_persist)
+
     acking: asyncio.Future[None] | None = None  # the latest acknowledgement; it waits for the ones before
     last_settled = time.monotonic()
 
@@ -296,9 +303,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                     [Message(m.topic, m.partition, m.offset, m.value) for m in batch], persist=False
                 )
                 unacked.append(batch)
-                idle = len(app.intake) == 0
-                since = time.monotonic() - last_settled
-                if since >= settings.persist_interval_seconds or (idle and since >= idle_persist):
+                if persist_due():
                     await settle()
             except brake.DeadLetterBrakeTripped as exc:  # bad input upstream: stop before it is all dead-lettered
                 log.critical("%s", exc)
@@ -340,9 +345,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             return
         await processor.announce_watermarks(owned_partitions())
         await processor.write_deferred()
-        since = time.monotonic() - last_settled
-        idle = app.intake is None or len(app.intake) == 0
-        if unacked and (since >= settings.persist_interval_seconds or (idle and since >= idle_persist)):
+        if unacked and persist_due():
             await settle()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]

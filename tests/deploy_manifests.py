@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import re
 import shutil
 import subprocess
@@ -259,6 +260,34 @@ def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
         if source.startswith("."):
             mounts[target] = (compose_file().parent / source).resolve()
     return mounts
+
+
+# ---------------------------------------------------------------------------------------------------- ClickHouse users
+
+_CONFIG_GRANT = re.compile(r"GRANT\s+(?P<privileges>[A-Z ,]+?)\s+ON\s+(?P<target>[\w*]+\.[\w*]+)", re.IGNORECASE)
+
+
+def check_config_grants(queries: list[str]) -> None:
+    """Fail unless every query is a privilege ``GRANT`` that a users file's ``<grants>`` accepts: the form
+    ``GRANT privilege[, ...] ON db.table`` (ClickHouse's UsersConfigAccessStorage refuses grantees and
+    ``ON CLUSTER``; these files grant no roles), parsed by a current ClickHouse (chDB, in process: a
+    misspelt privilege is a syntax error there), each privilege known to it (``system.privileges``) and
+    granted at a level it exists on (a global one such as REMOTE only ``ON *.*``)."""
+    import chdb
+
+    rows = chdb.query("SELECT privilege, aliases, level FROM system.privileges", "JSONEachRow").data()
+    levels: dict[str, str | None] = {}
+    for row in map(json.loads, rows.splitlines()):
+        for name in [row["privilege"], *row["aliases"]]:
+            levels[name.upper()] = row["level"]
+    for query in queries:
+        match = _CONFIG_GRANT.fullmatch(query.strip())
+        assert match, f"not a users file's privilege GRANT: {query}"
+        chdb.query(f"EXPLAIN AST {query} TO grant_check")  # raises on a syntax error
+        for privilege in (p.strip().upper() for p in match["privileges"].split(",")):
+            assert privilege in levels, f"{query}: no privilege {privilege}"
+            if levels[privilege] == "GLOBAL":
+                assert match["target"] == "*.*", f"{query}: {privilege} is global, grant it ON *.*"
 
 
 # ---------------------------------------------------------------------------------------------------- Kubernetes

@@ -280,6 +280,23 @@ def test_states_stored_before_positions_existed_still_load() -> None:
     assert state.applied == {} and state.windows[1767225600000].likes == 1
 
 
+def test_a_pending_decay_round_trips_and_the_previous_layout_still_reads_the_state() -> None:
+    """``DropState.decay`` is stored apart from the drop list, so a worker of the release before it (whose
+    reader takes fields 0-8 and exactly six drop fields) reads states written during a rolling update."""
+    import orjson
+
+    from pipeline.account_state import AccountState
+    from pipeline.drops import DropState
+
+    state = AccountState(drop=DropState(baseline=3.5, entered=40, last_end=600_000, decay=17))
+    raw = state.dumps()
+    assert AccountState.loads(raw) == state
+    fields = orjson.loads(raw)
+    baseline, entered, _below, _silent, _in_drop, last_end = fields[8]  # the previous release's unpacking
+    assert (baseline, entered, last_end) == (3.5, 40, 600_000) and fields[9] == 17
+    assert AccountState.loads(orjson.dumps(fields[:9])).drop == DropState(3.5, 40, 0, 0, False, 600_000)
+
+
 def test_silence_after_a_restart_is_stored_once_and_never_raised_twice() -> None:
     """Silence observed on an account whose state is not cached (after assign(), or evicted) is applied to
     the state that gets persisted: the drop is stored, counted once, and not raised again later."""

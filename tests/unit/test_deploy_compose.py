@@ -1,7 +1,8 @@
 """deploy/compose: the Compose file validates against the Compose Specification's schema and loads in
 docker-compose (no daemon needed); Kafka runs in KRaft mode with enough partitions; the workers scale, wait
-for the migrations and read only real settings; ClickHouse has the ingest and read-only users; Prometheus and
-Grafana get the files of deploy/ and the environment those files read."""
+for the migrations, read only real settings and inherit the image's health check; no health check puts a
+password on a command line; ClickHouse has the ingest and read-only users with GRANTs a current ClickHouse
+accepts; Prometheus and Grafana get the files of deploy/ and the environment those files read."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from tests.deploy_files import (
 )
 from tests.deploy_manifests import (
     bind_mounts,
+    check_config_grants,
     compose,
     compose_service,
     interpolate,
@@ -85,12 +87,32 @@ def test_images_are_pinned() -> None:
 
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
+    # The one-shot services disable the image's check; the workers inherit it (the Dockerfile's HEALTHCHECK,
+    # tests/unit/test_deploy_docker.py), written once; every other service has its own.
     for name, service in compose()["services"].items():
         check = service.get("healthcheck", {})
         if name in ONE_SHOT:
             assert check == {"disable": True}, name
+        elif name in ENGAGEMENT_SERVICES:
+            assert "healthcheck" not in service, f"{name}: the image's HEALTHCHECK applies"
+            assert healthcheck_command()
         else:
             assert check.get("test"), f"{name} has no healthcheck"
+
+
+def test_no_healthcheck_puts_a_password_on_a_command_line() -> None:
+    # A command's arguments are visible to every user of the machine (`ps`); a password variable expanded
+    # by the shell lands there too.
+    services = compose()["services"]
+    variables = {name for s in services.values() for name in s.get("environment", {}) if "PASSWORD" in name}
+    assert {"CLICKHOUSE_INGEST_PASSWORD", "ENGAGEMENT_CLICKHOUSE_PASSWORD"} <= variables
+    for name, service in services.items():
+        command = " ".join(str(a) for a in service.get("healthcheck", {}).get("test", []))
+        assert "password" not in command.lower() and not any(v in command for v in variables), name
+    # ClickHouse: the HTTP interface's /ping (no credentials) on its HTTP port.
+    check = compose_service("clickhouse")["healthcheck"]["test"]
+    assert check[0] == "CMD" and check[-1] == "http://127.0.0.1:8123/ping"
+    assert any(port.endswith(":8123") for port in compose_service("clickhouse")["ports"])
 
 
 def test_kafka_runs_kraft_with_enough_partitions() -> None:
@@ -137,8 +159,6 @@ def test_workers_scale_and_wait_for_the_migrations() -> None:
     assert worker["depends_on"]["kafka"] == {"condition": "service_healthy"}
     assert worker["depends_on"]["clickhouse"] == {"condition": "service_healthy"}
     assert compose_service("migrate")["depends_on"]["clickhouse"] == {"condition": "service_healthy"}
-    # The worker's check is the image's HEALTHCHECK, so both probe what the worker serves.
-    assert worker["healthcheck"]["test"] == ["CMD", *healthcheck_command()]
 
 
 def users_xml() -> ET.Element:
@@ -157,12 +177,18 @@ def test_clickhouse_users_ingest_and_read_only_grafana() -> None:
     users = {user.tag: user for user in root.iterfind("users/*")}
     assert set(users) == {"ingest", "grafana"}
     password_variable: dict[str, str] = {}
+    # Rights as GRANTs (a single node: no Distributed table, no REMOTE), never allow_databases, which leaves
+    # the global privileges (SYSTEM, file(), url(), remote()...); `grants` excludes access_management.
+    grants = {"ingest": [f"GRANT ALL ON {database}.*"], "grafana": [f"GRANT SELECT ON {database}.*"]}
     for name, user in users.items():
         password = user.find("password")
         assert password is not None and not (password.text or "").strip(), f"{name}: a password in the file"
         password_variable[name] = str(password.get("from_env"))
         assert password_variable[name] in server_env
-        assert [d.text for d in user.iterfind("allow_databases/database")] == [database]
+        queries = [str(q.text) for q in user.iterfind("grants/query")]
+        assert queries == grants[name], name
+        check_config_grants(queries)
+        assert user.find("allow_databases") is None and user.find("access_management") is None, name
     profile = root.find(f"profiles/{users['grafana'].findtext('profile')}")
     assert profile is not None and profile.findtext("readonly") == "2"
     # The workers log in as ingest with its password; Grafana as grafana with its password.
@@ -172,7 +198,6 @@ def test_clickhouse_users_ingest_and_read_only_grafana() -> None:
     grafana = {k: interpolate(str(v)) for k, v in compose_service("grafana")["environment"].items()}
     assert grafana["CLICKHOUSE_READONLY_USER"] == "grafana"
     assert grafana["CLICKHOUSE_READONLY_PASSWORD"] == server_env[password_variable["grafana"]]
-    assert "--user ingest" in " ".join(clickhouse["healthcheck"]["test"])
 
 
 def test_grafana_gets_the_provisioning_its_plugin_and_its_environment() -> None:

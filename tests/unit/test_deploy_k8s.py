@@ -2,10 +2,16 @@
 kustomize; the core objects validate against Kubernetes' schemas (kubernetes-validate, strict); the operator
 objects (Strimzi, Altinity, Prometheus operator) hold what the pipeline needs: every pipeline topic with the
 workers' partition count, no more workers than partitions, a 2 x 2 ClickHouse cluster with its users, probes
-and scraping on the worker's port, and only real settings."""
+and scraping on the worker's port, and only real settings. The security wiring: Kafka only over TLS with
+SCRAM-SHA-512, the workers' KafkaUser with ACLs on exactly the topics and group they use, its password and the
+cluster CA read from the Secrets Strimzi makes; every Secret key referenced exists; ClickHouse users with
+GRANTs a current ClickHouse accepts, from the pod network only; NetworkPolicies admitting only the pods that
+need each port."""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +19,13 @@ import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
 
-from pipeline.kafka_admin import pipeline_topics
+from pipeline.events import ALERTS_TOPIC, DEAD_LETTER_TOPIC, REKEY_TOPIC
+from pipeline.kafka_admin import consumed_topics, pipeline_topics
 from pipeline.settings import PREFIX, Settings
 from pipeline.worker import create_app, internal_topics
 from tests.deploy_files import K8S, PROMETHEUS, k8s_manifest_files, kustomization_files, load
 from tests.deploy_manifests import (
+    check_config_grants,
     kustomize_references,
     objects,
     one,
@@ -82,7 +90,8 @@ def test_every_manifest_is_referenced_and_every_reference_exists() -> None:
 def test_core_objects_validate_against_the_kubernetes_schemas(target: Path) -> None:
     version = latest_version()
     core = [o for o in render(target) if not o["apiVersion"].startswith(OPERATOR_GROUPS)]
-    assert {o["kind"] for o in core} >= {"Namespace", "ConfigMap", "Secret", "Deployment", "Job", "Service"}
+    kinds = {"Namespace", "ConfigMap", "Secret", "Deployment", "Job", "Service", "NetworkPolicy"}
+    assert {o["kind"] for o in core} >= kinds
     for o in core:
         kubernetes_validate.validate(o, version, strict=True)  # raises ValidationError with the path
 
@@ -116,7 +125,8 @@ def test_kafka_kraft_and_every_pipeline_topic_with_the_workers_partitions(target
         assert o["apiVersion"] == "kafka.strimzi.io/v1beta2"
         assert o["metadata"]["labels"]["strimzi.io/cluster"] == cluster
     settings = worker_settings(rendered)
-    assert settings.bootstrap_servers == f"{cluster}-kafka-bootstrap:9092"
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    assert settings.bootstrap_servers == f"{cluster}-kafka-bootstrap:{listener['port']}"
     expected = {name: settings.partitions for name in pipeline_topics(settings)} | internal_topics(settings)
     topics = topics_by_name(rendered)
     assert {name: t["spec"]["partitions"] for name, t in topics.items()} == expected
@@ -179,7 +189,6 @@ def test_clickhouse_users_and_the_workers_connection(target: Path) -> None:
     assert users["grafana/profile"] == "grafana" and configuration["profiles"]["grafana/readonly"] == 2
     secret = one(rendered, "Secret", "engagement-clickhouse")
     for user in (settings.clickhouse_user, "grafana"):
-        assert users[f"{user}/allow_databases/database"] == [settings.clickhouse_database]
         reference = users[f"{user}/password"]["valueFrom"]["secretKeyRef"]
         assert reference["name"] == secret["metadata"]["name"] and reference["key"] in secret["stringData"]
     for value in secret["stringData"].values():
@@ -240,3 +249,274 @@ def test_probes_service_and_scraping_on_the_workers_port(target: Path) -> None:
     # The job the rules and dashboards select (up{job="engagement"}), as in deploy/prometheus/prometheus.yml.
     jobs = {job["job_name"] for job in load(PROMETHEUS / "prometheus.yml")["scrape_configs"]}
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] in jobs
+
+
+# ---------------------------------------------------------------------------------------------------- security
+
+
+def pod_labels(rendered: Rendered, kind: str, name: str) -> dict[str, str]:
+    labels: dict[str, str] = one(rendered, kind, name)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def clickhouse_pod_labels(rendered: Rendered) -> dict[str, str]:
+    """The labels the Altinity operator puts on the pods of the ClickHouseInstallation."""
+    return {"clickhouse.altinity.com/chi": one(rendered, "ClickHouseInstallation")["metadata"]["name"]}
+
+
+def keeper_pod_labels(rendered: Rendered) -> dict[str, str]:
+    """The labels the Altinity operator puts on the pods of the ClickHouseKeeperInstallation."""
+    return {"clickhouse-keeper.altinity.com/chk": one(rendered, "ClickHouseKeeperInstallation")["metadata"]["name"]}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels only: the manifests use nothing else) selects ``labels``."""
+    assert set(selector) <= {"matchLabels"}, selector
+    return bool(selector.get("matchLabels", {}).items() <= labels.items())
+
+
+def worker_container(rendered: Rendered) -> dict[str, Any]:
+    (container,) = one(rendered, "Deployment", "engagement-worker")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_value_from(container: dict[str, Any], name: str) -> dict[str, Any]:
+    (entry,) = [e for e in container["env"] if e["name"] == name]
+    value_from: dict[str, Any] = entry["valueFrom"]
+    return value_from
+
+
+def operator_secrets(rendered: Rendered) -> dict[str, set[str]]:
+    """The Secrets the operators create, name -> keys (Strimzi: the cluster CA's certificate of each Kafka
+    cluster, and the password and JAAS configuration of each SCRAM-SHA-512 KafkaUser)."""
+    made = {
+        f"{k['metadata']['name']}-cluster-ca-cert": {"ca.crt", "ca.p12", "ca.password"}
+        for k in objects(rendered, "Kafka")
+    }
+    for user in objects(rendered, "KafkaUser"):
+        if user["spec"]["authentication"]["type"] == "scram-sha-512":
+            made[user["metadata"]["name"]] = {"password", "sasl.jaas.config"}
+    return made
+
+
+def secret_references(value: Any) -> Iterator[tuple[str, str]]:
+    """(Secret name, key) of every ``secretKeyRef`` and every key a ``secret`` volume projects, anywhere."""
+    if isinstance(value, dict):
+        if "secretKeyRef" in value:
+            yield value["secretKeyRef"]["name"], value["secretKeyRef"]["key"]
+        if "secretName" in value:
+            assert value.get("items"), f"{value['secretName']}: project the keys used, not the whole Secret"
+            for item in value["items"]:
+                yield value["secretName"], item["key"]
+        for inner in value.values():
+            yield from secret_references(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from secret_references(inner)
+
+
+def test_secret_references_are_found() -> None:
+    found = set(secret_references(list(render(BASE))))
+    assert ("engagement-worker", "password") in found and ("engagement-cluster-ca-cert", "ca.crt") in found
+    assert ("engagement-clickhouse", "grafana-password") in found  # in the ClickHouseInstallation
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_id)
+def test_every_secret_key_referenced_exists(target: Path) -> None:
+    rendered = render(target)
+    available = operator_secrets(rendered)
+    for secret in objects(rendered, "Secret"):
+        available[secret["metadata"]["name"]] = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    for name, key in secret_references(list(rendered)):
+        assert key in available.get(name, set()), f"Secret {name} has no key {key}"
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_id)
+def test_kafka_only_over_tls_with_scram_for_the_workers(target: Path) -> None:
+    rendered = render(target)
+    kafka = one(rendered, "Kafka")
+    cluster = kafka["metadata"]["name"]
+    (listener,) = kafka["spec"]["kafka"]["listeners"]  # no plaintext listener besides
+    assert listener["tls"] is True and listener["authentication"] == {"type": "scram-sha-512"}
+    assert kafka["spec"]["kafka"]["authorization"] == {"type": "simple"}  # the KafkaUsers' ACLs apply
+    assert "userOperator" in kafka["spec"]["entityOperator"]
+    # Strimzi's policy for the listener admits the workers' pods only (the migrate Job never uses Kafka).
+    (peer,) = listener["networkPolicyPeers"]
+    assert set(peer) == {"podSelector"}
+    assert selects(peer["podSelector"], pod_labels(rendered, "Deployment", "engagement-worker"))
+    assert not selects(peer["podSelector"], pod_labels(rendered, "Job", "engagement-migrate"))
+    settings = worker_settings(rendered)
+    assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    assert settings.kafka_ssl_check_hostname  # the brokers' certificates name the bootstrap service
+    user = one(rendered, "KafkaUser", settings.kafka_sasl_username)
+    assert user["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+    assert user["spec"]["authentication"] == {"type": listener["authentication"]["type"]}
+    # The worker's password is the one Strimzi generated for that user, its CA file Strimzi's cluster CA.
+    container = worker_container(rendered)
+    password = env_value_from(container, "ENGAGEMENT_KAFKA_SASL_PASSWORD")["secretKeyRef"]
+    assert password == {"name": user["metadata"]["name"], "key": "password"}
+    cafile = Path(settings.kafka_ssl_cafile)
+    (mount,) = [m for m in container["volumeMounts"] if cafile.parent == Path(m["mountPath"])]
+    assert mount.get("readOnly") is True
+    volumes = one(rendered, "Deployment", "engagement-worker")["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == f"{cluster}-cluster-ca-cert"
+    assert {"key": "ca.crt", "path": cafile.name} in volume["secret"]["items"]
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_id)
+def test_kafka_user_acls_cover_exactly_what_the_workers_use(target: Path) -> None:
+    rendered = render(target)
+    settings = worker_settings(rendered)
+    acls = one(rendered, "KafkaUser", settings.kafka_sasl_username)["spec"]["authorization"]["acls"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for acl in acls:
+        resource = acl["resource"]
+        assert resource["patternType"] == "literal" and "*" not in resource["name"], resource
+        assert acl.get("host", "*") == "*" and acl.get("type", "allow") == "allow", acl
+        key = (resource["type"], resource["name"])
+        assert key not in granted, f"{key}: twice"
+        granted[key] = set(acl["operations"])
+    topics = {name: ops for (kind, name), ops in granted.items() if kind == "topic"}
+    assert set(granted) - {("topic", t) for t in topics} == {("group", settings.app_id)}
+    assert granted[("group", settings.app_id)] == {"Describe", "Read"}  # join, commit and fetch offsets
+    internal = internal_topics(settings)
+    assert set(topics) == set(pipeline_topics(settings)) | set(internal)
+    changelog = next(name for name in internal if name.endswith("-changelog"))
+    read = set(consumed_topics(settings)) | set(internal)
+    written = {settings.topic(t) for t in (REKEY_TOPIC, DEAD_LETTER_TOPIC, ALERTS_TOPIC)} | {changelog}
+    for name, operations in topics.items():
+        expected = {"Describe"}
+        expected |= {"Read"} if name in read else set()
+        expected |= {"Write"} if name in written else set()
+        expected |= {"Create"} if name in internal else set()  # Faust declares its own topics at start
+        assert operations == expected, name
+
+
+def users_of(rendered: Rendered) -> dict[str, Any]:
+    configuration = one(rendered, "ClickHouseInstallation")["spec"]["configuration"]
+    users: dict[str, Any] = configuration["users"]
+    return users
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_id)
+def test_clickhouse_users_grants_and_networks(target: Path) -> None:
+    rendered = render(target)
+    settings = worker_settings(rendered)
+    users = users_of(rendered)
+    names = {key.split("/")[0] for key in users}
+    assert names == {settings.clickhouse_user, "grafana"}
+    database = settings.clickhouse_database
+    # The cluster DDL: CREATE TABLE ... ENGINE = Distributed needs REMOTE, ON CLUSTER needs CLUSTER, and the
+    # migrations read system.clusters (config.xml's access_control_improvements ask grants for both).
+    assert settings.clickhouse_cluster
+    cluster_ddl = ["GRANT REMOTE ON *.*", "GRANT CLUSTER ON *.*", "GRANT SELECT ON system.clusters"]
+    expected = {
+        settings.clickhouse_user: [f"GRANT ALL ON {database}.*", *cluster_ddl],
+        "grafana": [f"GRANT SELECT ON {database}.*"],
+    }
+    for name in names:
+        assert users[f"{name}/grants/query"] == expected[name], name
+        # `grants` excludes these (the server refuses the users file); allow_databases keeps global rights.
+        assert not {f"{name}/allow_databases/database", f"{name}/access_management"} & set(users), name
+        check_config_grants(users[f"{name}/grants/query"])
+        # From the pod network only, never from anywhere.
+        assert not {k for k in users if k.startswith(f"{name}/networks/") and k != f"{name}/networks/ip"}, name
+        for cidr in users[f"{name}/networks/ip"]:
+            network = ipaddress.ip_network(cidr)
+            assert network.is_private and network.prefixlen >= 8, (name, cidr)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "GRANT SELEKT ON engagement.*",  # no such privilege
+        "GRANT REMOTE ON engagement.*",  # global: only ON *.*
+        "GRANT SELECT ON engagement.* TO grafana",  # a users file names no grantees
+        "GRANT ON CLUSTER engagement SELECT ON engagement.*",  # nor a cluster
+        "GRANT analyst",  # nor roles
+    ],
+)
+def test_the_grant_check_refuses_what_a_users_file_refuses(query: str) -> None:
+    with pytest.raises((AssertionError, RuntimeError)):
+        check_config_grants([query])
+
+
+def network_policies(rendered: Rendered) -> list[dict[str, Any]]:
+    policies = objects(rendered, "NetworkPolicy")
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        for rule in policy["spec"]["ingress"]:
+            assert rule.get("from"), f"{policy['metadata']['name']}: a rule without `from` admits everyone"
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer and peer.get("podSelector"), peer
+    return policies
+
+
+def policy_for(rendered: Rendered, labels: dict[str, str]) -> dict[str, Any]:
+    (policy,) = [p for p in network_policies(rendered) if selects(p["spec"]["podSelector"], labels)]
+    return policy
+
+
+def admitted(policy: dict[str, Any], labels: dict[str, str], port: int) -> bool:
+    """Whether ``policy`` admits pods of this namespace with ``labels`` to ``port``."""
+    for rule in policy["spec"]["ingress"]:
+        ports = rule.get("ports")
+        if ports is not None and {"protocol": "TCP", "port": port} not in ports:
+            continue
+        if any("namespaceSelector" not in peer and selects(peer["podSelector"], labels) for peer in rule["from"]):
+            return True
+    return False
+
+
+def app_name(peer: dict[str, Any]) -> str:
+    labels: dict[str, str] = peer["podSelector"]["matchLabels"]
+    return labels.get("app.kubernetes.io/name") or labels["app"]
+
+
+def outside_peers(policy: dict[str, Any]) -> list[tuple[dict[str, Any], list[Any] | None]]:
+    """(peer, ports) of every peer in another namespace."""
+    return [
+        (peer, rule.get("ports"))
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+        if "namespaceSelector" in peer
+    ]
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_id)
+def test_network_policies_admit_only_who_needs_each_port(target: Path) -> None:
+    rendered = render(target)
+    settings = worker_settings(rendered)
+    worker = pod_labels(rendered, "Deployment", "engagement-worker")
+    migrate = pod_labels(rendered, "Job", "engagement-migrate")
+    clickhouse, keeper = clickhouse_pod_labels(rendered), keeper_pod_labels(rendered)
+    # Workers: nothing of this namespace, Prometheus (elsewhere) on the web port only.
+    worker_policy = policy_for(rendered, worker)
+    assert not any(admitted(worker_policy, labels, settings.web_port) for labels in (worker, migrate, clickhouse))
+    ((prometheus, ports),) = outside_peers(worker_policy)
+    assert app_name(prometheus) == "prometheus" and ports == [{"protocol": "TCP", "port": settings.web_port}]
+    # ClickHouse: the workers and the migrate Job on the port they use, its own pods; Grafana and the operator
+    # from elsewhere; the Keeper never.
+    clickhouse_policy = policy_for(rendered, clickhouse)
+    assert admitted(clickhouse_policy, worker, settings.clickhouse_port)
+    assert admitted(clickhouse_policy, migrate, settings.clickhouse_port)
+    assert admitted(clickhouse_policy, clickhouse, 9009)  # replication between replicas
+    assert not admitted(clickhouse_policy, worker, 8123) and not admitted(clickhouse_policy, keeper, 9000)
+    outside = {app_name(peer): ports for peer, ports in outside_peers(clickhouse_policy)}
+    assert outside == {
+        "grafana": [{"protocol": "TCP", "port": settings.clickhouse_port}],
+        "clickhouse-operator": [{"protocol": "TCP", "port": 8123}],
+    }
+    # Keeper: the ClickHouse servers on the port of clickhouse.yaml, its own pods, nothing of the pipeline.
+    keeper_policy = policy_for(rendered, keeper)
+    (node,) = one(rendered, "ClickHouseInstallation")["spec"]["configuration"]["zookeeper"]["nodes"]
+    assert admitted(keeper_policy, clickhouse, node["port"]) and admitted(keeper_policy, keeper, 9234)
+    assert not admitted(keeper_policy, worker, node["port"]) and not admitted(keeper_policy, migrate, node["port"])
+    # Every peer of this namespace is one of the pipeline's pods.
+    for policy in network_policies(rendered):
+        for rule in policy["spec"]["ingress"]:
+            for peer in rule["from"]:
+                if "namespaceSelector" not in peer:
+                    known = (worker, migrate, clickhouse, keeper)
+                    assert any(selects(peer["podSelector"], labels) for labels in known), peer

@@ -165,4 +165,3 @@ def test_a_silence_observed_in_pieces_equals_it_observed_at_once_bit_for_bit(cut
         raised.append(alerts)
     assert states[0] == states[1] and states[0].decay == 0
     assert raised[0] == raised[1]
-    assert DropState.from_list(states[0].to_list()[:6]) == DropState.from_list(states[0].to_list())  # old states
