@@ -221,11 +221,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     from pipeline.clickhouse_users import supports_access_control, users_sql, users_xml
     from pipeline.warehouse import open_warehouse
+    from pipeline.warehouse.cluster import ClusterLayout
+    from pipeline.warehouse.migrate import every_node
 
     settings = _settings(args)
     if args.action == "xml":
-        print(users_xml(settings), end="")
+        print(users_xml(settings, args.network or ("::/0",)), end="")
         return 0
+    if args.network:
+        print("--network applies to `engagement users xml` only", file=sys.stderr)
+        return 2
     if args.action == "sql":
         print(";\n".join(users_sql(settings)) + ";")
         return 0
@@ -243,8 +248,15 @@ def cmd_users(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        for statement in statements:
-            warehouse.execute(statement)
+        layout = ClusterLayout.of(settings)
+        if layout is None or layout.replicated:  # one node, or ON CLUSTER statements
+            for statement in statements:
+                warehouse.execute(statement)
+        else:
+            with every_node(warehouse, settings, layout) as nodes:
+                for node in nodes:
+                    for statement in statements:
+                        node.execute(statement)
     finally:
         warehouse.close()
     print(f"users {settings.clickhouse_ingest_user} and {settings.clickhouse_analyst_user} are in place")
@@ -409,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         "action",
         choices=["create", "sql", "xml"],
         help="create: run CREATE USER/GRANT on the server (20.5+); sql: print them; xml: print users.d XML",
+    )
+    p.add_argument(
+        "--network",
+        action="append",
+        metavar="CIDR",
+        help="xml: an address or network the users may connect from (repeatable; default ::/0, anywhere)",
     )
     p.set_defaults(func=cmd_users)
 

@@ -28,6 +28,7 @@ from pipeline.settings import Settings
 SASL_HANDSHAKE = 17
 SASL_AUTHENTICATE = 36
 CLIENT_ID = b"engagement-auth-check"
+DEFAULT_PORT = 9092
 _HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}
 
 
@@ -96,19 +97,19 @@ def check_credentials(settings: Settings) -> None:
     """
     if not uses_tls(settings) and not uses_sasl(settings):
         return
-    host, _, port = settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    host, port = bootstrap_address(settings.bootstrap_servers.split(",")[0])
     where = f"Kafka at {host}:{port}"
     timeout = settings.kafka_auth_timeout_seconds
     try:
-        raw = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+        raw = socket.create_connection((host, port), timeout=timeout)
     except OSError:
         return
+    sock: socket.socket = raw
     try:
-        sock: socket.socket = raw
         context = ssl_context(settings)
         if context is not None:
             try:
-                sock = context.wrap_socket(raw, server_hostname=host.strip("[]"))
+                sock = context.wrap_socket(raw, server_hostname=host)  # raw is detached into sock
             except (ssl.SSLError, ssl.CertificateError) as exc:
                 raise KafkaAuthError(f"TLS handshake with {where} failed: {exc}") from None
         if uses_sasl(settings):
@@ -120,8 +121,34 @@ def check_credentials(settings: Settings) -> None:
         raise KafkaAuthError(
             f"Kafka authentication failed: {where} closed the connection during {stage}: {type(exc).__name__}"
         ) from None
+    except ValueError as exc:  # undecodable names, numbers or base64 in the broker's answers
+        raise KafkaAuthError(
+            f"Kafka authentication failed: {where} sent a malformed answer: {type(exc).__name__}"
+        ) from None
     finally:
+        sock.close()
         raw.close()
+
+
+def bootstrap_address(server: str) -> tuple[str, int]:
+    """(host, port) of one ``host[:port]`` or ``[ipv6][:port]`` bootstrap server; the port defaults to 9092.
+
+    Raises :class:`KafkaAuthError` when the port is not a number.
+    """
+    server = server.strip()
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        has_port, port = rest.startswith(":"), rest[1:]
+    elif server.count(":") == 1:
+        host, _, port = server.partition(":")
+        has_port = True
+    else:
+        host, has_port, port = server, False, ""  # a name, or a bare IPv6 address
+    if not has_port:
+        return host, DEFAULT_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise KafkaAuthError(f"the bootstrap server {server!r} has no valid port (HOST:PORT)")
+    return host, int(port)
 
 
 class _Connection:
@@ -168,7 +195,7 @@ def _sasl_login(conn: _Connection, settings: Settings, where: str) -> None:
     offered, rest = [], response[6:]
     for _ in range(max(count, 0)):
         (length,) = struct.unpack(">h", rest[:2])
-        offered.append(rest[2 : 2 + length].decode())
+        offered.append(rest[2 : 2 + length].decode(errors="replace"))
         rest = rest[2 + length :]
     if error != 0:
         raise KafkaAuthError(f"{refused}: the broker does not offer {mechanism} (it offers {', '.join(offered)})")
@@ -212,7 +239,13 @@ class _Scram:
         fields = _fields(server_first, refused)
         if not fields.get("r", "").startswith(self.nonce) or "s" not in fields or "i" not in fields:
             raise KafkaAuthError(f"{refused}: unexpected server message")
-        salted = hashlib.pbkdf2_hmac(self.hash().name, self.password, base64.b64decode(fields["s"]), int(fields["i"]))
+        try:
+            salt, iterations = base64.b64decode(fields["s"], validate=True), int(fields["i"])
+        except ValueError:  # binascii.Error included
+            raise KafkaAuthError(f"{refused}: unexpected server message (salt or iteration count)") from None
+        if iterations < 1:
+            raise KafkaAuthError(f"{refused}: unexpected server message (iteration count)")
+        salted = hashlib.pbkdf2_hmac(self.hash().name, self.password, salt, iterations)
         client_key = hmac.digest(salted, b"Client Key", self.hash)
         stored_key = self.hash(client_key).digest()
         without_proof = f"c=biws,r={fields['r']}"
@@ -225,7 +258,11 @@ class _Scram:
 
     def verify(self, server_final: bytes, refused: str) -> None:
         fields = _fields(server_final, refused)
-        if base64.b64decode(fields.get("v", "")) != self.server_signature:
+        try:
+            signature = base64.b64decode(fields.get("v", ""), validate=True)
+        except ValueError:  # binascii.Error included
+            signature = b""
+        if not signature or not hmac.compare_digest(signature, self.server_signature):
             raise KafkaAuthError(f"{refused}: the broker's signature does not match")
 
 

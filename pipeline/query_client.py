@@ -37,7 +37,7 @@ def _live_worker(data_dir: Path) -> dict[str, Any] | None:
 
 def run_query(settings: Settings, sql: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> QueryResult:
     """Run one read-only statement (ReadOnlyViolation otherwise). QueryError: ClickHouse refused it."""
-    check_read_only(sql)
+    check_read_only(sql, params)
     with reading(settings, timeout) as run:
         return run(sql, params)
 
@@ -55,7 +55,7 @@ def reading(settings: Settings, timeout: float = 60.0) -> Iterator[Reader]:
         if worker is not None:
 
             def via_worker(sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
-                check_read_only(sql)
+                check_read_only(sql, params)
                 return _via_worker(worker, sql, dict(params or {}), timeout)
 
             yield via_worker
@@ -64,7 +64,7 @@ def reading(settings: Settings, timeout: float = 60.0) -> Iterator[Reader]:
     try:
 
         def direct(sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
-            check_read_only(sql)
+            check_read_only(sql, params)
             return warehouse.query(sql, params)
 
         yield direct

@@ -12,8 +12,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from pipeline.log_redaction import redact
+
+# Names that go into SQL, XML tags and ZooKeeper paths unescaped-safe (pipeline.clickhouse_users, cluster)
+DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 DROP_WATCH_MAX = 50  # per-account gauges are capped: Prometheus cost grows with label values
 PREFIX = "ENGAGEMENT_"
 
@@ -31,6 +36,8 @@ class Secret:
         self._value = value
 
     def reveal(self) -> str:
+        """The value; from now on it is also masked in every log record (:mod:`pipeline.log_redaction`)."""
+        redact(self._value)
         return self._value
 
     def __bool__(self) -> bool:
@@ -52,8 +59,8 @@ WarehouseKind = Literal["embedded", "server"]
 ClusterEngines = Literal["replicated", "plain"]
 KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+KAFKA_PROTOCOLS: tuple[str, ...] = get_args(KafkaProtocol)
+SASL_MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 
 
 @dataclass(frozen=True)
@@ -180,15 +187,29 @@ class Settings:
             raise SettingsError("ENGAGEMENT_ALLOWED_LATENESS_SECONDS must be >= 0")
         if self.partitions <= 0:
             raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
-        if self.warehouse not in ("embedded", "server"):
+        if self.warehouse not in get_args(WarehouseKind):
             raise SettingsError("ENGAGEMENT_WAREHOUSE must be 'embedded' or 'server'")
+        if not DATABASE_NAME.fullmatch(self.clickhouse_database):
+            raise SettingsError(
+                "ENGAGEMENT_CLICKHOUSE_DATABASE must be a plain name ([A-Za-z_][A-Za-z0-9_]*): it goes into "
+                "SQL, the users' XML and ZooKeeper paths"
+            )
+        for variable, user in (
+            ("ENGAGEMENT_CLICKHOUSE_INGEST_USER", self.clickhouse_ingest_user),
+            ("ENGAGEMENT_CLICKHOUSE_ANALYST_USER", self.clickhouse_analyst_user),
+        ):
+            if not USER_NAME.fullmatch(user):
+                raise SettingsError(
+                    f"{variable} must be a plain name ([A-Za-z_][A-Za-z0-9_.-]*): it becomes an XML tag and a "
+                    "SQL identifier"
+                )
         if not re.fullmatch(r"[\w.-]*", self.clickhouse_cluster):
             raise SettingsError(
                 "ENGAGEMENT_CLICKHOUSE_CLUSTER must be a cluster name of remote_servers ([A-Za-z0-9_.-])"
             )
         if self.clickhouse_cluster and self.warehouse != "server":
             raise SettingsError("ENGAGEMENT_CLICKHOUSE_CLUSTER needs ENGAGEMENT_WAREHOUSE=server")
-        if self.clickhouse_cluster_engines not in ("replicated", "plain"):
+        if self.clickhouse_cluster_engines not in get_args(ClusterEngines):
             raise SettingsError("ENGAGEMENT_CLICKHOUSE_CLUSTER_ENGINES must be 'replicated' or 'plain'")
         if self.fetch_max_wait_ms <= 0:
             raise SettingsError("ENGAGEMENT_FETCH_MAX_WAIT_MS must be > 0")

@@ -370,9 +370,12 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 return self.json({"error": refused}, status=403)
             body = orjson.loads(await request.read())
             sql = str(body.get("sql", ""))
+            params = body.get("params") or None
             try:
-                check_read_only(sql)
-                result = await writer.query(sql, body.get("params") or None)
+                if params is not None and not isinstance(params, dict):
+                    raise ReadOnlyViolation("params must be a JSON object")
+                check_read_only(sql, params)  # the statement as ClickHouse receives it, parameters bound
+                result = await writer.query(sql, params)
             except ReadOnlyViolation as exc:
                 return self.json({"error": str(exc)}, status=403)
             except QueryError as exc:

@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass
 
 from pipeline.settings import Settings
+from pipeline.warehouse.params import identifier
 
 LOCAL_SUFFIX = "_local"
 ZOOKEEPER_PATH = "/clickhouse/tables/{shard}/%(database)s/%(table)s"
@@ -103,7 +104,8 @@ class ClusterLayout:
         return f" ON CLUSTER '{self.name}'" if self.replicated else ""
 
     def qualified(self, table: str) -> str:
-        return f"`{self.database}`.{table}"
+        """``table`` in the cluster's database, quoted."""
+        return f"{identifier(self.database)}.{table}"
 
     def engine(self, table: str, family: str, args: str | None) -> str:
         """The local table's engine: ``Replicated<family>MergeTree(path, '{replica}'[, args])`` or, in plain

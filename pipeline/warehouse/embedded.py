@@ -14,7 +14,7 @@ import orjson
 
 from pipeline.extras import require_embedded
 from pipeline.warehouse.base import Params, QueryError, QueryResult
-from pipeline.warehouse.params import bind
+from pipeline.warehouse.params import bind, identifier
 
 NEEDED_BY = "the embedded warehouse (ENGAGEMENT_WAREHOUSE=embedded)"
 
@@ -40,7 +40,7 @@ class EmbeddedWarehouse:
         if self.database:
             exists = self._raw("SELECT count() FROM system.databases WHERE name = %(d)s", {"d": self.database})
             if exists.rows and exists.rows[0][0]:
-                self._session.query(f"USE `{self.database}`")
+                self._session.query(f"USE {identifier(self.database)}")
 
     def _raw(self, sql: str, params: Params = None) -> QueryResult:
         try:
@@ -64,7 +64,7 @@ class EmbeddedWarehouse:
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
         block = self._pyarrow.table({name: list(values) for name, values in columns.items()})  # noqa: F841 (chDB reads it by name)
-        names = ", ".join(f"`{name}`" for name in columns)
+        names = ", ".join(identifier(name) for name in columns)
         try:
             self._session.query(f"INSERT INTO {table} ({names}) SELECT * FROM Python(block)")
         except Exception as exc:

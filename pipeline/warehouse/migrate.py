@@ -28,6 +28,7 @@ from pathlib import Path
 from pipeline.settings import Settings
 from pipeline.warehouse.base import QueryError, Warehouse
 from pipeline.warehouse.cluster import ClusterLayout, ClusterStatement, cluster_statements
+from pipeline.warehouse.params import identifier
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent.parent / "schemas"
 MIGRATIONS_TABLE = "engagement_schema_migrations"
@@ -122,7 +123,7 @@ def migrations_table_ddl(database: str, layout: ClusterLayout | None) -> str:
     if layout is not None and layout.replicated:
         engine = _MIGRATIONS_REPLICATED % {"database": database}
     return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.{MIGRATIONS_TABLE}{on_cluster} "
+        f"CREATE TABLE IF NOT EXISTS {identifier(database)}.{MIGRATIONS_TABLE}{on_cluster} "
         f"{_MIGRATIONS_COLUMNS} ENGINE = {engine} ORDER BY version"
     )
 
@@ -138,27 +139,38 @@ def migrate(warehouse: Warehouse, settings: Settings, directory: Path = SCHEMAS_
     On a cluster in plain mode, also connects to every node of the cluster (``system.clusters``, with the
     credentials of ``settings``) and closes those connections before returning.
 
-    On a single node, when the migrations table is readable and nothing is pending, nothing is executed:
-    a user without DDL rights (the ingest user on servers with SQL access control) can run it at worker
-    start once an administrator applied the migrations.
+    When the migrations table is readable and records every migration (on a single node; on a replicated
+    cluster, where that table is replicated; in plain mode on every node), nothing is executed: a user
+    without DDL rights (the ingest user on servers with SQL access control) can run it at worker start once
+    an administrator applied the migrations. Any other error reading that table (access denied...) is
+    raised, not taken for "nothing applied yet".
     """
     layout = ClusterLayout.of(settings)
-    if layout is None:
+    if layout is None or layout.replicated:
         if _nothing_pending(warehouse, directory):
             return []
-        return _migrate(warehouse, [warehouse], settings, directory, None)
-    if layout.replicated:
         return _migrate(warehouse, [warehouse], settings, directory, layout)
-    with _every_node(warehouse, settings, layout) as nodes:
+    if _nothing_pending(warehouse, directory):
+        with every_node(warehouse, settings, layout, create_database=False) as nodes:
+            if all(_nothing_pending(node, directory) for node in nodes):
+                return []
+    with every_node(warehouse, settings, layout) as nodes:
         return _migrate(warehouse, nodes, settings, directory, layout)
 
 
+# What reading the migrations table raises before the first migrate: no such table, no such database
+_NOT_YET_CREATED = frozenset({60, 81})
+
+
 def _nothing_pending(warehouse: Warehouse, directory: Path) -> bool:
-    """Whether the migrations table is readable and records every migration of ``directory``."""
+    """Whether the migrations table is readable and records every migration of ``directory``; False when
+    it or its database does not exist yet. Other errors (access denied, ...) are raised."""
     try:
         done = applied_versions(warehouse)
-    except QueryError:  # no database or no migrations table yet
-        return False
+    except QueryError as exc:
+        if exc.code in _NOT_YET_CREATED:
+            return False
+        raise
     return all(m.version in done for m in discover(directory))
 
 
@@ -173,7 +185,7 @@ def _migrate(
     or with ON CLUSTER), the others on ``warehouse``; recorded on every one of ``nodes``."""
     database = warehouse.database
     for node in nodes:
-        node.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`{layout.on_cluster if layout else ''}")
+        node.execute(f"CREATE DATABASE IF NOT EXISTS {identifier(database)}{layout.on_cluster if layout else ''}")
         node.execute(migrations_table_ddl(database, layout))
     done = set.intersection(*(applied_versions(node) for node in nodes))
     server = warehouse.server_version()
@@ -188,7 +200,7 @@ def _migrate(
                 node.execute(statement.sql)
         for node in nodes:
             node.insert(
-                f"`{database}`.{MIGRATIONS_TABLE}",
+                f"{identifier(database)}.{MIGRATIONS_TABLE}",
                 {"version": [migration.version], "name": [migration.name], "checksum": [migration.checksum]},
             )
         applied.append(migration)
@@ -196,11 +208,17 @@ def _migrate(
 
 
 @contextmanager
-def _every_node(warehouse: Warehouse, settings: Settings, layout: ClusterLayout) -> Iterator[list[Warehouse]]:
-    """A connection to each node of the cluster (one per shard in plain mode), closed on exit."""
+def every_node(
+    warehouse: Warehouse, settings: Settings, layout: ClusterLayout, create_database: bool = True
+) -> Iterator[list[Warehouse]]:
+    """A connection to each node of the cluster (one per shard in plain mode), closed on exit.
+
+    ``create_database``: first create the session's database on ``warehouse`` (the node list is read in
+    it); without it, the database must exist."""
     from pipeline.warehouse.server import ServerWarehouse
 
-    warehouse.execute(f"CREATE DATABASE IF NOT EXISTS `{warehouse.database}`")  # the session's database
+    if create_database:
+        warehouse.execute(f"CREATE DATABASE IF NOT EXISTS {identifier(warehouse.database)}")
     found = warehouse.query(
         "SELECT host_address, port, replica_num FROM system.clusters WHERE cluster = %(cluster)s"
         " ORDER BY shard_num, replica_num",

@@ -31,6 +31,12 @@ class BindError(ValueError):
     """A placeholder has no value, or a value has a type that cannot be bound."""
 
 
+def identifier(name: str) -> str:
+    """``name`` as a backquoted ClickHouse identifier (backslashes and backquotes escaped), for names that
+    cannot be bound as values: databases, tables, columns, users."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
 def quote(value: Any) -> str:
     """The SQL literal for ``value``."""
     if value is None:

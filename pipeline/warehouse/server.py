@@ -11,7 +11,7 @@ from clickhouse_driver import errors as ch_errors
 
 from pipeline.settings import Settings
 from pipeline.warehouse.base import Params, QueryError, QueryResult, WarehouseUnavailable
-from pipeline.warehouse.params import bind
+from pipeline.warehouse.params import bind, identifier
 
 # On a cluster (pipeline.warehouse.cluster), every query of the session runs with these: an insert into a
 # Distributed table returns once every shard has its rows (not when they are queued on the node we talk
@@ -123,7 +123,7 @@ class ServerWarehouse:
         return QueryResult([c[0] for c in columns], [tuple(_plain(v) for v in row) for row in rows])
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
-        names = ", ".join(f"`{name}`" for name in columns)
+        names = ", ".join(identifier(name) for name in columns)
         self._run(f"INSERT INTO {table} ({names}) VALUES", [list(v) for v in columns.values()], columnar=True)
 
     def server_version(self) -> tuple[int, int]:

@@ -203,7 +203,9 @@ def test_users_create_refuses_servers_without_access_control(admin: Settings) ->
 
 def test_the_users_sql_parses_on_a_current_clickhouse(embedded_settings: Settings) -> None:
     settings = replace(embedded_settings, **USERS_SETTINGS)  # type: ignore[arg-type]
-    statements = users_sql(settings)
+    on_a_cluster = replace(settings, warehouse="server", clickhouse_cluster="engagement_cluster")
+    statements = users_sql(settings) + users_sql(on_a_cluster)  # with ALTER USER, ON CLUSTER
+    assert any(s.startswith("ALTER USER") and "ON CLUSTER" in s for s in statements)
     with opened_store(embedded_settings, migrated=False) as store:
         for statement in statements:
             store.query(f"EXPLAIN AST {statement}")  # raises on a syntax error

@@ -111,5 +111,18 @@ def test_worker_end_to_end(live_settings: Settings) -> None:
         with pytest.raises(urllib.error.HTTPError) as refused_http:
             urllib.request.urlopen(request, timeout=5)
         assert refused_http.value.code == 403
+        # the guard checks the statement with its parameters bound: a value cannot end a comment
+        hidden = {"sql": "SELECT /* %(x)s */ 1", "params": {"x": "*/ * FROM merge(currentDatabase(), char(46, 42)) --"}}
+        for body in (hidden, {"sql": "SELECT 1", "params": ["not", "an", "object"]}):
+            request = urllib.request.Request(base + "/query", data=orjson.dumps(body))
+            with pytest.raises(urllib.error.HTTPError) as refused_http:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused_http.value.code == 403, body
+        bound = {
+            "sql": "SELECT DISTINCT account_id FROM engagement_windows WHERE account_id = %(a)s",
+            "params": {"a": home},
+        }
+        request = urllib.request.Request(base + "/query", data=orjson.dumps(bound))
+        assert orjson.loads(urllib.request.urlopen(request, timeout=5).read())["rows"] == [[home]]
         assert worker.poll() is None
     assert worker.returncode is not None

@@ -273,3 +273,41 @@ def test_migrate_on_a_replicated_cluster_sends_each_statement_once_and_records_o
     assert [(t, c["version"]) for t, c in warehouse.inserted] == [
         (f"`engagement`.{MIGRATIONS_TABLE}", [m.version]) for m in applied
     ]
+
+
+class ClusterNode(RecordingWarehouse):
+    """A node of a plain cluster of ``nodes`` (host, port): answers ``system.clusters`` too."""
+
+    def __init__(self, database: str, applied: Sequence[int], nodes: Sequence[tuple[str, int]]) -> None:
+        super().__init__(database, applied)
+        self.nodes = list(nodes)
+
+    def query(self, sql: str, params: Params = None) -> QueryResult:
+        if "system.clusters" in sql:
+            return QueryResult(["host_address", "port", "replica_num"], [(h, p, 1) for h, p in self.nodes])
+        return super().query(sql, params)
+
+
+def test_migrate_on_a_cluster_runs_no_ddl_when_nothing_is_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker connecting as the ingest user (SELECT, INSERT only) migrates at start: on a cluster too,
+    nothing may be sent when every migration is recorded (on every node, in plain mode)."""
+    everything = [m.version for m in discover()]
+    replicated = RecordingWarehouse("engagement", applied=everything)
+    assert migrate(replicated, cluster_settings()) == [] and replicated.sent == []
+
+    addresses = [("10.0.0.1", 9000), ("10.0.0.2", 9000)]
+    nodes = {address: ClusterNode("engagement", everything, addresses) for address in addresses}
+    import pipeline.warehouse.server as server
+
+    monkeypatch.setattr(
+        server, "ServerWarehouse", lambda settings: nodes[(settings.clickhouse_host, settings.clickhouse_port)]
+    )
+    plain = cluster_settings(clickhouse_cluster_engines="plain")
+    first = ClusterNode("engagement", everything, addresses)
+    assert migrate(first, plain) == []
+    assert first.sent == [] and all(node.sent == [] for node in nodes.values())
+    # one node behind: the pending migration is applied on every node that lacks it
+    nodes[addresses[1]].applied = everything[:-1]
+    assert [m.version for m in migrate(first, plain)] == everything[-1:]
+    assert first.sent[0] == "CREATE DATABASE IF NOT EXISTS `engagement`"
+    assert [c["version"] for _, c in nodes[addresses[1]].inserted] == [everything[-1:]]

@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import ssl
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from pipeline.kafka_security import KafkaAuthError, _Scram, faust_credentials, k
 from pipeline.readonly_sql import ReadOnlyViolation, check_read_only
 from pipeline.settings import Secret, Settings, SettingsError
 from pipeline.warehouse.base import QueryError, QueryResult
-from pipeline.warehouse.migrate import discover, migrate
+from pipeline.warehouse.cluster import LOCAL_SUFFIX, SHARDING_KEYS
+from pipeline.warehouse.migrate import MIGRATIONS_TABLE, discover, migrate
 from pipeline.warehouse.server import ServerWarehouse, connection_options
 from pipeline.worker import is_loopback, local_endpoint_refusal
 from tests.tls import make_tls
@@ -144,7 +147,9 @@ def test_users_xml_confines_both_users_to_the_database_with_hashed_passwords() -
     assert PASSWORD not in xml
     root = ET.fromstring(xml)
     assert root.tag == "yandex"
-    assert {p.tag: p.findtext("readonly") for p in root.find("profiles") or []} == {
+    profiles = root.find("profiles")
+    assert profiles is not None
+    assert {p.tag: p.findtext("readonly") for p in profiles} == {
         "engagement_ingest": "0",
         "engagement_analyst": "2",
     }
@@ -159,15 +164,61 @@ def test_users_xml_confines_both_users_to_the_database_with_hashed_passwords() -
         users_xml(users_settings(clickhouse_analyst_password=Secret("short")))
 
 
-def test_users_sql_grants_the_tables_only() -> None:
-    statements = users_sql(users_settings(clickhouse_database="odd`db"))
+def created_tables(ddl: str, qualifier: str = "") -> set[str]:
+    return set(re.findall(r"^CREATE TABLE IF NOT EXISTS " + re.escape(qualifier) + r"(\w+)", ddl, re.M))
+
+
+def test_pipeline_tables_are_the_tables_the_schemas_create() -> None:
+    schemas = "\n".join(m.text for m in discover())
+    assert created_tables(schemas) == set(SHARDING_KEYS)
+    assert set(PIPELINE_TABLES) == created_tables(schemas) | {MIGRATIONS_TABLE}
+    assert len(PIPELINE_TABLES) == len(set(PIPELINE_TABLES))
+
+
+def test_users_sql_grants_every_table_the_ingest_user_touches() -> None:
+    statements = users_sql(users_settings(clickhouse_database="pipeline_db"))
     assert all(PASSWORD not in s for s in statements)
-    assert statements[1].endswith("SETTINGS readonly = 2")
-    grants = [s for s in statements if s.startswith("GRANT")]
-    assert grants == [
-        *(f"GRANT SELECT, INSERT ON `odd\\`db`.{table} TO `engagement_ingest`" for table in PIPELINE_TABLES),
-        "GRANT SELECT ON `odd\\`db`.* TO `engagement_analyst`",
+    ingest_hash = hashlib.sha256(("ingest-" + PASSWORD).encode()).hexdigest()
+    analyst_hash = hashlib.sha256(("analyst-" + PASSWORD).encode()).hexdigest()
+    # re-running changes the passwords: every CREATE USER IF NOT EXISTS is followed by an ALTER USER
+    assert statements[:4] == [
+        f"CREATE USER IF NOT EXISTS `engagement_ingest` IDENTIFIED WITH sha256_hash BY '{ingest_hash}'",
+        f"ALTER USER `engagement_ingest` IDENTIFIED WITH sha256_hash BY '{ingest_hash}'",
+        f"CREATE USER IF NOT EXISTS `engagement_analyst` IDENTIFIED WITH sha256_hash BY '{analyst_hash}'"
+        " SETTINGS readonly = 2",
+        f"ALTER USER `engagement_analyst` IDENTIFIED WITH sha256_hash BY '{analyst_hash}' SETTINGS readonly = 2",
     ]
+    grants = [s for s in statements if s.startswith("GRANT")]
+    schemas = "\n".join(m.text for m in discover())
+    assert grants == [
+        *(f"GRANT SELECT, INSERT ON `pipeline_db`.{table} TO `engagement_ingest`" for table in PIPELINE_TABLES),
+        "GRANT SELECT ON `pipeline_db`.* TO `engagement_analyst`",
+    ]
+    assert {g.split(".", 1)[1].split()[0] for g in grants[:-1]} == created_tables(schemas) | {MIGRATIONS_TABLE}
+    assert (supports_access_control((18, 16)), supports_access_control((20, 5)), supports_access_control((26, 9))) == (
+        False,
+        True,
+        True,
+    )
+
+
+def test_users_sql_on_a_cluster_grants_the_local_tables_on_every_node() -> None:
+    # Every table the cluster DDL creates (the snapshot of tests/golden, checked against the renderer in
+    # tests/unit/test_cluster_ddl.py): reads and inserts through a Distributed table reach its *_local table
+    # as the calling user
+    cluster_ddl = (Path(__file__).resolve().parent.parent / "golden" / "cluster_ddl.sql").read_text(encoding="utf-8")
+    settings = users_settings(warehouse="server", clickhouse_cluster="engagement_cluster")
+    statements = users_sql(settings)
+    on_cluster = " ON CLUSTER 'engagement_cluster'"
+    assert all(on_cluster in s for s in statements)
+    ingest_grants = [s for s in statements if s.startswith("GRANT") and "engagement_ingest" in s]
+    assert ingest_grants[-1] == f"GRANT{on_cluster} SELECT ON system.clusters TO `engagement_ingest`"
+    granted = {s.split("`engagement`.", 1)[1].split()[0] for s in ingest_grants[:-1]}
+    assert granted == created_tables(cluster_ddl, "`engagement`.")
+    assert {t + LOCAL_SUFFIX for t in SHARDING_KEYS} <= granted
+    plain = users_sql(replace(settings, clickhouse_cluster_engines="plain"))
+    assert not any("ON CLUSTER" in s for s in plain)  # no ZooKeeper: `users create` runs them on every node
+    assert set(plain) == {s.replace(on_cluster, "") for s in statements}
     assert (supports_access_control((18, 16)), supports_access_control((20, 5)), supports_access_control((26, 9))) == (
         False,
         True,
@@ -287,3 +338,18 @@ def test_migrate_runs_no_ddl_when_nothing_is_pending() -> None:
     fresh = RecordingWarehouse(None)
     assert [m.version for m in migrate(fresh, Settings.from_env({}))] == everything  # type: ignore[arg-type]
     assert fresh.executed[0] == "CREATE DATABASE IF NOT EXISTS `engagement`"
+
+
+class DeniedWarehouse(RecordingWarehouse):
+    """A warehouse where the migrations table exists but this user may not read it (code 497)."""
+
+    def query(self, sql: str, params: Any = None) -> QueryResult:
+        raise QueryError("engagement_ingest: Not enough privileges", 497)
+
+
+def test_migrate_raises_when_the_migrations_table_cannot_be_read() -> None:
+    # access denied is not "nothing applied yet": running the DDL would fail later and less clearly
+    denied = DeniedWarehouse([])
+    with pytest.raises(QueryError, match="Not enough privileges"):
+        migrate(denied, Settings.from_env({}))  # type: ignore[arg-type]
+    assert denied.executed == []
