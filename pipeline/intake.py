@@ -139,7 +139,9 @@ class ReadOrder:
     topics and transactions): offsets of records nobody processed would be committed. Instead, a record
     that is not the next one due is not delivered, and the partition is read again from the offset due.
     Positions are known after a seek to the committed offsets (or to a given offset); until then, the
-    first record delivered sets them.
+    first record delivered sets them. While such a seek runs (:meth:`suspend`), no record is due: it was
+    fetched before the seek. A seek whose records never come (the fetch had already reached the end of
+    the partition, so no later record asks again) is issued again by :meth:`stale_seeks`.
     """
 
     SEEK_AGAIN_AFTER = 5.0  # seconds: a seek whose re-read never came is issued again
@@ -148,6 +150,14 @@ class ReadOrder:
         self._next: dict[Any, int] = {}
         self._seeking: dict[Any, tuple[int, float]] = {}  # partition -> (target, when sought)
         self._monotonic = monotonic
+        self._suspended = 0
+
+    def suspend(self) -> None:
+        """A seek of the partitions starts: no record is due until :meth:`resume` (nested calls count)."""
+        self._suspended += 1
+
+    def resume(self) -> None:
+        self._suspended -= 1
 
     def expect(self, tp: Any, offset: int | None) -> None:
         """``tp`` is read from ``offset`` next (None: unknown, the next record delivered sets it)."""
@@ -164,7 +174,10 @@ class ReadOrder:
 
     def due(self, tp: Any, offset: int) -> bool:
         """Whether the record at ``offset`` is the next one due (then it is delivered and the one after
-        it becomes due); False: a record before it was passed over, or it was already delivered."""
+        it becomes due); False: a record before it was passed over, or it was already delivered, or a
+        seek is running."""
+        if self._suspended:
+            return False
         expected = self._next.get(tp)
         if expected is None or offset == expected:
             self._next[tp] = offset + 1
@@ -176,7 +189,7 @@ class ReadOrder:
         """Where to seek ``tp`` after a record was not due: its next offset due, unless a seek there was
         issued less than :attr:`SEEK_AGAIN_AFTER` seconds ago (None)."""
         target = self._next.get(tp)
-        if target is None:
+        if target is None or self._suspended:
             return None
         now = self._monotonic()
         previous = self._seeking.get(tp)
@@ -185,9 +198,28 @@ class ReadOrder:
         self._seeking[tp] = (target, now)
         return target
 
+    def stale_seeks(self) -> list[tuple[Any, int]]:
+        """Partitions sought :attr:`SEEK_AGAIN_AFTER` seconds ago or more whose offset due has still not
+        come, with that offset: seek them again (each is then timed anew)."""
+        if self._suspended:
+            return []
+        now = self._monotonic()
+        stale = [
+            (tp, target)
+            for tp, (target, since) in self._seeking.items()
+            if self._next.get(tp) == target and now - since >= self.SEEK_AGAIN_AFTER
+        ]
+        for tp, target in stale:
+            self._seeking[tp] = (target, now)
+        return stale
+
 
 class IntakeConsumer(aiokafka_driver.Consumer):
-    """Faust's aiokafka consumer whose fetch loop hands the intake topics' messages to ``app.intake``."""
+    """Faust's aiokafka consumer whose fetch loop hands the intake topics' messages to ``app.intake``.
+
+    Seeks go through ``seek_wait`` (run on the consumer's thread): Faust's ``seek`` calls aiokafka from
+    this thread while the consumer thread reads the fetched records (a ``KeyError`` in aiokafka's
+    ``fetched_records`` crashed a worker)."""
 
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -209,13 +241,48 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         return ReadOrder()
 
     async def perform_seek(self) -> None:
-        """Faust's seek of every partition to its committed offset; those are the next offsets due."""
-        await super().perform_seek()
-        intake = self._intake()
-        if intake is not None:
-            for tp, offset in list(self._read_offset.items()):
-                if tp.topic in intake.topics:
-                    self._order.expect(tp, offset)
+        """Faust's seek of every partition to its committed offset, and of every stream partition without
+        one to its earliest offset; those are the next offsets due. Records already in the intake were
+        fetched before the seek: they are dropped, and read again from there.
+
+        aiokafka seeks only the partitions committed past offset 0, and Faust resumes fetching before it
+        seeks: a newly assigned partition without a committed offset was read from wherever fetches
+        during the recovery left it, and those records were dropped (flow was stopped). The first record
+        after them would then have been taken as the start, and the ones before it never processed, yet
+        committed past: a worker that received such a partition in a later rebalance lost its first
+        records (``tests/integration/test_scale_out.py`` caught it on a loaded machine).
+        """
+        order = self._order
+        order.suspend()  # the fetch loop runs on while we wait for the seeks: what it delivers meanwhile is dropped
+        try:
+            await super().perform_seek()
+            starts = await self._seek_uncommitted_to_start()
+            intake = self._intake()
+            if intake is not None:
+                intake.clear()
+                for tp, offset in list(self._read_offset.items()):
+                    if tp.topic in intake.topics:
+                        order.expect(tp, starts.get(tp, offset))
+        finally:
+            order.resume()
+
+    async def _seek_uncommitted_to_start(self) -> dict[TP, int]:
+        """Seek each assigned stream partition (not a table's changelog: recovery reads those) that has no
+        committed offset to its earliest offset, and those committed at 0 to 0 (aiokafka seeks neither);
+        returns where each was sought."""
+        changelogs = self.app.tables.changelog_topics
+        starts: dict[TP, int | None] = {
+            tp: offset
+            for tp, offset in self._read_offset.items()
+            if not offset and tp.topic not in changelogs and tp in self.assignment()
+        }
+        unknown = [tp for tp, offset in starts.items() if offset is None]
+        if unknown:
+            starts.update(await self.earliest_offsets(*unknown))
+        sought: dict[TP, int] = {tp: offset or 0 for tp, offset in starts.items()}
+        if sought:
+            await self.seek_wait(sought)
+        return sought
 
     async def _read_again(self, tp: TP) -> None:
         """Seek ``tp`` back to its next offset due (once per hole: records after the hole that were
@@ -223,7 +290,13 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         target = self._order.seek_target(tp)
         if target is not None:
             self.log.info("re-reading %s from offset %d: the fetch passed records over", tp, target)
-            await self.seek(tp, target)
+            await self.seek_wait({tp: target})
+
+    async def _seek_stale_again(self) -> None:
+        """Seek again the partitions whose re-read never came (:meth:`ReadOrder.stale_seeks`)."""
+        for tp, target in self._order.stale_seeks():
+            self.log.info("re-reading %s from offset %d again: nothing came since the last seek", tp, target)
+            await self.seek_wait({tp: target})
 
     def ack_batch(self, messages: Iterable[Message]) -> None:
         """:meth:`~faust.transport.consumer.Consumer.ack` for each message (under one lock): each offset
@@ -282,6 +355,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                             else:
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
+                    await self._seek_stale_again()
                     self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

@@ -344,7 +344,7 @@ def assert_exact(settings: Settings, stream: Stream) -> None:
     final windows, the raw events (each exactly once) and the dead letters by reason."""
     ids = {row[0] for row in run_query(settings, "SELECT event_id FROM engagement_events FINAL").rows}
     valid = {e.event_id for e in stream.events}
-    assert ids == valid, f"missing events {sorted(valid - ids)[:5]}, unexpected {sorted(ids - valid)[:5]}"
+    assert ids == valid, explain_missing(settings, stream, valid - ids, ids - valid)
     counts = run_query(settings, queries.COUNT_TABLE_ROWS).as_dicts()[0]
     assert counts["events"] == len(ids)  # each event exactly once
     expected = reference_rows(stream.events, config_of(settings))
@@ -365,6 +365,40 @@ def assert_exact(settings: Settings, stream: Stream) -> None:
         stream.dead_letters - stored_letters,
     )
     assert_alerts_exact(settings, stream, expected)
+
+
+def explain_missing(settings: Settings, stream: Stream, missing: set[str], unexpected: set[str]) -> str:
+    """A failure message for raw events that differ from the reference: how many, from which messages
+    (topic, partition, offsets) and owning partitions, and where the first ones went (rows before FINAL,
+    dead letters holding them)."""
+    owner = account_partitioner(settings.partitions)
+    kinds = {settings.topic(kind): kind for kind in SOURCE_TOPICS}
+    sources: dict[tuple[str, int], list[int]] = {}
+    owners: Counter[int] = Counter()
+    offsets: Counter[tuple[str, int]] = Counter()
+    for topic, partition, value in stream.messages:
+        offset = offsets[(topic, partition)]
+        offsets[(topic, partition)] += 1
+        for event in decode_message(value, kinds[topic], settings.max_message_bytes)[0]:
+            if event.event_id in missing:
+                sources.setdefault((topic, partition), []).append(offset)
+                owners[owner(event.account_id)] += 1
+    lines = [
+        f"{len(missing)} missing events {sorted(missing)[:5]}, {len(unexpected)} unexpected {sorted(unexpected)[:5]}",
+        f"missing by owning partition: {dict(sorted(owners.items()))}",
+        "missing by source partition (events, offsets): "
+        + ", ".join(f"{t}:{p} {len(o)} @{min(o)}-{max(o)}" for (t, p), o in sorted(sources.items())),
+    ]
+    for event_id in sorted(missing)[:3]:
+        rows = run_query(settings, "SELECT count() FROM engagement_events WHERE event_id = %(id)s", {"id": event_id})
+        letters = run_query(
+            settings,
+            "SELECT reason, source_topic, source_partition, source_offset, detail FROM engagement_dead_letters"
+            " WHERE position(payload, %(id)s) > 0",
+            {"id": event_id},
+        )
+        lines.append(f"{event_id}: {rows.rows[0][0]} rows before FINAL; dead letters {letters.rows[:3]}")
+    return "\n".join(lines)
 
 
 Alert = tuple[str, int, str, str, float, float]  # account, window start (ms), state, reason, observed, baseline

@@ -92,6 +92,27 @@ def test_read_order_after_a_seek_to_the_committed_offset() -> None:
     assert order.due("p", 5)  # revoked, then assigned again: unknown until the next seek
 
 
+def test_no_record_is_due_while_a_seek_runs_and_a_seek_that_brings_nothing_is_issued_again() -> None:
+    from pipeline.intake import ReadOrder
+
+    now = [0.0]
+    order = ReadOrder(monotonic=lambda: now[0])
+    order.suspend()
+    order.suspend()  # nested seeks
+    assert not order.due("p", 0) and order.seek_target("p") is None  # fetched before the seek: dropped
+    order.resume()
+    assert not order.due("p", 0)
+    order.expect("p", 30)
+    order.resume()
+    assert not order.due("p", 71) and order.seek_target("p") == 30
+    assert order.stale_seeks() == []
+    now[0] = 5.0  # the fetch was already at the partition's end: no record came to ask again
+    assert order.stale_seeks() == [("p", 30)] and order.stale_seeks() == []  # timed anew
+    now[0] = 10.0
+    assert order.stale_seeks() == [("p", 30)]
+    assert order.due("p", 30) and order.stale_seeks() == []  # it came: nothing pending
+
+
 def test_the_private_faust_and_aiokafka_parts_the_worker_reads_exist() -> None:
     """pipeline.worker reads each partition's last fetch time (for the freshness of its highwater) through
     Faust's consumer thread: ``Consumer._thread._ensure_consumer().last_poll_timestamp(tp)``."""
@@ -114,3 +135,54 @@ def test_a_batch_closes_at_its_byte_bound_before_its_message_count() -> None:
         return offsets(first)
 
     assert asyncio.run(run()) == [0, 1, 2, 3]
+
+
+def test_a_partition_without_a_committed_offset_is_read_from_its_start_after_the_seek() -> None:
+    """Faust resumes fetching before it seeks to the committed offsets, and aiokafka seeks only partitions
+    committed past 0: a new partition's records fetched during the recovery were dropped, and the next
+    one was taken as its start. The seek now puts every uncommitted stream partition at its earliest
+    offset (not the changelog: recovery reads it), drops what the intake holds, and expects exactly that
+    offset first."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from pipeline.intake import IntakeConsumer
+
+    new, committed, at_zero, changelog, revoked = (
+        TP("likes", 2),
+        TP("likes", 5),
+        TP("engagement-dead-letters", 2),
+        TP("state-changelog", 2),
+        TP("likes", 9),
+    )
+    sought: dict[TP, int] = {}
+    consumer = object.__new__(IntakeConsumer)
+
+    async def seek_to_committed() -> dict[TP, int]:
+        return {new: -1, committed: 40, at_zero: 0, changelog: -1}
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        assert set(tps) == {new}  # only those without a committed offset
+        return {new: 3}  # retention removed 0..2
+
+    async def seek_wait(offsets: dict[TP, int]) -> None:
+        sought.update(offsets)
+
+    intake = IntakeBuffer({"likes"}, batch_size=10, within=10.0)
+    intake.put(message(70))  # fetched during the recovery, before the seek
+    vars(consumer).update(
+        _read_offset=defaultdict(lambda: None, {revoked: None}),
+        _committed_offset={},
+        seek_to_committed=seek_to_committed,
+        earliest_offsets=earliest_offsets,
+        seek_wait=seek_wait,
+        assignment=lambda: {new, committed, at_zero, changelog},
+        app=SimpleNamespace(intake=intake, tables=SimpleNamespace(changelog_topics={"state-changelog"})),
+    )
+    asyncio.run(consumer.perform_seek())
+    assert sought == {new: 3, at_zero: 0}
+    assert len(intake) == 0
+    order = consumer._order
+    assert not order.due(new, 70) and order.seek_target(new) == 3  # a record past the start: read again
+    assert order.due(new, 3)
+    assert not order.due(committed, 41) and order.due(committed, 40)
