@@ -139,9 +139,10 @@ class ReadOrder:
     topics and transactions): offsets of records nobody processed would be committed. Instead, a record
     that is not the next one due is not delivered, and the partition is read again from the offset due.
     Positions are known after a seek to the committed offsets (or to a given offset); until then, the
-    first record delivered sets them. While such a seek runs (:meth:`suspend`), no record is due: it was
-    fetched before the seek. A seek whose records never come (the fetch had already reached the end of
-    the partition, so no later record asks again) is issued again by :meth:`stale_seeks`.
+    first record delivered sets them. While such a seek runs (:meth:`suspend`), no record is due (it may
+    have been fetched before the seek), and each partition that had one dropped is read again from its
+    offset due once the seek is over. A seek whose records never come (the fetch had already reached the
+    end of the partition, so no later record asks again) is issued again by :meth:`stale_seeks`.
     """
 
     SEEK_AGAIN_AFTER = 5.0  # seconds: a seek whose re-read never came is issued again
@@ -151,13 +152,25 @@ class ReadOrder:
         self._seeking: dict[Any, tuple[int, float]] = {}  # partition -> (target, when sought)
         self._monotonic = monotonic
         self._suspended = 0
+        self._dropped: set[Any] = set()  # partitions whose records were dropped while suspended
 
     def suspend(self) -> None:
         """A seek of the partitions starts: no record is due until :meth:`resume` (nested calls count)."""
         self._suspended += 1
 
     def resume(self) -> None:
+        """The seek is over: partitions that had records dropped meanwhile are due a seek to their offset
+        due at once (:meth:`stale_seeks`): a record fetched after the seek and dropped would otherwise
+        leave the fetch past it with nothing to ask for it again."""
         self._suspended -= 1
+        if self._suspended:
+            return
+        overdue = self._monotonic() - self.SEEK_AGAIN_AFTER
+        for tp in self._dropped:
+            target = self._next.get(tp)
+            if target is not None:
+                self._seeking[tp] = (target, overdue)
+        self._dropped.clear()
 
     def expect(self, tp: Any, offset: int | None) -> None:
         """``tp`` is read from ``offset`` next (None: unknown, the next record delivered sets it)."""
@@ -171,12 +184,14 @@ class ReadOrder:
         for tp in tps:
             self._next.pop(tp, None)
             self._seeking.pop(tp, None)
+            self._dropped.discard(tp)
 
     def due(self, tp: Any, offset: int) -> bool:
         """Whether the record at ``offset`` is the next one due (then it is delivered and the one after
         it becomes due); False: a record before it was passed over, or it was already delivered, or a
         seek is running."""
         if self._suspended:
+            self._dropped.add(tp)
             return False
         expected = self._next.get(tp)
         if expected is None or offset == expected:

@@ -74,6 +74,7 @@ from pipeline.sink import (
 # How old a partition's highwater may be for the partition to count as caught up (see _caught_up).
 HIGHWATER_MAX_AGE_MS = 2000
 LATE_LOG_INTERVAL_S = 10.0
+CANDIDATES_PER_MESSAGE = 1000  # response candidates per re-key message (~100 bytes each: ~100 KB at most)
 
 log = logging.getLogger(__name__)
 
@@ -332,21 +333,23 @@ class BatchProcessor:
         completes once the chunk is delivered (Kafka acknowledged its sends, ClickHouse its rows)."""
         dead: list[DeadLetter] = []
         rekeyed: list[tuple[str, bytes]] = []
+        candidates: list[ResponseCandidate] = []
         raw: list[SourcedEvent] = []
         touched: set[int] = set()
         for message in messages:
-            self._consume(message, dead, rekeyed, raw)
+            self._consume(message, dead, rekeyed, candidates, raw)
             touched.add(message.partition)
         for partition in touched:
             self._advance(partition)
         # What this chunk lets us announce, fixed now: later chunks' progress must wait for their sends.
         frontiers = {q: self.source_frontier(q) for q in touched & self.owned}
-        return self._deliver(dead, rekeyed, raw, frontiers)
+        return self._deliver(dead, rekeyed, candidates, raw, frontiers)
 
     def _deliver(
         self,
         dead: list[DeadLetter],
         rekeyed: list[tuple[str, bytes]],
+        candidates: list[ResponseCandidate],
         raw: list[SourcedEvent],
         frontiers: Mapping[int, int | None],
     ) -> Awaitable[None]:
@@ -360,6 +363,10 @@ class BatchProcessor:
             if finals:
                 metrics.WINDOWS_FINALIZED.inc(finals)
         sends = [self.outbox.send(self.dead_letter_topic, d.dead_letter_id.encode(), d.to_json()) for d in dead]
+        sends += [
+            self.outbox.send(self.rekey_topic, b"", value, partition)
+            for partition, value in _candidate_messages(candidates, self.partition_of)
+        ]
         sends += [self.outbox.send(self.rekey_topic, key.encode("utf-8"), value) for key, value in rekeyed]
         alerts = self.aggregator.take_alerts()
         if alerts:
@@ -469,6 +476,7 @@ class BatchProcessor:
         message: Message,
         dead: list[DeadLetter],
         rekeyed: list[tuple[str, bytes]],
+        candidates: list[ResponseCandidate],
         raw: list[SourcedEvent],
     ) -> None:
         topic, partition, offset = message.topic, message.partition, message.offset
@@ -500,7 +508,7 @@ class BatchProcessor:
             if event_type == REPLY:  # its response candidate goes out now, from the source (response_candidate)
                 candidate = response_candidate(event)
                 if candidate is not None:
-                    rekeyed.append((candidate.responder, _candidate_message(candidate)))
+                    candidates.append(candidate)
             if owner(event.account_id) != partition:
                 forward = {"k": "e", "v": event.to_json_dict(), "t": topic, "p": partition, "o": offset, "i": index}
                 rekeyed.append((event.account_id, orjson.dumps(forward)))
@@ -519,7 +527,13 @@ class BatchProcessor:
                 value = data["t"]
                 announced[data["q"]] = None if value is None else max(int(value), previous or NO_FRONTIER)
                 return
-            if data["k"] == "r":
+            if data["k"] == "rs":
+                apply_response, outcomes = self.aggregator.apply_response, self._outcomes
+                for event_id, responder, in_reply_to, ts_ms in data["c"]:
+                    candidate = ResponseCandidate(event_id, responder, in_reply_to, ts_ms)
+                    outcomes[apply_response(candidate, message.partition)] += 1
+                return
+            if data["k"] == "r":  # one candidate per message (before 2026-11-26)
                 candidate = ResponseCandidate(data["e"], data["a"], data["i"], data["t"])
                 outcome = self.aggregator.apply_response(candidate, message.partition)
                 self._outcomes[outcome] += 1
@@ -750,8 +764,21 @@ class BatchProcessor:
         return out
 
 
-def _candidate_message(c: ResponseCandidate) -> bytes:
-    return orjson.dumps({"k": "r", "e": c.event_id, "a": c.responder, "i": c.in_reply_to, "t": c.ts_ms})
+def _candidate_messages(
+    candidates: Sequence[ResponseCandidate], partition_of: Callable[[str], int]
+) -> list[tuple[int, bytes]]:
+    """Response candidates as re-key messages, several per message: ``(partition, value)`` with
+    ``{"k": "rs", "c": [[event_id, responder, in_reply_to, ts_ms], ...]}``, each on the responder's
+    partition, in their order, at most :data:`CANDIDATES_PER_MESSAGE` per message. One message per reply
+    made every reply a producer send (8 % of a live worker's main thread at 40,000 events/s)."""
+    by_partition: dict[int, list[list[Any]]] = {}
+    for c in candidates:
+        by_partition.setdefault(partition_of(c.responder), []).append([c.event_id, c.responder, c.in_reply_to, c.ts_ms])
+    return [
+        (partition, orjson.dumps({"k": "rs", "c": group[i : i + CANDIDATES_PER_MESSAGE]}))
+        for partition, group in by_partition.items()
+        for i in range(0, len(group), CANDIDATES_PER_MESSAGE)
+    ]
 
 
 def _abandon(awaitable: Awaitable[None]) -> None:

@@ -99,12 +99,16 @@ def test_no_record_is_due_while_a_seek_runs_and_a_seek_that_brings_nothing_is_is
     order = ReadOrder(monotonic=lambda: now[0])
     order.suspend()
     order.suspend()  # nested seeks
-    assert not order.due("p", 0) and order.seek_target("p") is None  # fetched before the seek: dropped
+    assert not order.due("p", 0) and order.seek_target("p") is None  # maybe fetched before the seek: dropped
     order.resume()
-    assert not order.due("p", 0)
+    assert not order.due("p", 0) and order.stale_seeks() == []
     order.expect("p", 30)
+    order.expect("q", 5)
+    assert not order.due("q", 5)  # fetched after the seek, yet dropped: the fetch is now past it
     order.resume()
-    assert not order.due("p", 71) and order.seek_target("p") == 30
+    assert order.stale_seeks() == [("p", 30), ("q", 5)]  # read both again from their offsets due, at once
+    assert order.due("q", 5)
+    assert not order.due("p", 71) and order.seek_target("p") is None  # sought just now: not again yet
     assert order.stale_seeks() == []
     now[0] = 5.0  # the fetch was already at the partition's end: no record came to ask again
     assert order.stale_seeks() == [("p", 30)] and order.stale_seeks() == []  # timed anew

@@ -165,7 +165,8 @@ def test_replies_are_forwarded_to_the_responder_and_announced_after() -> None:
     asyncio.run(processor.process([Message("replies", 0, 0, orjson.dumps(reply))]))
     rekeyed = [(k, orjson.loads(v), p) for t, k, v, p in outbox.sent if t == "engagement-rekeyed"]
     kinds = [m["k"] for _, m, _ in rekeyed]
-    assert kinds[0] == "r" and rekeyed[0][0] == b"responder"
+    assert kinds[0] == "rs" and rekeyed[0][1]["c"] == [["r", "responder", "q", T0]]
+    assert rekeyed[0][2] == account_partitioner(2)("responder")  # on the responder's partition
     assert set(kinds[1:]) == {"w"} and sorted(p for _, _, p in rekeyed[1:]) == [0, 1]  # to every partition
 
 
@@ -178,13 +179,13 @@ def test_a_stray_reply_sends_its_response_candidate_from_the_source_not_after_th
     reply = {"event_id": "r", "type": "reply", "ts": T0, "actor_id": "me", "account_id": account, "in_reply_to": "q"}
     asyncio.run(processor.process([Message("replies", 0, 0, orjson.dumps(reply))]))
     rekeyed = [(k, orjson.loads(v)) for t, k, v, _ in outbox.sent if t == "engagement-rekeyed"]
-    assert [(k, m["k"]) for k, m in rekeyed if m["k"] != "w"] == [(b"me", "r"), (account.encode(), "e")]
+    assert [(k, m["k"]) for k, m in rekeyed if m["k"] != "w"] == [(b"", "rs"), (account.encode(), "e")]
     kinds = [m["k"] for _, m in rekeyed]
-    assert kinds.index("w") > kinds.index("r")  # announced after the candidate was sent
+    assert kinds.index("w") > kinds.index("rs")  # announced after the candidate was sent
     forward = next(orjson.dumps(m) for _, m in rekeyed if m["k"] == "e")
     outbox.sent.clear()
     asyncio.run(processor.process([Message("engagement-rekeyed", 1, 0, forward)]))  # the owner counts it
-    assert "r" not in [orjson.loads(v)["k"] for t, _, v, _ in outbox.sent if t == "engagement-rekeyed"]  # once
+    assert "rs" not in [orjson.loads(v)["k"] for t, _, v, _ in outbox.sent if t == "engagement-rekeyed"]  # once
 
 
 def test_frontier_waits_for_every_upstream_partition() -> None:
@@ -265,11 +266,55 @@ def test_late_event_is_dead_lettered(caplog: pytest.LogCaptureFixture) -> None:
     assert f"partition 0 frontier {T0 + 10_000_000}" in explained[0] and "likes:0 watermark=" in explained[0]
 
 
-@pytest.mark.parametrize("value", [b"", b"{}", b'{"k": "r"}', b'{"k": "e", "v": {"type": "like"}}'])
+@pytest.mark.parametrize(
+    "value", [b"", b"{}", b'{"k": "r"}', b'{"k": "rs", "c": [["e", "a"]]}', b'{"k": "e", "v": {"type": "like"}}']
+)
 def test_corrupt_rekey_messages_are_dead_lettered_not_raised(value: bytes) -> None:
     processor, outbox, _, _, _ = make()
     asyncio.run(processor.process([Message("engagement-rekeyed", 0, 0, value)]))
     assert len(outbox.on("engagement-dead-letters")) == 1
+
+
+def test_response_candidates_travel_several_per_message_and_each_counts_once() -> None:
+    """A chunk's replies leave as one re-key message per responder partition (at most
+    CANDIDATES_PER_MESSAGE each), not one send per reply; the responder counts each answer once, and a
+    message of the earlier one-candidate form is still read."""
+    from pipeline import processor as processor_module
+
+    processor, outbox, warehouse, _, _ = make()
+    me = owned_by(0)
+    asked = [
+        {"event_id": f"q{i}", "type": "mention", "ts": T0, "actor_id": f"fan{i}", "account_id": me} for i in range(5)
+    ]
+    asyncio.run(processor.process([Message("mentions", 0, 0, orjson.dumps(asked))]))
+    replies = [
+        {
+            "event_id": f"r{i}",
+            "type": "reply",
+            "ts": T0 + 1000,
+            "actor_id": me,
+            "account_id": f"fan{i}",
+            "in_reply_to": f"q{i}",
+        }
+        for i in range(4)
+    ]
+    outbox.sent.clear()
+    processor_module.CANDIDATES_PER_MESSAGE, before = 3, processor_module.CANDIDATES_PER_MESSAGE
+    try:
+        asyncio.run(processor.process([Message("replies", 1, 0, orjson.dumps(replies))]))
+    finally:
+        processor_module.CANDIDATES_PER_MESSAGE = before
+    batches = [(p, orjson.loads(v)) for t, _, v, p in outbox.sent if t == "engagement-rekeyed" and b'"rs"' in v]
+    assert [(p, len(m["c"])) for p, m in batches] == [(0, 3), (0, 1)]  # to my partition, in order, capped
+    assert [c[0] for _, m in batches for c in m["c"]] == ["r0", "r1", "r2", "r3"]
+    single = orjson.dumps({"k": "r", "e": "r4", "a": me, "i": "q4", "t": T0 + 1000})
+    messages = [Message("engagement-rekeyed", 0, i, orjson.dumps(m)) for i, (_, m) in enumerate(batches)]
+    messages.append(Message("engagement-rekeyed", 0, 2, single))
+    messages.append(Message("engagement-rekeyed", 0, 3, orjson.dumps(batches[0][1])))  # delivered twice
+    asyncio.run(processor.process(messages))
+    asyncio.run(processor.flush())
+    (window,) = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1 and r["account_id"] == me]
+    assert window["responses"] == 5
 
 
 def test_large_batches_are_written_in_chunks_and_count_the_same() -> None:
