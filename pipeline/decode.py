@@ -16,7 +16,9 @@ import orjson
 from pipeline.events import (
     FOLLOWERS,
     MAX_EVENT_ID_CHARS,
+    MAX_FOLLOWERS,
     MAX_ID_CHARS,
+    MAX_TS_MS,
     REPLY,
     TOPIC_TYPES,
     TYPE_TOPIC,
@@ -30,9 +32,7 @@ from pipeline.events import (
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII
 )
-_MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 _ENGAGE_OR_FOLLOW = frozenset({"like", "reply", "mention", "follow", "unfollow"})  # not "followers"
-_INT64_MAX = 2**63 - 1
 _new_tuple = tuple.__new__
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -53,7 +53,7 @@ def parse_ts(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _Invalid(Reason.WRONG_TYPE, "ts must be an RFC 3339 string or integer epoch milliseconds")
     if isinstance(value, int):
-        if not 0 <= value <= _MAX_TS_MS:
+        if not 0 <= value <= MAX_TS_MS:
             raise _Invalid(Reason.INVALID_TS, f"ts {value} is outside 1970..9999 in epoch milliseconds")
         return value
     if _is_canonical_utc(value):  # what nearly every producer sends: no regex needed
@@ -61,7 +61,7 @@ def parse_ts(value: Any) -> int:
             ms = round(datetime.fromisoformat(value).timestamp() * 1000)
         except ValueError:
             ms = -1  # not a valid date or time: the general path below finds the precise reason
-        if 0 <= ms <= _MAX_TS_MS:
+        if 0 <= ms <= MAX_TS_MS:
             return ms
     m = _RFC3339.fullmatch(value)
     if m is None:
@@ -74,7 +74,7 @@ def parse_ts(value: Any) -> int:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
             ms = (parsed - _EPOCH) // _MILLISECOND
-            if 0 <= ms <= _MAX_TS_MS:
+            if 0 <= ms <= MAX_TS_MS:
                 return int(ms)
     year, month, day, hour, minute, second, frac, zulu, sign, oh, om = m.groups()
     try:
@@ -89,7 +89,7 @@ def parse_ts(value: Any) -> int:
     except ValueError as exc:
         raise _Invalid(Reason.INVALID_TS, f"ts is not a valid date-time: {exc}") from None
     ms = int(dt.timestamp()) * 1000 + (int(frac[:3].ljust(3, "0")) if frac else 0)
-    if not 0 <= ms <= _MAX_TS_MS:
+    if not 0 <= ms <= MAX_TS_MS:
         raise _Invalid(Reason.INVALID_TS, "ts is before 1970")
     return ms
 
@@ -163,7 +163,7 @@ def validate_event(obj: Any, topic_kind: str | None) -> Event:
             and (in_reply_to is None or (in_reply_to.__class__ is str and 0 < len(in_reply_to) <= MAX_EVENT_ID_CHARS))
             and "followers" not in obj
         ):
-            if ts.__class__ is int and 0 <= ts <= _MAX_TS_MS:
+            if ts.__class__ is int and 0 <= ts <= MAX_TS_MS:
                 ts_ms = ts
             elif ts.__class__ is str:
                 ts_ms = parse_ts(ts)
@@ -211,7 +211,7 @@ def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
             raise _Invalid(Reason.MISSING_FIELD, "followers is missing")
         if isinstance(followers, bool) or not isinstance(followers, int):
             raise _Invalid(Reason.WRONG_TYPE, "followers must be an integer")
-        if not 0 <= followers <= _INT64_MAX:
+        if not 0 <= followers <= MAX_FOLLOWERS:
             raise _Invalid(Reason.INVALID_FOLLOWERS, "followers must be >= 0")
     elif followers is not None:
         raise _Invalid(Reason.UNEXPECTED_FIELD, f"followers is only allowed on type followers, not {event_type}")

@@ -36,6 +36,8 @@ REKEY_TOPIC = "engagement-rekeyed"
 
 MAX_EVENT_ID_CHARS = 128
 MAX_ID_CHARS = 256
+MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the latest event time accepted
+MAX_FOLLOWERS = 2**63 - 1  # a follower count must fit a signed 64-bit integer
 
 
 class Event(NamedTuple):

@@ -24,7 +24,9 @@ from pipeline.decode import decode_message
 from pipeline.events import (
     FOLLOWERS,
     MAX_EVENT_ID_CHARS,
+    MAX_FOLLOWERS,
     MAX_ID_CHARS,
+    MAX_TS_MS,
     REPLY,
     TOPIC_TYPES,
     TYPE_TOPIC,
@@ -33,8 +35,6 @@ from pipeline.events import (
     Rejection,
 )
 
-MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
-INT64_MAX = 2**63 - 1
 STACK_HEADROOM = 100  # frames
 
 
@@ -108,7 +108,7 @@ def check_event(event: Event, topic_kind: str | None) -> None:
     assert type(event.ts_ms) is int and 0 <= event.ts_ms <= MAX_TS_MS, event
     if event.type == FOLLOWERS:
         assert event.actor_id == "" or 0 < len(event.actor_id) <= MAX_ID_CHARS, event
-        assert type(event.followers) is int and 0 <= event.followers <= INT64_MAX, event
+        assert type(event.followers) is int and 0 <= event.followers <= MAX_FOLLOWERS, event
     else:
         _check_id(event.actor_id, MAX_ID_CHARS)
         assert event.followers is None, event

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pipeline.events import (
     FOLLOWERS,
     MAX_EVENT_ID_CHARS,
+    MAX_FOLLOWERS,
     MAX_ID_CHARS,
     REPLY,
     SOURCE_TOPICS,
@@ -26,7 +27,7 @@ from pipeline.events import (
     Event,
     Reason,
 )
-from tests.fuzz.properties import INT64_MAX, check_decode
+from tests.fuzz.properties import check_decode
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -80,7 +81,7 @@ def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], Event]:
     if draw(st.booleans()):
         obj["in_reply_to"] = draw(event_ids)
     if kind == FOLLOWERS:
-        obj["followers"] = draw(st.integers(0, INT64_MAX))
+        obj["followers"] = draw(st.integers(0, MAX_FOLLOWERS))
     if draw(st.booleans()):
         obj[draw(st.sampled_from(["extra", "meta", "x"]))] = draw(json_values)  # unknown fields are allowed
     event = Event(
