@@ -81,19 +81,32 @@ async def _nothing_to_write() -> None:
 
 
 class WarehouseWriter:
-    """Async front of a :class:`~pipeline.warehouse.Warehouse` on one dedicated thread."""
+    """Async front of a :class:`~pipeline.warehouse.Warehouse` on one dedicated thread.
+
+    ``open_reader``: the warehouse that :meth:`query` reads on a thread of its own, so that a read does
+    not wait behind the inserts queued on the warehouse thread (a live worker queues several; a row's
+    visibility was measured behind them). It may return the writer's own warehouse when that one takes
+    concurrent calls (chDB's session does), or open another connection (clickhouse-driver's does not).
+    Without it, reads run on the warehouse thread in turn with the inserts.
+    """
 
     def __init__(
         self,
         open_warehouse: Callable[[], Warehouse],
         max_backoff: float = 30.0,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        open_reader: Callable[[], Warehouse] | None = None,
     ) -> None:
         self._open = open_warehouse
         self._warehouse: Warehouse | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warehouse")
         self._max_backoff = max_backoff
         self._sleep = sleep
+        self._open_reader = open_reader
+        self._reader: Warehouse | None = None
+        self._read_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="warehouse-read") if open_reader else None
+        )
 
     def _on_thread(self, fn: Callable[[Warehouse], T]) -> T:
         if self._warehouse is None:
@@ -150,13 +163,31 @@ class WarehouseWriter:
             return
 
     async def query(self, sql: str, params: Params = None) -> QueryResult:
-        """Run one read query on the warehouse thread (no retry: the caller reports the error)."""
-        return await self.call(lambda w: w.query(sql, params))
+        """Run one read query (no retry: the caller reports the error): on the reading thread when there
+        is one, else on the warehouse thread after the inserts queued before it."""
+        if self._read_executor is None:
+            return await self.call(lambda w: w.query(sql, params))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_executor, self._read, sql, params)
+
+    def _read(self, sql: str, params: Params) -> QueryResult:
+        if self._reader is None:
+            assert self._open_reader is not None
+            self._reader = self._open_reader()
+        return self._reader.query(sql, params)
 
     def close(self, timeout: float = 30.0) -> None:
         """Close the warehouse on its thread; gives up (logged) after ``timeout`` s, e.g. behind a stuck
         insert. Never raises."""
         warehouse, self._warehouse = self._warehouse, None
+        reader, self._reader = self._reader, None
+        if self._read_executor is not None:
+            if reader is not None and reader is not warehouse:
+                try:
+                    self._read_executor.submit(reader.close).result(timeout=timeout)
+                except Exception as exc:
+                    log.warning("closing the warehouse reader failed: %r", exc)
+            self._read_executor.shutdown(wait=False, cancel_futures=True)
         if warehouse is not None:
             try:
                 self._executor.submit(warehouse.close).result(timeout=timeout)

@@ -253,6 +253,15 @@ class Cluster:
             if line.startswith((f"{metric}{{", f"{metric} "))
         )
 
+    def query(self, name: str, sql: str) -> list[list[Any]]:
+        """Rows of ``sql`` read through worker ``name``'s ``/query`` endpoint."""
+        _, settings = self.workers[name]
+        url = f"http://{settings.web_host}:{settings.web_port}/query"
+        request = urllib.request.Request(url, data=orjson.dumps({"sql": sql}))
+        with urllib.request.urlopen(request, timeout=30) as response:
+            rows: list[list[Any]] = orjson.loads(response.read())["rows"]
+        return rows
+
     def committed(self) -> dict[tuple[str, int], int | None]:
         """The group's committed offset of every partition of every pipeline topic (None: nothing yet)."""
         consumer = KafkaConsumer(

@@ -83,6 +83,8 @@ def test_three_workers_over_eight_partitions_equal_the_reference(
         workers.wait_consuming(name)  # each worker owns partitions and processes events
     consumed = {name: workers.consumed(name) for name in WORKERS}
     publishing.join()
+    for name in WORKERS:  # /query reads on a read-only connection of its own, through the cluster too
+        assert workers.query(name, "SELECT count() FROM engagement_events")[0][0] > 0
     workers.finish()
     assert all(consumed.values()), consumed
     assert_exact(workers.settings, stream)

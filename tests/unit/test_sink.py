@@ -1,16 +1,17 @@
 """WarehouseWriter while ClickHouse is down: an insert is retried until it is durable, never given up, with
 exponential backoff capped at ``max_backoff`` (the worker passes ``ENGAGEMENT_INSERT_RETRY_MAX_SECONDS``),
-and every failed attempt is counted on ``/metrics``."""
+and every failed attempt is counted on ``/metrics``. Reads with a reader do not queue behind inserts."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from pipeline import metrics
 from pipeline.sink import WarehouseWriter
-from pipeline.warehouse import Warehouse, WarehouseUnavailable
+from pipeline.warehouse import QueryResult, Warehouse, WarehouseUnavailable
 
 
 class FlakyWarehouse:
@@ -47,3 +48,71 @@ def test_a_failed_insert_is_retried_until_durable_backing_off_up_to_the_cap() ->
     assert slept == [0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0]
     assert warehouse.inserted == [("t_outage", {"a": [1, 2]})]
     assert insert_failures("t_outage") - before == 8
+
+
+class SlowWarehouse:
+    """Inserts wait for ``release``; queries answer at once (as chDB's session, which takes concurrent
+    calls)."""
+
+    kind = "embedded"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.closed = 0
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        assert self.release.wait(10), "the insert was never released"
+
+    def query(self, sql: str, params: Any = None) -> QueryResult:
+        return QueryResult(["sql"], [(sql,)])
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_read_does_not_wait_behind_queued_inserts_when_there_is_a_reader() -> None:
+    warehouse = SlowWarehouse()
+
+    async def run(writer: WarehouseWriter) -> tuple[bool, QueryResult]:
+        inserting = writer.write_soon("t", {"a": [1]})
+        result = await asyncio.wait_for(writer.query("SELECT 1"), timeout=5)  # the insert is still blocked
+        pending = not warehouse.release.is_set()
+        warehouse.release.set()
+        await inserting
+        return pending, result
+
+    writer = WarehouseWriter(lambda: cast(Warehouse, warehouse), open_reader=lambda: cast(Warehouse, warehouse))
+    pending, result = asyncio.run(run(writer))
+    writer.close()
+    assert pending and result.rows == [("SELECT 1",)]
+    assert warehouse.closed == 1  # the shared warehouse is closed once
+
+    warehouse = SlowWarehouse()
+    in_turn = WarehouseWriter(lambda: cast(Warehouse, warehouse))  # no reader: the read waits its turn
+
+    async def queued() -> bool:
+        inserting = in_turn.write_soon("t", {"a": [1]})
+        read = asyncio.ensure_future(in_turn.query("SELECT 1"))
+        await asyncio.sleep(0.2)
+        waited = not read.done()
+        warehouse.release.set()
+        await inserting
+        await read
+        return waited
+
+    assert asyncio.run(queued())
+    in_turn.close()
+
+
+def test_a_reader_of_its_own_is_closed_with_the_writer() -> None:
+    warehouse, reader = SlowWarehouse(), SlowWarehouse()
+    warehouse.release.set()
+    writer = WarehouseWriter(lambda: cast(Warehouse, warehouse), open_reader=lambda: cast(Warehouse, reader))
+
+    async def run() -> None:
+        await writer.write("t", {"a": [1]})
+        await writer.query("SELECT 1")
+
+    asyncio.run(run())
+    writer.close()
+    assert (warehouse.closed, reader.closed) == (1, 1)
