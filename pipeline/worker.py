@@ -162,9 +162,12 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         key_type=bytes,  # bytes types make Faust use the "raw" codec for the changelog and its recovery
         value_type=bytes,
     )
+
     # /query reads on a thread of its own: chDB's session takes concurrent calls; a server gets a
     # read-only connection of its own (clickhouse-driver's client does not).
-    reader = (lambda: warehouse) if warehouse.kind == "embedded" else (lambda: open_warehouse(settings, read_only=True))
+    def reader() -> Warehouse:
+        return warehouse if warehouse.kind == "embedded" else open_warehouse(settings, read_only=True)
+
     writer = WarehouseWriter(lambda: warehouse, settings.insert_retry_max_seconds, open_reader=reader)
     partition_of = account_partitioner(settings.partitions)
     our_topics = {*sources, rekey}
