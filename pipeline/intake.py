@@ -33,6 +33,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
 from faust.types.tuples import ack_lock
 
+from pipeline import metrics
 from pipeline.settings import Settings
 
 
@@ -418,4 +419,5 @@ class IntakeApp(faust.App):
             generation = self.consumer_generation_id
             fresh = [m for m in batch if m.generation_id == generation]
             if fresh:
+                metrics.MESSAGES_TAKEN.inc(len(fresh))
                 return fresh

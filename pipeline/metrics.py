@@ -21,6 +21,12 @@ MESSAGES_CONSUMED = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+MESSAGES_TAKEN = Counter(
+    "engagement_messages_taken_total",
+    "Kafka messages (source and re-key topics) taken into a batch, counted when the batch starts; the"
+    " consumed counters move once it is processed.",
+    registry=REGISTRY,
+)
 EVENT_OUTCOMES = Counter(
     "engagement_event_outcomes_total",
     "What the aggregator did with each valid event: counted, duplicate, self, late, pending, unmatched.",
