@@ -277,10 +277,23 @@ def worker_settings(bootstrap: str, work: Path, name: str) -> Settings:
 
 
 def pipeline_eps(settings: Settings, expected: int, work: Path) -> tuple[float, float]:
+    """Events/s of our worker draining ``expected`` events, and its peak RSS (MB).
+
+    Checked against the worker's own clock: it cannot have drained faster than it processes batches
+    (events over the seconds its batches took, persists and waits left out). A start taken too late
+    (the bug that overstated batch_eps 3.7x: the clock started once the first batch was processed)
+    fails this check instead of printing a figure."""
     worker = Worker(settings, work / f"{settings.app_id}.log")
     try:
         seconds, _ = worker.wait_drained()
-        return expected / seconds, _rss_mb(worker.process.pid, "VmHWM")
+        busy = _scrape(settings, "engagement_batch_seconds_sum")
+        eps = expected / seconds
+        if busy > 0 and eps > 1.05 * expected / busy:
+            raise RuntimeError(
+                f"{settings.app_id}: {eps:,.0f} events/s from the harness's clock, but the worker spent "
+                f"{busy:.2f} s in batches ({expected / busy:,.0f} events/s at most): the clock is wrong"
+            )
+        return eps, _rss_mb(worker.process.pid, "VmHWM")
     finally:
         worker.stop()
 
