@@ -57,10 +57,7 @@ def parse_ts(value: Any) -> int:
             raise _Invalid(Reason.INVALID_TS, f"ts {value} is outside 1970..9999 in epoch milliseconds")
         return value
     if _is_canonical_utc(value):  # what nearly every producer sends: no regex needed
-        try:
-            ms = round(datetime.fromisoformat(value).timestamp() * 1000)
-        except ValueError:
-            ms = -1  # not a valid date or time: the general path below finds the precise reason
+        ms = _canonical_ms(value)
         if 0 <= ms <= MAX_TS_MS:
             return ms
     m = _RFC3339.fullmatch(value)
@@ -92,6 +89,32 @@ def parse_ts(value: Any) -> int:
     if not 0 <= ms <= MAX_TS_MS:
         raise _Invalid(Reason.INVALID_TS, "ts is before 1970")
     return ms
+
+
+# Epoch ms of each "YYYY-MM-DDTHH:MM" seen in a canonical timestamp (-1: not a valid date and time).
+# Events of a stream share a few minutes; the dict is emptied whenever it grows past its bound.
+_MINUTES: dict[str, int] = {}
+_MINUTES_BOUND = 100_000
+
+
+def _canonical_ms(value: str) -> int:
+    """Epoch ms of a string of :func:`_is_canonical_utc`'s shape, or -1 if it is not a valid date-time
+    or lies before 1970 (else equal to ``round(datetime.fromisoformat(value).timestamp() * 1000)``).
+    The date, hour and minute are parsed once per minute; the seconds and milliseconds are digits."""
+    minute = _MINUTES.get(value[:16])
+    if minute is None:
+        try:
+            minute = round(datetime.fromisoformat(value[:16] + ":00+00:00").timestamp()) * 1000
+        except ValueError:
+            minute = -1
+        if len(_MINUTES) >= _MINUTES_BOUND:
+            _MINUTES.clear()
+        _MINUTES[value[:16]] = minute
+    seconds = value[17:19]
+    millis = value[20:23] if len(value) == 24 else "000"
+    if minute < 0 or not seconds.isdigit() or not millis.isdigit() or seconds > "59":
+        return -1
+    return minute + int(seconds) * 1000 + int(millis)
 
 
 def _is_canonical_utc(value: str) -> bool:

@@ -171,6 +171,44 @@ def test_canonical_utc_timestamps_parse_exactly(ms: int, with_millis: bool) -> N
     assert parse_ts(text) == (ms if with_millis else ms - ms % 1000)
 
 
+PIECES = {
+    "year": ["2026", "1970", "9999", "2024", "1969"],
+    "month": ["01", "02", "12", "13", "00", "1a"],
+    "day": ["01", "28", "29", "31", "32", "00"],
+    "hour": ["00", "23", "24", "1x"],
+    "minute": ["00", "59", "60"],
+    "second": ["00", "59", "60", "5a", "+1", " 1", "\u06631"],
+    "fraction": [".000", ".999", ".12a", ".+12", ".\uff11\uff12\uff13", ""],
+}
+
+
+@given(st.tuples(*(st.sampled_from(v) for v in PIECES.values())))
+def test_canonical_shaped_timestamps_parse_as_the_general_parser_does(pieces: tuple[str, ...]) -> None:
+    """The per-minute fast path (``parse_ts`` for ``YYYY-MM-DDTHH:MM:SS[.fff]Z``) agrees with
+    ``datetime.fromisoformat`` on valid and invalid dates, times, digits and signs."""
+    year, month, day, hour, minute, second, fraction = pieces
+    text = f"{year}-{month}-{day}T{hour}:{minute}:{second}{fraction}Z"
+    try:
+        expected = round(datetime.fromisoformat(text).timestamp() * 1000) if text.isascii() else -1
+    except ValueError:
+        expected = -1
+    if 0 <= expected <= 253402300799999:
+        assert parse_ts(text) == expected
+    else:
+        with pytest.raises(Exception, match="ts"):
+            parse_ts(text)
+
+
+def test_the_minute_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import decode
+
+    monkeypatch.setattr(decode, "_MINUTES_BOUND", 3)
+    monkeypatch.setattr(decode, "_MINUTES", {})
+    for minute in range(10):
+        assert parse_ts(f"2026-01-01T00:{minute:02d}:01.500Z") == 1767225600000 + minute * 60_000 + 1_500
+        assert len(decode._MINUTES) <= 3
+
+
 @pytest.mark.parametrize("ts", ["2023-02-29T00:00:00Z", "2026-01-01T24:00:00.000Z", "2026-01-01T00:00:0a.123Z"])
 def test_canonical_shaped_but_invalid_timestamps_are_rejected(ts: str) -> None:
     assert one(enc(ts=ts))[1] == [Reason.INVALID_TS]
