@@ -101,15 +101,16 @@ def _canonical_ms(value: str) -> int:
     """Epoch ms of a string of :func:`_is_canonical_utc`'s shape, or -1 if it is not a valid date-time
     or lies before 1970 (else equal to ``round(datetime.fromisoformat(value).timestamp() * 1000)``).
     The date, hour and minute are parsed once per minute; the seconds and milliseconds are digits."""
-    minute = _MINUTES.get(value[:16])
+    prefix = value[:16]
+    minute = _MINUTES.get(prefix)
     if minute is None:
         try:
-            minute = round(datetime.fromisoformat(value[:16] + ":00+00:00").timestamp()) * 1000
+            minute = round(datetime.fromisoformat(prefix + ":00+00:00").timestamp()) * 1000
         except ValueError:
             minute = -1
         if len(_MINUTES) >= _MINUTES_BOUND:
             _MINUTES.clear()
-        _MINUTES[value[:16]] = minute
+        _MINUTES[prefix] = minute
     seconds = value[17:19]
     millis = value[20:23] if len(value) == 24 else "000"
     if minute < 0 or not seconds.isdigit() or not millis.isdigit() or seconds > "59":

@@ -527,16 +527,12 @@ class BatchProcessor:
                 value = data["t"]
                 announced[data["q"]] = None if value is None else max(int(value), previous or NO_FRONTIER)
                 return
-            if data["k"] == "rs":
+            if data["k"] in ("rs", "r"):  # "r": one candidate per message, as written before 2026-11-26
+                rows = data["c"] if data["k"] == "rs" else [[data["e"], data["a"], data["i"], data["t"]]]
                 apply_response, outcomes = self.aggregator.apply_response, self._outcomes
-                for event_id, responder, in_reply_to, ts_ms in data["c"]:
+                for event_id, responder, in_reply_to, ts_ms in rows:
                     candidate = ResponseCandidate(event_id, responder, in_reply_to, ts_ms)
                     outcomes[apply_response(candidate, message.partition)] += 1
-                return
-            if data["k"] == "r":  # one candidate per message (before 2026-11-26)
-                candidate = ResponseCandidate(data["e"], data["a"], data["i"], data["t"])
-                outcome = self.aggregator.apply_response(candidate, message.partition)
-                self._outcomes[outcome] += 1
                 return
             event = validate_event(data["v"], None)
             topic, partition, offset = data["t"], data["p"], data["o"]
