@@ -41,7 +41,7 @@ from pipeline.intake import IntakeApp, IntakeBuffer, IntakeConsumer
 from pipeline.kafka_admin import ensure_topics
 from pipeline.kafka_security import faust_credentials
 from pipeline.partitioning import account_partitioner
-from pipeline.processor import BatchProcessor, Message, StagedStore
+from pipeline.processor import BatchProcessor, StagedStore
 from pipeline.query_client import LOCK_FILE
 from pipeline.readonly_sql import ReadOnlyViolation, check_read_only
 from pipeline.settings import Settings
@@ -305,9 +305,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             batch = await app.take_batch()
             try:
                 processor.on_assignment(owned_partitions())
-                await processor.process(
-                    [Message(m.topic, m.partition, m.offset, m.value) for m in batch], persist=False
-                )
+                await processor.process(batch, persist=False)  # Faust's messages, as they are
                 unacked.append(batch)
                 if persist_due():
                     await settle()
