@@ -6,14 +6,14 @@ and scraping on the worker's port, and only real settings. The security wiring: 
 SCRAM-SHA-512, the workers' KafkaUser with ACLs on exactly the topics and group they use, its password and the
 cluster CA read from the Secrets Strimzi makes; every Secret key referenced exists; ClickHouse users with
 GRANTs a current ClickHouse accepts, from the pod network only; NetworkPolicies admitting only the pods that
-need each port."""
+need each port, and letting each pod reach only what it uses (egress)."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import kubernetes_validate
 import pytest
@@ -445,10 +445,16 @@ def test_the_grant_check_refuses_what_a_users_file_refuses(query: str) -> None:
 def network_policies(rendered: Rendered) -> list[dict[str, Any]]:
     policies = objects(rendered, "NetworkPolicy")
     for policy in policies:
-        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
-        for rule in policy["spec"]["ingress"]:
-            assert rule.get("from"), f"{policy['metadata']['name']}: a rule without `from` admits everyone"
+        name, spec = policy["metadata"]["name"], policy["spec"]
+        # Both directions, always said: a policy without Egress in its types leaves egress open.
+        assert spec["policyTypes"] == ["Ingress", "Egress"], name
+        for rule in spec["ingress"]:
+            assert rule.get("from"), f"{name}: a rule without `from` admits everyone"
             for peer in rule["from"]:
+                assert "ipBlock" not in peer and peer.get("podSelector"), peer
+        for rule in spec["egress"]:
+            assert rule.get("to"), f"{name}: a rule without `to` lets the pods reach anything"
+            for peer in rule["to"]:
                 assert "ipBlock" not in peer and peer.get("podSelector"), peer
     return policies
 
@@ -484,13 +490,106 @@ def outside_peers(policy: dict[str, Any]) -> list[tuple[dict[str, Any], list[Any
     ]
 
 
+def reaches(policy: dict[str, Any], labels: dict[str, str], port: int, protocol: str = "TCP") -> bool:
+    """Whether ``policy`` lets its pods connect to pods of this namespace with ``labels`` on ``port``."""
+    for rule in policy["spec"]["egress"]:
+        ports = rule.get("ports")
+        if ports is not None and {"protocol": protocol, "port": port} not in ports:
+            continue
+        if any("namespaceSelector" not in peer and selects(peer["podSelector"], labels) for peer in rule["to"]):
+            return True
+    return False
+
+
+DNS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
+DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+
+
+def resolves(policy: dict[str, Any]) -> bool:
+    """Whether ``policy`` lets its pods ask the cluster DNS (UDP and TCP 53)."""
+    return any(rule["to"] == [DNS_PEER] and rule.get("ports") == DNS_PORTS for rule in policy["spec"]["egress"])
+
+
+def kafka_pod_labels(rendered: Rendered) -> dict[str, str]:
+    """The labels Strimzi puts on the pods of the Kafka cluster's node pool (brokers and controllers)."""
+    name = one(rendered, "Kafka")["metadata"]["name"]
+    pool = one(rendered, "KafkaNodePool")["metadata"]["name"]
+    return {
+        "strimzi.io/cluster": name,
+        "strimzi.io/kind": "Kafka",
+        "strimzi.io/name": f"{name}-kafka",
+        "strimzi.io/pool-name": pool,
+    }
+
+
+class Pods(NamedTuple):
+    """The labels of each kind of pod the NetworkPolicies are about."""
+
+    worker: dict[str, str]
+    migrate: dict[str, str]
+    clickhouse: dict[str, str]
+    keeper: dict[str, str]
+    brokers: dict[str, str]
+
+
+def pipeline_pods(rendered: Rendered) -> Pods:
+    return Pods(
+        pod_labels(rendered, "Deployment", "engagement-worker"),
+        pod_labels(rendered, "Job", "engagement-migrate"),
+        clickhouse_pod_labels(rendered),
+        keeper_pod_labels(rendered),
+        kafka_pod_labels(rendered),
+    )
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_id)
+def test_network_policies_let_each_pod_reach_only_what_it_uses(target: Path) -> None:
+    rendered = render(target)
+    settings = worker_settings(rendered)
+    worker, migrate, clickhouse, keeper, brokers = pods = pipeline_pods(rendered)
+    (bootstrap,) = settings.bootstrap_servers.split(",")
+    kafka_port = int(bootstrap.rsplit(":", 1)[1])
+    (node,) = one(rendered, "ClickHouseInstallation")["spec"]["configuration"]["zookeeper"]["nodes"]
+    # The workers: the brokers on the client listener, ClickHouse on the port they use, DNS.
+    worker_policy = policy_for(rendered, worker)
+    assert reaches(worker_policy, brokers, kafka_port) and reaches(worker_policy, clickhouse, settings.clickhouse_port)
+    assert resolves(worker_policy)
+    assert not reaches(worker_policy, brokers, 9091) and not reaches(worker_policy, clickhouse, 8123)
+    assert not reaches(worker_policy, keeper, node["port"])
+    # The migrate Job: ClickHouse and DNS; nothing connects to it.
+    migrate_policy = policy_for(rendered, migrate)
+    assert reaches(migrate_policy, clickhouse, settings.clickhouse_port) and resolves(migrate_policy)
+    assert not reaches(migrate_policy, brokers, kafka_port) and migrate_policy["spec"]["ingress"] == []
+    # ClickHouse: its own pods (distributed queries, replication), the Keeper, DNS; not the pipeline or Kafka
+    # (``remote()``, which the ingest role may call, reaches nothing else).
+    clickhouse_policy = policy_for(rendered, clickhouse)
+    assert reaches(clickhouse_policy, clickhouse, 9000) and reaches(clickhouse_policy, clickhouse, 9009)
+    assert reaches(clickhouse_policy, keeper, node["port"]) and resolves(clickhouse_policy)
+    assert not reaches(clickhouse_policy, brokers, kafka_port) and not reaches(
+        clickhouse_policy, worker, settings.web_port
+    )
+    # The Keeper: its own pods (Raft) and DNS.
+    keeper_policy = policy_for(rendered, keeper)
+    assert reaches(keeper_policy, keeper, 9234) and resolves(keeper_policy)
+    assert not reaches(keeper_policy, clickhouse, 9000)
+    # Nowhere else: every peer is one of these pods or the cluster DNS (no address block, no internet).
+    for policy in network_policies(rendered):
+        for rule in policy["spec"]["egress"]:
+            for peer in rule["to"]:
+                if "namespaceSelector" in peer:
+                    assert peer == DNS_PEER and rule["ports"] == DNS_PORTS, policy["metadata"]["name"]
+                else:
+                    assert any(selects(peer["podSelector"], labels) for labels in pods), peer
+
+
 @pytest.mark.parametrize("target", TARGETS, ids=target_id)
 def test_network_policies_admit_only_who_needs_each_port(target: Path) -> None:
     rendered = render(target)
     settings = worker_settings(rendered)
-    worker = pod_labels(rendered, "Deployment", "engagement-worker")
-    migrate = pod_labels(rendered, "Job", "engagement-migrate")
-    clickhouse, keeper = clickhouse_pod_labels(rendered), keeper_pod_labels(rendered)
+    worker, migrate, clickhouse, keeper, _ = pipeline_pods(rendered)
     # Workers: nothing of this namespace, Prometheus (elsewhere) on the web port only.
     worker_policy = policy_for(rendered, worker)
     assert not any(admitted(worker_policy, labels, settings.web_port) for labels in (worker, migrate, clickhouse))
