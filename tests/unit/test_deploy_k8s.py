@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+from xml.etree import ElementTree
 
 import kubernetes_validate
 import pytest
@@ -39,7 +40,7 @@ SETTINGS = {PREFIX + name.upper() for name in Settings.__dataclass_fields__}
 BASE = K8S / "base"
 TARGETS = [BASE, *overlays()]
 OPERATOR_GROUPS = ("kafka.strimzi.io/", "clickhouse.altinity.com/", "clickhouse-keeper.altinity.com/")
-OPERATOR_GROUPS += ("monitoring.coreos.com/",)
+OPERATOR_GROUPS += ("monitoring.coreos.com/", "cert-manager.io/")
 PRODUCTION = K8S / "overlays" / "production"
 
 Rendered = tuple[dict[str, Any], ...]
@@ -288,7 +289,8 @@ def env_value_from(container: dict[str, Any], name: str) -> dict[str, Any]:
 
 def operator_secrets(rendered: Rendered) -> dict[str, set[str]]:
     """The Secrets the operators create, name -> keys (Strimzi: the cluster CA's certificate of each Kafka
-    cluster, and the password and JAAS configuration of each SCRAM-SHA-512 KafkaUser)."""
+    cluster, and the password and JAAS configuration of each SCRAM-SHA-512 KafkaUser; cert-manager: the
+    certificate, key and issuing CA of each Certificate)."""
     made = {
         f"{k['metadata']['name']}-cluster-ca-cert": {"ca.crt", "ca.p12", "ca.password"}
         for k in objects(rendered, "Kafka")
@@ -296,6 +298,8 @@ def operator_secrets(rendered: Rendered) -> dict[str, set[str]]:
     for user in objects(rendered, "KafkaUser"):
         if user["spec"]["authentication"]["type"] == "scram-sha-512":
             made[user["metadata"]["name"]] = {"password", "sasl.jaas.config"}
+    for certificate in objects(rendered, "Certificate"):  # cert-manager
+        made[certificate["spec"]["secretName"]] = {"tls.crt", "tls.key", "ca.crt"}
     return made
 
 
@@ -304,10 +308,11 @@ def secret_references(value: Any) -> Iterator[tuple[str, str]]:
     if isinstance(value, dict):
         if "secretKeyRef" in value:
             yield value["secretKeyRef"]["name"], value["secretKeyRef"]["key"]
-        if "secretName" in value:
-            assert value.get("items"), f"{value['secretName']}: project the keys used, not the whole Secret"
-            for item in value["items"]:
-                yield value["secretName"], item["key"]
+        volume = value.get("secret")
+        if isinstance(volume, dict) and "secretName" in volume:  # a volume (not cert-manager's secretName)
+            assert volume.get("items"), f"{volume['secretName']}: project the keys used, not the whole Secret"
+            for item in volume["items"]:
+                yield volume["secretName"], item["key"]
         for inner in value.values():
             yield from secret_references(inner)
     elif isinstance(value, list):
@@ -319,6 +324,7 @@ def test_secret_references_are_found() -> None:
     found = set(secret_references(list(render(BASE))))
     assert ("engagement-worker", "password") in found and ("engagement-cluster-ca-cert", "ca.crt") in found
     assert ("engagement-clickhouse", "grafana-password") in found  # in the ClickHouseInstallation
+    assert ("engagement-clickhouse-tls", "tls.key") in found and ("engagement-clickhouse-tls", "ca.crt") in found
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=target_id)
@@ -362,6 +368,56 @@ def test_kafka_only_over_tls_with_scram_for_the_workers(target: Path) -> None:
     (volume,) = [v for v in volumes if v["name"] == mount["name"]]
     assert volume["secret"]["secretName"] == f"{cluster}-cluster-ca-cert"
     assert {"key": "ca.crt", "path": cafile.name} in volume["secret"]["items"]
+
+
+def ca_file_source(rendered: Rendered, kind: str, name: str, path: str) -> tuple[str, str]:
+    """(Secret, key) that the pod of workload ``kind``/``name`` sees at ``path``, mounted read-only."""
+    spec = one(rendered, kind, name)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    file = Path(path)
+    (mount,) = [m for m in container["volumeMounts"] if file.parent == Path(m["mountPath"])]
+    assert mount.get("readOnly") is True, name
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == file.name]
+    return volume["secret"]["secretName"], item["key"]
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_id)
+def test_clickhouse_clients_of_the_pipeline_use_tls_checked_against_the_ca(target: Path) -> None:
+    rendered = render(target)
+    settings = worker_settings(rendered)
+    assert settings.clickhouse_secure and settings.clickhouse_verify  # certificate and host name checked
+    chi = one(rendered, "ClickHouseInstallation")
+    configuration = chi["spec"]["configuration"]
+    assert settings.clickhouse_port == int(configuration["settings"]["tcp_port_secure"])
+    # The service the pipeline connects to is the installation's, with the secure port.
+    (template,) = chi["spec"]["templates"]["serviceTemplates"]
+    assert chi["spec"]["defaults"]["templates"]["serviceTemplate"] == template["name"]
+    assert template["generateName"].replace("{chi}", chi["metadata"]["name"]) == settings.clickhouse_host
+    assert {"name": "secureclient", "port": settings.clickhouse_port} in template["spec"]["ports"]
+    # The server's certificate: issued by the CA issuer for the host name the pipeline checks.
+    server = one(rendered, "Certificate", "engagement-clickhouse-tls")["spec"]
+    assert settings.clickhouse_host in server["dnsNames"] and "server auth" in server["usages"]
+    issuer = one(rendered, "Issuer", server["issuerRef"]["name"])["spec"]
+    ca = [c["spec"] for c in objects(rendered, "Certificate") if c["spec"]["secretName"] == issuer["ca"]["secretName"]]
+    assert len(ca) == 1 and ca[0]["isCA"] is True
+    # The servers read that certificate and key where the operator mounts the files of `files`
+    # (secrets.d/<file>/<secret>/<key>), and openssl.xml points at them.
+    mounted = {
+        name: f"/etc/clickhouse-server/secrets.d/{name}/{ref['secretKeyRef']['name']}/{ref['secretKeyRef']['key']}"
+        for name, value in configuration["files"].items()
+        if isinstance(value, dict)
+        for ref in [value["valueFrom"]]
+    }
+    openssl = ElementTree.fromstring(configuration["files"]["openssl.xml"]).find("openSSL/server")
+    assert openssl is not None
+    certificate, key = openssl.findtext("certificateFile"), openssl.findtext("privateKeyFile")
+    assert certificate in mounted.values() and key in mounted.values()
+    assert certificate.endswith(f"/{server['secretName']}/tls.crt") and key.endswith(f"/{server['secretName']}/tls.key")
+    assert {"sslv3", "tlsv1", "tlsv1_1"} <= set(openssl.findtext("disableProtocols", "").split(","))
+    # The workers and the migrate Job check the servers against that CA, mounted from the same Secret.
+    for kind, name in (("Deployment", "engagement-worker"), ("Job", "engagement-migrate")):
+        assert ca_file_source(rendered, kind, name, settings.clickhouse_ca_file) == (server["secretName"], "ca.crt")
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=target_id)
@@ -600,11 +656,12 @@ def test_network_policies_admit_only_who_needs_each_port(target: Path) -> None:
     clickhouse_policy = policy_for(rendered, clickhouse)
     assert admitted(clickhouse_policy, worker, settings.clickhouse_port)
     assert admitted(clickhouse_policy, migrate, settings.clickhouse_port)
+    assert not admitted(clickhouse_policy, worker, 9000) and not admitted(clickhouse_policy, migrate, 9000)  # TLS only
     assert admitted(clickhouse_policy, clickhouse, 9009)  # replication between replicas
     assert not admitted(clickhouse_policy, worker, 8123) and not admitted(clickhouse_policy, keeper, 9000)
     outside = {app_name(peer): ports for peer, ports in outside_peers(clickhouse_policy)}
     assert outside == {
-        "grafana": [{"protocol": "TCP", "port": settings.clickhouse_port}],
+        "grafana": [{"protocol": "TCP", "port": 9000}],  # plaintext still (README: Grafana over TLS is not set up)
         "clickhouse-operator": [{"protocol": "TCP", "port": 8123}],
     }
     # Keeper: the ClickHouse servers on the port of clickhouse.yaml, its own pods, nothing of the pipeline.
