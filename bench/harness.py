@@ -234,7 +234,6 @@ class Drain:
     reported beside it, not hidden in it.
     """
 
-    started: float
     processed_s: float
     committed_s: float
 
@@ -278,7 +277,7 @@ class Worker:
             if started is not None and sum(group_lag(self.settings, topics).values()) == 0:
                 final = _scrape(self.settings, EVENT_ROWS)  # rows of the last batch may land with the commit
                 end = rows_at if final == rows else time.perf_counter()
-                return Drain(started, end - started, now - started)
+                return Drain(end - started, now - started)
             if time.monotonic() > deadline:
                 raise TimeoutError("worker did not drain")
             time.sleep(0.05 if started is None else 0.1)
