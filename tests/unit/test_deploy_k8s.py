@@ -383,7 +383,7 @@ def ca_file_source(rendered: Rendered, kind: str, name: str, path: str) -> tuple
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=target_id)
-def test_clickhouse_clients_of_the_pipeline_use_tls_checked_against_the_ca(target: Path) -> None:
+def test_clickhouse_clients_use_tls_checked_against_the_ca(target: Path) -> None:
     rendered = render(target)
     settings = worker_settings(rendered)
     assert settings.clickhouse_secure and settings.clickhouse_verify  # certificate and host name checked
@@ -394,10 +394,12 @@ def test_clickhouse_clients_of_the_pipeline_use_tls_checked_against_the_ca(targe
     (template,) = chi["spec"]["templates"]["serviceTemplates"]
     assert chi["spec"]["defaults"]["templates"]["serviceTemplate"] == template["name"]
     assert template["generateName"].replace("{chi}", chi["metadata"]["name"]) == settings.clickhouse_host
-    assert {"name": "secureclient", "port": settings.clickhouse_port} in template["spec"]["ports"]
+    assert template["spec"]["ports"] == [{"name": "secureclient", "port": settings.clickhouse_port}]  # TLS only
     # The server's certificate: issued by the CA issuer for the host name the pipeline checks.
     server = one(rendered, "Certificate", "engagement-clickhouse-tls")["spec"]
     assert settings.clickhouse_host in server["dnsNames"] and "server auth" in server["usages"]
+    namespace = one(rendered, "Namespace")["metadata"]["name"]  # Grafana connects from another namespace
+    assert f"{settings.clickhouse_host}.{namespace}.svc" in server["dnsNames"]
     issuer = one(rendered, "Issuer", server["issuerRef"]["name"])["spec"]
     ca = [c["spec"] for c in objects(rendered, "Certificate") if c["spec"]["secretName"] == issuer["ca"]["secretName"]]
     assert len(ca) == 1 and ca[0]["isCA"] is True
@@ -661,7 +663,7 @@ def test_network_policies_admit_only_who_needs_each_port(target: Path) -> None:
     assert not admitted(clickhouse_policy, worker, 8123) and not admitted(clickhouse_policy, keeper, 9000)
     outside = {app_name(peer): ports for peer, ports in outside_peers(clickhouse_policy)}
     assert outside == {
-        "grafana": [{"protocol": "TCP", "port": 9000}],  # plaintext still (README: Grafana over TLS is not set up)
+        "grafana": [{"protocol": "TCP", "port": settings.clickhouse_port}],  # the TLS port, as the pipeline
         "clickhouse-operator": [{"protocol": "TCP", "port": 8123}],
     }
     # Keeper: the ClickHouse servers on the port of clickhouse.yaml, its own pods, nothing of the pipeline.

@@ -99,8 +99,14 @@ def test_datasources_clickhouse_read_only_user_and_prometheus() -> None:
         assert UID.match(source["uid"]) and source["name"] and source["access"] == "proxy"
     # Credentials only from the environment, the password only in secureJsonData (stored encrypted).
     assert clickhouse["jsonData"]["username"] == "$CLICKHOUSE_READONLY_USER"
-    assert clickhouse["secureJsonData"] == {"password": "$CLICKHOUSE_READONLY_PASSWORD"}
+    assert clickhouse["secureJsonData"] == {
+        "password": "$CLICKHOUSE_READONLY_PASSWORD",
+        "tlsCACert": "$CLICKHOUSE_CA_CERT",
+    }
     assert "password" not in clickhouse["jsonData"]
+    # TLS from the environment, the server's certificate checked against that CA, never skipped.
+    assert clickhouse["jsonData"]["secure"] == clickhouse["jsonData"]["tlsAuthWithCACert"] == "$CLICKHOUSE_SECURE"
+    assert "tlsSkipVerify" not in clickhouse["jsonData"]
     assert clickhouse["jsonData"]["host"].startswith("$") and clickhouse["jsonData"]["port"].startswith("$")
     assert clickhouse["jsonData"]["protocol"] in ("native", "http")
     assert prometheus["url"].startswith("$")
