@@ -361,13 +361,8 @@ def test_kafka_only_over_tls_with_scram_for_the_workers(target: Path) -> None:
     container = worker_container(rendered)
     password = env_value_from(container, "ENGAGEMENT_KAFKA_SASL_PASSWORD")["secretKeyRef"]
     assert password == {"name": user["metadata"]["name"], "key": "password"}
-    cafile = Path(settings.kafka_ssl_cafile)
-    (mount,) = [m for m in container["volumeMounts"] if cafile.parent == Path(m["mountPath"])]
-    assert mount.get("readOnly") is True
-    volumes = one(rendered, "Deployment", "engagement-worker")["spec"]["template"]["spec"]["volumes"]
-    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
-    assert volume["secret"]["secretName"] == f"{cluster}-cluster-ca-cert"
-    assert {"key": "ca.crt", "path": cafile.name} in volume["secret"]["items"]
+    cafile = ca_file_source(rendered, "Deployment", "engagement-worker", settings.kafka_ssl_cafile)
+    assert cafile == (f"{cluster}-cluster-ca-cert", "ca.crt")
 
 
 def ca_file_source(rendered: Rendered, kind: str, name: str, path: str) -> tuple[str, str]:
@@ -500,20 +495,21 @@ def test_the_grant_check_refuses_what_a_users_file_refuses(query: str) -> None:
         check_config_grants([query])
 
 
+# A policy's rules and their peers, by direction.
+DIRECTIONS = (("ingress", "from"), ("egress", "to"))
+
+
 def network_policies(rendered: Rendered) -> list[dict[str, Any]]:
     policies = objects(rendered, "NetworkPolicy")
     for policy in policies:
         name, spec = policy["metadata"]["name"], policy["spec"]
         # Both directions, always said: a policy without Egress in its types leaves egress open.
         assert spec["policyTypes"] == ["Ingress", "Egress"], name
-        for rule in spec["ingress"]:
-            assert rule.get("from"), f"{name}: a rule without `from` admits everyone"
-            for peer in rule["from"]:
-                assert "ipBlock" not in peer and peer.get("podSelector"), peer
-        for rule in spec["egress"]:
-            assert rule.get("to"), f"{name}: a rule without `to` lets the pods reach anything"
-            for peer in rule["to"]:
-                assert "ipBlock" not in peer and peer.get("podSelector"), peer
+        for direction, peers in DIRECTIONS:
+            for rule in spec[direction]:
+                assert rule.get(peers), f"{name}: an {direction} rule without `{peers}` allows any peer"
+                for peer in rule[peers]:
+                    assert "ipBlock" not in peer and peer.get("podSelector"), peer
     return policies
 
 
@@ -522,15 +518,20 @@ def policy_for(rendered: Rendered, labels: dict[str, str]) -> dict[str, Any]:
     return policy
 
 
-def admitted(policy: dict[str, Any], labels: dict[str, str], port: int) -> bool:
-    """Whether ``policy`` admits pods of this namespace with ``labels`` to ``port``."""
-    for rule in policy["spec"]["ingress"]:
+def _allows(rules: list[dict[str, Any]], peers: str, labels: dict[str, str], port: int, protocol: str) -> bool:
+    """Whether one of ``rules`` allows pods of this namespace with ``labels`` on ``port``."""
+    for rule in rules:
         ports = rule.get("ports")
-        if ports is not None and {"protocol": "TCP", "port": port} not in ports:
+        if ports is not None and {"protocol": protocol, "port": port} not in ports:
             continue
-        if any("namespaceSelector" not in peer and selects(peer["podSelector"], labels) for peer in rule["from"]):
+        if any("namespaceSelector" not in peer and selects(peer["podSelector"], labels) for peer in rule[peers]):
             return True
     return False
+
+
+def admitted(policy: dict[str, Any], labels: dict[str, str], port: int) -> bool:
+    """Whether ``policy`` admits pods of this namespace with ``labels`` to ``port``."""
+    return _allows(policy["spec"]["ingress"], "from", labels, port, "TCP")
 
 
 def app_name(peer: dict[str, Any]) -> str:
@@ -550,13 +551,7 @@ def outside_peers(policy: dict[str, Any]) -> list[tuple[dict[str, Any], list[Any
 
 def reaches(policy: dict[str, Any], labels: dict[str, str], port: int, protocol: str = "TCP") -> bool:
     """Whether ``policy`` lets its pods connect to pods of this namespace with ``labels`` on ``port``."""
-    for rule in policy["spec"]["egress"]:
-        ports = rule.get("ports")
-        if ports is not None and {"protocol": protocol, "port": port} not in ports:
-            continue
-        if any("namespaceSelector" not in peer and selects(peer["podSelector"], labels) for peer in rule["to"]):
-            return True
-    return False
+    return _allows(policy["spec"]["egress"], "to", labels, port, protocol)
 
 
 DNS_PEER = {
