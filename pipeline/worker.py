@@ -139,6 +139,14 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         web_port=settings.web_port,
         datadir=str(settings.data_dir / "faust"),
         stream_wait_empty=False,  # on shutdown, unprocessed batches are simply not committed
+        # Faust's check that a recovery never read past a changelog's end protects stores kept on disk
+        # (RocksDB) from a topic emptied under them. Ours is in memory and dies with the process, so the
+        # check protects nothing, and the embedded broker trips it: a worker killed between the record
+        # batches of one changelog write leaves a last batch of several records, whose first offset + 1
+        # tansu reports as the end; a worker that recovered the partition (reading the whole batch) then
+        # crashed at its next rebalance. That write's batches were never committed: whether a recovery
+        # reads its records or not, their sources are replayed (tests/chaos: cut_short).
+        recovery_consistency_check=False,
     )
     sources = [settings.topic(t) for t in SOURCE_TOPICS]
     rekey = settings.topic(REKEY_TOPIC)
