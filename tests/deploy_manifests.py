@@ -338,3 +338,14 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["lock"]:
         raise SystemExit("usage: python -m tests.deploy_manifests lock")
     sys.stdout.write(render_lock(runtime_closure()))
+
+
+def mounted_files(configuration: dict[str, Any]) -> dict[str, str]:
+    """Where the Altinity operator mounts each file of a ClickHouseInstallation's ``configuration.files``
+    taken from a Secret: ``/etc/clickhouse-server/secrets.d/<file>/<secret>/<key>``, by file name."""
+    return {
+        name: f"/etc/clickhouse-server/secrets.d/{name}/{ref['secretKeyRef']['name']}/{ref['secretKeyRef']['key']}"
+        for name, value in configuration["files"].items()
+        if isinstance(value, dict)
+        for ref in [value["valueFrom"]]
+    }

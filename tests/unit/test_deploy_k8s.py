@@ -28,6 +28,7 @@ from tests.deploy_files import K8S, PROMETHEUS, k8s_manifest_files, kustomizatio
 from tests.deploy_manifests import (
     check_config_grants,
     kustomize_references,
+    mounted_files,
     objects,
     one,
     overlays,
@@ -398,16 +399,9 @@ def test_clickhouse_clients_use_tls_checked_against_the_ca(target: Path) -> None
     issuer = one(rendered, "Issuer", server["issuerRef"]["name"])["spec"]
     ca = [c["spec"] for c in objects(rendered, "Certificate") if c["spec"]["secretName"] == issuer["ca"]["secretName"]]
     assert len(ca) == 1 and ca[0]["isCA"] is True
-    # The servers read that certificate and key where the operator mounts the files of `files`
-    # (secrets.d/<file>/<secret>/<key>), and openssl.xml points at them.
-    mounted = {
-        name: f"/etc/clickhouse-server/secrets.d/{name}/{ref['secretKeyRef']['name']}/{ref['secretKeyRef']['key']}"
-        for name, value in configuration["files"].items()
-        if isinstance(value, dict)
-        for ref in [value["valueFrom"]]
-    }
-    openssl = ElementTree.fromstring(configuration["files"]["openssl.xml"]).find("openSSL/server")
-    assert openssl is not None
+    # The servers read that certificate and key where the operator mounts them, and openssl.xml points at them.
+    mounted = mounted_files(configuration)
+    openssl = openssl_config(configuration, "server")
     certificate, key = openssl.findtext("certificateFile"), openssl.findtext("privateKeyFile")
     assert certificate in mounted.values() and key in mounted.values()
     assert certificate.endswith(f"/{server['secretName']}/tls.crt") and key.endswith(f"/{server['secretName']}/tls.key")
@@ -415,6 +409,41 @@ def test_clickhouse_clients_use_tls_checked_against_the_ca(target: Path) -> None
     # The workers and the migrate Job check the servers against that CA, mounted from the same Secret.
     for kind, name in (("Deployment", "engagement-worker"), ("Job", "engagement-migrate")):
         assert ca_file_source(rendered, kind, name, settings.clickhouse_ca_file) == (server["secretName"], "ca.crt")
+
+
+def openssl_config(configuration: dict[str, Any], side: str) -> ElementTree.Element:
+    """The ``openSSL/<side>`` element (server or client) of the installation's openssl.xml."""
+    element = ElementTree.fromstring(configuration["files"]["openssl.xml"]).find(f"openSSL/{side}")
+    assert element is not None, f"openssl.xml has no openSSL/{side}"
+    return element
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_id)
+def test_clickhouse_servers_talk_to_each_other_over_tls_checked_against_the_ca(target: Path) -> None:
+    rendered = render(target)
+    chi = one(rendered, "ClickHouseInstallation")
+    configuration = chi["spec"]["configuration"]
+    (cluster,) = configuration["clusters"]
+    # Distributed queries: the operator's remote_servers use the secure port; the servers authenticate
+    # each other with a generated cluster secret.
+    assert cluster["secure"] == "yes" and cluster["secret"] == {"auto": "yes"}
+    # Replication: HTTPS on the port the operator declares as `interserver` (9009), the plain one removed.
+    settings = configuration["settings"]
+    assert settings["interserver_https_port"] == 9009 and settings["interserver_http_port"] == "_removed_"
+    # Each server checks the other's certificate against the CA of the server certificate's Secret.
+    server = one(rendered, "Certificate", "engagement-clickhouse-tls")["spec"]
+    client = openssl_config(configuration, "client")
+    ca = client.findtext("caConfig")
+    assert ca in mounted_files(configuration).values() and ca.endswith(f"/{server['secretName']}/ca.crt")
+    assert client.findtext("verificationMode") in ("relaxed", "strict")
+    assert client.findtext("invalidCertificateHandler/name") == "RejectCertificateHandler"
+    assert client.findtext("loadDefaultCAFile") == "false"  # only the pipeline's CA
+    assert {"sslv3", "tlsv1", "tlsv1_1"} <= set(client.findtext("disableProtocols", "").split(","))
+    # Between its pods, the NetworkPolicy admits the TLS ports only.
+    clickhouse = pipeline_pods(rendered).clickhouse
+    policy = policy_for(rendered, clickhouse)
+    for port, allowed in ((9440, True), (9009, True), (9000, False), (8123, False)):
+        assert admitted(policy, clickhouse, port) is allowed and reaches(policy, clickhouse, port) is allowed, port
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=target_id)
@@ -619,7 +648,7 @@ def test_network_policies_let_each_pod_reach_only_what_it_uses(target: Path) -> 
     # ClickHouse: its own pods (distributed queries, replication), the Keeper, DNS; not the pipeline or Kafka
     # (``remote()``, which the ingest role may call, reaches nothing else).
     clickhouse_policy = policy_for(rendered, clickhouse)
-    assert reaches(clickhouse_policy, clickhouse, 9000) and reaches(clickhouse_policy, clickhouse, 9009)
+    assert reaches(clickhouse_policy, clickhouse, 9440) and reaches(clickhouse_policy, clickhouse, 9009)
     assert reaches(clickhouse_policy, keeper, node["port"]) and resolves(clickhouse_policy)
     assert not reaches(clickhouse_policy, brokers, kafka_port) and not reaches(
         clickhouse_policy, worker, settings.web_port
