@@ -104,6 +104,18 @@ async def _send_batches(
 
 
 ACCOUNT_STATE_TABLE = "account-state"  # the Faust table of account states
+
+
+def cut_short_by_stop(app: Any, what: str) -> bool:
+    """Call on an exception in a task of ``app``: whether a clean stop caused it (the producer closes
+    while a task still sends to it), which is then logged and nothing more. ``what`` names the work lost,
+    which nothing acknowledged: its input is replayed by the next owner. False: a real failure."""
+    if not app.should_stop:
+        return False
+    log.info("stopping: %s were cut short", what)
+    return True
+
+
 IDLE_PERSIST_SECONDS = 1.0  # when idle, states are persisted (and batches acknowledged) after this long
 
 
@@ -321,9 +333,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 log.critical("%s", exc)
                 os._exit(brake.EXIT_CODE)
             except Exception:
-                if app.should_stop:  # a clean stop closed the producer under this batch: it is replayed
-                    log.info("stopping: %d processed batches were not acknowledged", len(unacked) + 1)
-                    return
+                if cut_short_by_stop(app, f"{len(unacked) + 1} processed batches, not acknowledged,"):
+                    return  # they are replayed
                 # a bug, not bad input: stop before the batch is acknowledged
                 log.critical("batch processing failed; exiting without committing", exc_info=True)
                 os._exit(70)
@@ -353,12 +364,16 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def announce_watermarks() -> None:
-        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+        if app.should_stop or app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return
-        await processor.announce_watermarks(owned_partitions())
-        await processor.write_deferred()
-        if unacked and persist_due():
-            await settle()
+        try:
+            await processor.announce_watermarks(owned_partitions())
+            await processor.write_deferred()
+            if unacked and persist_due():
+                await settle()
+        except Exception:
+            if not cut_short_by_stop(app, "the timer's announcements and persist, not acknowledged,"):
+                raise
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def update_lag() -> None:

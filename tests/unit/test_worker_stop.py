@@ -1,0 +1,23 @@
+"""A clean stop closes the producer while the worker's batch task or its timer may still send: what they
+were doing is cut short, logged, and never acknowledged (it is replayed); only then is it not a failure."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from pipeline.worker import cut_short_by_stop
+
+
+def test_work_cut_short_by_a_clean_stop_is_logged_not_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pipeline.worker"):
+        assert cut_short_by_stop(SimpleNamespace(should_stop=True), "2 processed batches")
+    assert "stopping: 2 processed batches were cut short" in caplog.text
+
+
+def test_the_same_exception_while_running_is_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pipeline.worker"):
+        assert not cut_short_by_stop(SimpleNamespace(should_stop=False), "2 processed batches")
+    assert caplog.text == ""
