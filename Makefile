@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 DURATION ?= 60
+# Test processes (pytest-xdist; an idle one takes tests queued for another): the integration tests mostly
+# wait on brokers, servers and group joins, so two share two cores well.
+TEST_PROCESSES ?= 2
 
 .PHONY: demo test unit integration chaos lint typecheck bench bench-quick bench-report up down clean
 
@@ -27,7 +30,7 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck
 	./tests/services/clickhouse-server.sh install
 	./tests/services/prometheus.sh install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist worksteal tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration" tests
