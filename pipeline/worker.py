@@ -105,6 +105,8 @@ async def _send_batches(
 
 ACCOUNT_STATE_TABLE = "account-state"  # the Faust table of account states
 
+IDLE_PERSIST_SECONDS = 1.0  # when idle, states are persisted (and batches acknowledged) after this long
+
 
 def cut_short_by_stop(app: Any, what: str) -> bool:
     """Call on an exception in a task of ``app``: whether a clean stop caused it (the producer closes
@@ -114,9 +116,6 @@ def cut_short_by_stop(app: Any, what: str) -> bool:
         return False
     log.info("stopping: %s were cut short", what)
     return True
-
-
-IDLE_PERSIST_SECONDS = 1.0  # when idle, states are persisted (and batches acknowledged) after this long
 
 
 def internal_topics(settings: Settings) -> dict[str, int]:
