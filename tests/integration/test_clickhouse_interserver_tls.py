@@ -22,16 +22,15 @@ pytestmark = pytest.mark.integration
 
 
 def installation_openssl_xml(local: dict[str, Path]) -> str:
-    """deploy/k8s's openssl.xml with each mounted file replaced by ``local[file name]``, its root element
-    renamed for 18.16 (which merges only files whose root is <yandex>; current servers read both)."""
+    """deploy/k8s's openssl.xml, as it is, with each file the operator mounts replaced by ``local[file name]``."""
     (chi,) = [d for d in yaml_documents(K8S / "base" / "clickhouse.yaml") if d["kind"] == "ClickHouseInstallation"]
     configuration = chi["spec"]["configuration"]
     xml: str = configuration["files"]["openssl.xml"]
     for name, path in mounted_files(configuration).items():
-        assert path in xml or name == "openssl.xml", f"openssl.xml does not read {name}"
+        assert path in xml, f"openssl.xml does not read {name}"
         xml = xml.replace(path, str(local[name]))
     assert "/etc/clickhouse-server" not in xml, "openssl.xml reads a file the test does not provide"
-    return xml.replace("<clickhouse>", "<yandex>").replace("</clickhouse>", "</yandex>")
+    return xml
 
 
 def secure_cluster(name: str, port: int) -> str:
