@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +65,7 @@ from pipeline.sink import (
     ALERTS_TABLE,
     EVENTS_TABLE,
     WINDOWS_TABLE,
+    PendingWrite,
     SourcedEvent,
     WarehouseWriter,
     alert_columns,
@@ -238,7 +240,7 @@ class BatchProcessor:
         self._announced: dict[int, int | None] = {}
         self._announced_at = 0.0
         self._durable: list[Awaitable[object]] = []  # changelog sends not yet known to be stored
-        self._in_flight: Awaitable[None] | None = None  # see process(persist=False)
+        self._in_flight: Delivery | None = None  # see process(persist=False)
         self._origins: dict[tuple[str, int], str] = {}
         self._late_logged_at = -LATE_LOG_INTERVAL_S
 
@@ -317,7 +319,7 @@ class BatchProcessor:
             except BaseException:  # nothing of this batch is persisted; its last delivery is dropped
                 in_flight, self._in_flight = self._in_flight, None
                 if in_flight is not None:
-                    _abandon(in_flight)
+                    in_flight.abandon()
                 raise
             self._publish_counts()
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -346,7 +348,7 @@ class BatchProcessor:
         if previous is not None:
             await previous
 
-    def _process_chunk(self, messages: Sequence[SourceMessage]) -> Awaitable[None]:
+    def _process_chunk(self, messages: Sequence[SourceMessage]) -> Delivery:
         """Decode and aggregate ``messages`` now and start their inserts; returns the awaitable that
         completes once the chunk is delivered (Kafka acknowledged its sends, ClickHouse its rows)."""
         dead: list[DeadLetter] = []
@@ -370,9 +372,9 @@ class BatchProcessor:
         candidates: list[ResponseCandidate],
         raw: list[SourcedEvent],
         frontiers: Mapping[int, int | None],
-    ) -> Awaitable[None]:
+    ) -> Delivery:
         rows = self.aggregator.take_rows()
-        writes = []
+        writes: list[PendingWrite] = []
         if raw:
             writes.append(self.writer.write_soon(EVENTS_TABLE, event_columns(raw, int(time.time() * 1000))))
         if rows:
@@ -391,7 +393,7 @@ class BatchProcessor:
             writes.append(self.writer.write_soon(ALERTS_TABLE, alert_columns(alerts)))
             sends += self._send_alerts(alerts)
         self._publish_detection(alerts)
-        return self._delivered(sends, frontiers, writes)
+        return Delivery(self._delivered(sends, frontiers, writes), sends, writes)
 
     def _send_alerts(self, alerts: Sequence[Alert]) -> list[Awaitable[Any]]:
         """Produce ``alerts`` to the alerts topic, keyed by account (one account's alerts stay in order)."""
@@ -413,7 +415,7 @@ class BatchProcessor:
             metrics.WATCHED_IN_DROP.labels(account).set(int(in_drop))
 
     async def _delivered(
-        self, sends: list[Awaitable[Any]], frontiers: Mapping[int, int | None], writes: list[Awaitable[None]]
+        self, sends: list[Awaitable[Any]], frontiers: Mapping[int, int | None], writes: list[PendingWrite]
     ) -> None:
         try:
             if sends:
@@ -421,8 +423,15 @@ class BatchProcessor:
             # Only once everything re-keyed from these partitions is acknowledged, announce their progress.
             await self._announce(frontiers)
         finally:
-            for write in writes:  # awaited even after a failed send, so no insert is left unobserved
-                await write
+            # Awaited even after a failed send, so no insert is left unobserved; if awaiting one is cut
+            # short (the batch was cancelled), the writes not awaited yet are abandoned.
+            for index, write in enumerate(writes):
+                try:
+                    await write
+                except BaseException:
+                    for rest in writes[index + 1 :]:
+                        rest.abandon()
+                    raise
 
     async def _persist(self) -> None:
         """Write touched account states to the table and start sending them to its changelog — only
@@ -795,11 +804,30 @@ def _candidate_messages(
     ]
 
 
-def _abandon(awaitable: Awaitable[None]) -> None:
-    """Drop a delivery that will never be awaited (its batch failed) without a 'never awaited' warning."""
-    close = getattr(awaitable, "close", None)
-    if close is not None:
-        close()
+class Delivery:
+    """A chunk's delivery, in flight: await it (once) for its sends to be acknowledged by Kafka and its
+    rows by ClickHouse, or :meth:`abandon` it unawaited when its batch failed (nothing of it will be
+    acknowledged: Kafka redelivers the batch). Abandoning sends nothing more and leaves nothing to warn
+    that it was never awaited; inserts already handed to the warehouse thread may still land."""
+
+    def __init__(
+        self, run: Coroutine[Any, Any, None], sends: Sequence[Awaitable[Any]], writes: Sequence[PendingWrite]
+    ) -> None:
+        self._run = run
+        self._sends = sends
+        self._writes = writes
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return (yield from self._run.__await__())
+
+    def abandon(self) -> None:
+        """Give up a delivery nobody awaited. Never raises."""
+        self._run.close()
+        for send in self._sends:
+            if inspect.iscoroutine(send):
+                send.close()
+        for write in self._writes:
+            write.abandon()
 
 
 def _estimated_events(message: SourceMessage) -> int:

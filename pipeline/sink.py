@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -76,8 +76,37 @@ def dead_letter_columns(letters: Sequence[DeadLetter]) -> dict[str, list[Any]]:
     return {name: [getattr(d, name) for d in letters] for name in DeadLetter.__slots__}
 
 
-async def _nothing_to_write() -> None:
-    return None
+class PendingWrite:
+    """An insert started on the warehouse thread (see :meth:`WarehouseWriter.write_soon`).
+
+    Await it (once) to wait until the block is durable: it retries until ClickHouse acknowledges, so
+    awaiting blocks while ClickHouse is down, and raises only if the awaiting task is cancelled. Or
+    :meth:`abandon` it when nobody will await it (its batch failed and will be replayed): the insert
+    already handed to the warehouse thread may still land (rows are idempotent), its outcome is
+    ignored, and nothing is left to warn that it was never awaited.
+    """
+
+    def __init__(self, settle: Coroutine[Any, Any, None] | None, first: asyncio.Future[None] | None) -> None:
+        self._settle = settle
+        self._first = first
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._settle is None:
+            return None
+        return (yield from self._settle.__await__())
+
+    def abandon(self) -> None:
+        """Give the write up without awaiting it (or without awaiting the rest of it). Never raises."""
+        if self._settle is not None:
+            self._settle.close()
+        if self._first is not None:
+            self._first.add_done_callback(_ignore_outcome)
+
+
+def _ignore_outcome(future: asyncio.Future[None]) -> None:
+    """Mark an abandoned insert's outcome as seen (no "exception was never retrieved" at collection)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class WarehouseWriter:
@@ -122,7 +151,7 @@ class WarehouseWriter:
         """Insert one block; returns when durable. Retries forever (see the module docstring)."""
         await self.write_soon(table, columns)
 
-    def write_soon(self, table: str, columns: Mapping[str, Sequence[Any]]) -> Awaitable[None]:
+    def write_soon(self, table: str, columns: Mapping[str, Sequence[Any]]) -> PendingWrite:
         """Start inserting one block on the warehouse thread right away (before the caller yields to the
         event loop), and return what to await for it to be durable (retried as :meth:`write` does).
 
@@ -132,11 +161,11 @@ class WarehouseWriter:
         """
         rows = len(next(iter(columns.values()), ()))
         if rows == 0:
-            return _nothing_to_write()
+            return PendingWrite(None, None)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         first = loop.run_in_executor(self._executor, self._on_thread, lambda w: w.insert(table, columns))
-        return self._settle(table, columns, rows, first, started)
+        return PendingWrite(self._settle(table, columns, rows, first, started), first)
 
     async def _settle(
         self,

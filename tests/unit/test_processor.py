@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +15,7 @@ import orjson
 import pytest
 
 from pipeline.aggregator import NO_FRONTIER
+from pipeline.brake import DeadLetterBrake, DeadLetterBrakeTripped
 from pipeline.partitioning import account_partitioner
 from pipeline.processor import HIGHWATER_MAX_AGE_MS, BatchProcessor, Message, StagedStore
 from pipeline.settings import Settings
@@ -231,17 +235,49 @@ def test_clickhouse_outage_is_retried_and_state_waits_for_durability() -> None:
     assert account.encode() in table
 
 
-def test_state_is_not_committed_when_the_write_never_happens() -> None:
+@contextlib.contextmanager
+def nothing_left_unobserved(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fails if a coroutine was never awaited or a future's exception never retrieved in the block (both
+    surface only when the object is collected, as a warning or an asyncio log line)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+    assert [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()] == []
+
+
+def test_state_is_not_committed_when_the_write_never_happens(caplog: pytest.LogCaptureFixture) -> None:
     processor, _, warehouse, table, _ = make(failures=10**9)
+    account = owned_by(0)
 
     async def run() -> None:
-        task = asyncio.ensure_future(processor.process([Message("likes", 0, 0, orjson.dumps(like("e", owned_by(0))))]))
+        task = asyncio.ensure_future(processor.process([Message("likes", 0, 0, orjson.dumps(like("e", account)))]))
         await asyncio.sleep(0.5)
         assert not task.done()
         task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
-    asyncio.run(run())
+    with nothing_left_unobserved(caplog):  # the windows block, never awaited, was abandoned
+        asyncio.run(run())
     assert warehouse.inserts == [] and len(table) == 0
+
+
+def test_a_failed_batch_abandons_the_chunk_in_flight(caplog: pytest.LogCaptureFixture) -> None:
+    processor, outbox, warehouse, table, _ = make()
+    processor.settings = replace(processor.settings, batch_max_events=20)  # a chunk per valid message
+    processor.brake = DeadLetterBrake(share=0.5, window=4)
+    account = owned_by(0)
+    good = [Message("likes", 0, m, orjson.dumps([like(f"e{m}-{i}", account) for i in range(50)])) for m in range(2)]
+    bad = [Message("likes", 0, 2 + m, b"{not json") for m in range(3)]
+
+    with nothing_left_unobserved(caplog), pytest.raises(DeadLetterBrakeTripped):
+        # the first chunk is in flight (its delivery not awaited) when the third trips the brake
+        asyncio.run(processor.process([good[0], bad[0], good[1], *bad[1:]]))
+    # nothing of the batch is stored or acknowledged, and the in-flight chunk's dead letter was not sent
+    assert len(table) == 0 and outbox.on("engagement-dead-letters") == []
+    assert [name for name, _ in warehouse.inserts][:1] == ["engagement_events"]  # the first chunk's had started
 
 
 def test_late_event_is_dead_lettered(caplog: pytest.LogCaptureFixture) -> None:
