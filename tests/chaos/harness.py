@@ -25,6 +25,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipeline import queries
+from pipeline.broker import EmbeddedBroker
 from pipeline.decode import decode_message
 from pipeline.drops import DropConfig, DropDetector, DropState
 from pipeline.events import SOURCE_TOPICS, TYPE_TOPIC, Event
@@ -470,3 +471,18 @@ def random_pauses(rnd: random.Random, count: int, low: float, high: float) -> It
     """``count`` random delays in [low, high) s: when the faults strike."""
     for _ in range(count):
         yield rnd.uniform(low, high)
+
+
+def running_cluster(settings: Settings, broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Cluster]:
+    """A fixture's body: a :class:`Cluster` of ``settings`` (made chaos settings) on ``broker``, shut down after."""
+    running = Cluster(chaos_settings(settings, broker.bootstrap_servers), tmp_path)
+    try:
+        yield running
+    finally:
+        running.shutdown()
+
+
+def generated_stream(cluster: Cluster, events: list[dict[str, Any]] | None = None) -> Stream:
+    """The generated events (``ENGAGEMENT_CHAOS_EVENTS`` of them unless given) as the cluster's messages."""
+    messages = as_messages(generated_events() if events is None else events, cluster.settings)
+    return Stream.of(messages, cluster.settings)

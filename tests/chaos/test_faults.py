@@ -26,10 +26,11 @@ from tests.chaos.harness import (
     Stream,
     as_messages,
     assert_exact,
-    chaos_settings,
     generated_events,
+    generated_stream,
     poisoned,
     random_pauses,
+    running_cluster,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -37,20 +38,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 @pytest.fixture()
 def cluster(broker: EmbeddedBroker, server_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(chaos_settings(server_settings, broker.bootstrap_servers), tmp_path)
-    try:
-        yield running
-    finally:
-        running.shutdown()
+    """Workers writing to the ClickHouse 18.16 server."""
+    yield from running_cluster(server_settings, broker, tmp_path)
 
 
 @pytest.fixture()
 def embedded_cluster(broker: EmbeddedBroker, embedded_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(chaos_settings(embedded_settings, broker.bootstrap_servers), tmp_path)
-    try:
-        yield running
-    finally:
-        running.shutdown()
+    """Workers each holding the embedded store (chDB) in their own process."""
+    yield from running_cluster(embedded_settings, broker, tmp_path)
+
+
+def run_to_the_end(cluster: Cluster, stream: Stream, seconds: float) -> None:
+    """Publish ``stream`` over ``seconds`` to one worker, let it finish, and check every result exactly."""
+    publishing = cluster.publish(stream.messages, seconds=seconds)
+    cluster.start("a")
+    publishing.join()
+    cluster.finish()
+    assert_exact(cluster.settings, stream)
 
 
 def test_kill_minus_nine_three_times_mid_stream(cluster: Cluster) -> None:
@@ -65,7 +69,7 @@ def test_kill_minus_nine_on_the_embedded_store(embedded_cluster: Cluster) -> Non
 def kill_three_times(cluster: Cluster) -> None:
     print(f"ENGAGEMENT_CHAOS_SEED={SEED}")
     rnd = random.Random(SEED)
-    stream = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
+    stream = generated_stream(cluster)
     publishing = cluster.publish(stream.messages, seconds=55)  # outlasts the faults below (≤ ~40 s)
     cluster.start("a")
     cluster.wait_consuming("a")  # the first kill strikes mid-batch; the others anywhere in a worker's life
@@ -84,7 +88,7 @@ def test_two_workers_one_killed_then_back(cluster: Cluster) -> None:
     """Its partitions move to the survivor (after the session timeout), then back (a second rebalance)."""
     print(f"ENGAGEMENT_CHAOS_SEED={SEED}")
     rnd = random.Random(SEED)
-    stream = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
+    stream = generated_stream(cluster)
     publishing = cluster.publish(stream.messages, seconds=45)
     cluster.start("a")
     cluster.start("b")
@@ -111,33 +115,25 @@ def test_duplicate_storm(cluster: Cluster) -> None:
         ),
         key=lambda item: item[:2],
     )
-    stream = Stream.of(as_messages([event for _, _, event in copies], cluster.settings), cluster.settings)
+    stream = generated_stream(cluster, [event for _, _, event in copies])
     assert len(stream.events) >= 3 * len(events) - 20_000  # nearly all copies are valid events
-    publishing = cluster.publish(stream.messages, seconds=20)
-    cluster.start("a")
-    publishing.join()
-    cluster.finish()
-    assert_exact(cluster.settings, stream)
+    run_to_the_end(cluster, stream, seconds=20)
 
 
 def test_poison_input(cluster: Cluster) -> None:
     """5 % of messages malformed: valid results exact, every bad element a dead letter with its reason."""
-    valid = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
+    valid = generated_stream(cluster)
     stream = poisoned(valid, cluster.settings, share=0.05)
     malformed = len(stream.messages) - len(valid.messages)
     assert malformed >= 0.049 * len(stream.messages)
     assert len(stream.reasons()) >= 8  # every kind of dirt has its own reason(s)
-    publishing = cluster.publish(stream.messages, seconds=20)
-    cluster.start("a")
-    publishing.join()
-    cluster.finish()
-    assert_exact(cluster.settings, stream)
+    run_to_the_end(cluster, stream, seconds=20)
 
 
 def test_clean_restart_keeps_open_windows(cluster: Cluster) -> None:
     """SIGTERM mid-stream, then a new worker: states recover from the changelog, nothing counted twice."""
     rnd = random.Random(SEED)
-    stream = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
+    stream = generated_stream(cluster)
     publishing = cluster.publish(stream.messages, seconds=30)
     cluster.start("a")
     cluster.wait_consuming("a")
@@ -206,7 +202,7 @@ def test_a_changelog_write_cut_short_by_a_kill_does_not_crash_the_next_recovery(
     cluster.start("b")  # a rebalance, before a wrote anything: a recovers the partitions it keeps again
     cluster.wait_logged("b", "owning partitions")
     cluster.wait_logged("a", "owning partitions", times=2)
-    stream = Stream.of(as_messages(generated_events(6000), settings), settings)  # 40 s of event time
+    stream = generated_stream(cluster, generated_events(6000))  # 40 s of event time
     cluster.publish(stream.messages, seconds=4).join()
     cluster.finish()
     assert_exact(settings, stream, alerts=False)  # too short a stream for drops: the other scenarios check them

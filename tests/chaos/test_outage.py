@@ -25,11 +25,9 @@ from tests.chaos.harness import (
     SEED,
     ClickHouseServer,
     Cluster,
-    Stream,
-    as_messages,
     assert_exact,
-    chaos_settings,
-    generated_events,
+    generated_stream,
+    running_cluster,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -62,11 +60,7 @@ def cluster(broker: EmbeddedBroker, clickhouse: ClickHouseServer, tmp_path: Path
         data_dir=tmp_path / "data",
         insert_retry_max_seconds=RETRY_MAX_SECONDS,
     )
-    running = Cluster(chaos_settings(base, broker.bootstrap_servers), tmp_path)
-    try:
-        yield running
-    finally:
-        running.shutdown()
+    yield from running_cluster(base, broker, tmp_path)
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ class Observed:
 def test_clickhouse_down_for_twenty_seconds_mid_stream(cluster: Cluster, clickhouse: ClickHouseServer) -> None:
     print(f"ENGAGEMENT_CHAOS_SEED={SEED}")
     rnd = random.Random(SEED)
-    stream = Stream.of(as_messages(generated_events(), cluster.settings), cluster.settings)
+    stream = generated_stream(cluster)
     publishing = cluster.publish(stream.messages, seconds=40)
     cluster.start("a")
     cluster.wait_consuming("a")
