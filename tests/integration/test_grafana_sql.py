@@ -238,6 +238,9 @@ def test_account_variable_lists_engaged_and_alerted_accounts(store: Warehouse) -
     # Engaged in the 7 days before the end: A, B, and u1, u3, u9 (engaged by A); C only has alerts; u5 was
     # engaged 100 days ago.
     assert run(store, find("variable account")).rows == [(A,), (B,), (C,), ("u1",), ("u3",), ("u9",)]
+    # A range that ends before any engagement: what came after its end does not rank (only alerted accounts)
+    before = TimeRange(T - DAY, T + HOUR, 60)
+    assert run(store, find("variable account"), before).rows == [(A,), (B,), (C,)]
 
 
 def test_drop_alert_rule_fires_per_account_in_a_drop(store: Warehouse) -> None:
