@@ -27,7 +27,9 @@ Rules (the contract the tests pin down):
   per message with invalid elements: its first rejection's).
 
 What tripping means for the batch (not acknowledged, not persisted, its dead letters not produced) is
-:class:`~pipeline.processor.BatchProcessor`'s contract; the worker then exits with :data:`EXIT_CODE`.
+:class:`~pipeline.processor.BatchProcessor`'s contract; the worker then serves ``/metrics`` for
+``ENGAGEMENT_DEAD_LETTER_BRAKE_LINGER_SECONDS`` (processing nothing), so the trip is scraped, and exits with
+:data:`EXIT_CODE`.
 """
 
 from __future__ import annotations

@@ -133,6 +133,9 @@ class Settings:
     # were invalid, rather than dead-letter a whole topic after a bad deploy upstream. 1 disables it.
     dead_letter_brake_share: float = 0.5
     dead_letter_brake_messages: int = 1000
+    # After tripping, the worker (consuming and committing nothing more) serves /metrics this long before it
+    # exits, so that Prometheus scrapes the trip: two scrapes at the usual 15 s interval.
+    dead_letter_brake_linger_seconds: float = 30.0
 
     # Security (pipeline.kafka_security, pipeline.clickhouse_users, SECURITY.md). Kafka: every client (Faust,
     # kafka-python) gets these; file paths empty = unused.
@@ -221,6 +224,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE must be between 0 and 1 (1 disables the brake)")
         if self.dead_letter_brake_messages <= 0:
             raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES must be > 0")
+        if not self.dead_letter_brake_linger_seconds >= 0:
+            raise SettingsError("ENGAGEMENT_DEAD_LETTER_BRAKE_LINGER_SECONDS must be >= 0")
         if self.burst_threshold <= 0:
             raise SettingsError("ENGAGEMENT_BURST_THRESHOLD must be > 0")
         if self.drop_half_life_windows <= 0 or self.drop_warmup_windows < 1 or self.drop_windows < 1:

@@ -281,6 +281,20 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         idle = app.intake is None or len(app.intake) == 0
         return since >= settings.persist_interval_seconds or (idle and since >= idle_persist)
 
+    # Set when the dead-letter brake trips: the worker then only serves its web pages until it exits.
+    halted = asyncio.Event()
+
+    async def linger_then_exit(code: int) -> None:
+        """Serve /metrics (nothing else runs) for ENGAGEMENT_DEAD_LETTER_BRAKE_LINGER_SECONDS, so that
+        Prometheus scrapes why the worker stops, then exit with ``code``; at once if the app is stopped
+        meanwhile. Never returns."""
+        linger = settings.dead_letter_brake_linger_seconds
+        log.critical("serving /metrics for %.0f s, then exiting with code %d", linger, code)
+        try:
+            await asyncio.sleep(linger)
+        finally:
+            os._exit(code)
+
     acking: asyncio.Future[None] | None = None  # the latest acknowledgement; it waits for the ones before
     last_settled = time.monotonic()
 
@@ -329,8 +343,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 if persist_due():
                     await settle()
             except brake.DeadLetterBrakeTripped as exc:  # bad input upstream: stop before it is all dead-lettered
+                halted.set()  # from now on nothing is processed, persisted or acknowledged
                 log.critical("%s", exc)
-                os._exit(brake.EXIT_CODE)
+                await linger_then_exit(brake.EXIT_CODE)
             except Exception:
                 if cut_short_by_stop(app, f"{len(unacked) + 1} processed batches, not acknowledged,"):
                     return  # they are replayed
@@ -364,6 +379,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def announce_watermarks() -> None:
         if app.should_stop or app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return
+        if halted.is_set():  # a tripped brake: the states of the batch it stopped must never be persisted
             return
         try:
             await processor.announce_watermarks(owned_partitions())
@@ -416,6 +433,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             refused = local_endpoint_refusal(settings, request.remote)  # type: ignore[attr-defined]
             if refused:
                 return self.json({"error": refused}, status=403)
+            if halted.is_set():
+                refusal = "the dead-letter brake tripped: this worker writes nothing more"
+                return self.json({"error": refusal}, status=503)
             processor.on_assignment(owned_partitions())
             rows = await processor.flush()
             return self.json({"rows": rows})

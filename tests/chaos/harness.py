@@ -159,6 +159,7 @@ def chaos_settings(base: Settings, bootstrap_servers: str) -> Settings:
         drop_half_life_windows=3.0,
         drop_min_baseline=2.0,
         drop_windows=2,
+        dead_letter_brake_linger_seconds=1.0,  # a tripped worker's wait for a scrape: none here
     )
 
 

@@ -3,6 +3,7 @@ commits nothing past it, and a worker started later stops there again."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from dataclasses import replace
 
@@ -60,6 +61,7 @@ def dead_letters_produced(settings: Settings) -> int:
 
 def test_bad_deploy_trips_the_brake_and_nothing_past_it_is_committed(live_settings: Settings) -> None:
     settings = replace(live_settings, dead_letter_brake_share=0.5, dead_letter_brake_messages=WINDOW)
+    settings = replace(settings, dead_letter_brake_linger_seconds=4)
     owner = account_partitioner(settings.partitions)
     account = next(f"acct-{i}" for i in range(100) if owner(f"acct-{i}") == 0)
     good = [
@@ -76,7 +78,16 @@ def test_bad_deploy_trips_the_brake_and_nothing_past_it_is_committed(live_settin
         scraped = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
         assert "engagement_dead_letter_brake_invalid_share 0.0" in scraped
         publish(settings, garbage)
+        # Tripped, the worker lingers with /metrics up (nothing consumed or committed), so the trip is scraped.
+        deadline = time.monotonic() + 60
+        while "engagement_dead_letter_brake_trips_total 1.0" not in scraped:
+            assert worker.poll() is None, "the worker exited before a scrape saw the trip"
+            assert time.monotonic() < deadline, "the brake never tripped"
+            time.sleep(0.2)
+            scraped = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        tripped_at = time.monotonic()
         code = worker.wait(timeout=60)
+        assert time.monotonic() - tripped_at >= 2  # it lingered (4 s from the trip, a scrape within 0.2 s of it)
     assert code == EXIT_CODE
 
     # The window of 20 held the last good messages: the 11th bad one (offset 60) takes it over half.

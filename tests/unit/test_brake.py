@@ -126,12 +126,16 @@ def test_settings_defaults_environment_and_validation() -> None:
     settings = Settings.from_env(env)
     assert (settings.dead_letter_brake_share, settings.dead_letter_brake_messages) == (0.25, 200)
     assert Settings.from_env({"ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE": "1"}).dead_letter_brake_share == 1.0
+    assert Settings.from_env({}).dead_letter_brake_linger_seconds == 30.0  # two scrapes at 15 s
+    assert Settings.from_env({"ENGAGEMENT_DEAD_LETTER_BRAKE_LINGER_SECONDS": "0"}).dead_letter_brake_linger_seconds == 0
     for name, value in [
         ("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE", "1.5"),
         ("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE", "-0.1"),
         ("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE", "nan"),
         ("ENGAGEMENT_DEAD_LETTER_BRAKE_SHARE", "half"),
         ("ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES", "0"),
+        ("ENGAGEMENT_DEAD_LETTER_BRAKE_LINGER_SECONDS", "-1"),
+        ("ENGAGEMENT_DEAD_LETTER_BRAKE_LINGER_SECONDS", "nan"),
     ]:
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
