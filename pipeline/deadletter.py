@@ -32,6 +32,13 @@ class DeadLetter:
     truncated: int
     failed_at: int  # epoch seconds
 
+    @property
+    def rejected_before_kafka(self) -> bool:
+        """Whether a producer-side tool (``engagement ingest``: partition -1, the line number as offset)
+        rejected the input before any worker read it. Such letters reach the metric only when a worker
+        consumes them from the dead-letter topic; a worker counts its own rejections as it makes them."""
+        return self.source_partition < 0
+
     @classmethod
     def from_rejection(
         cls,

@@ -29,13 +29,15 @@ MESSAGES_TAKEN = Counter(
 )
 EVENT_OUTCOMES = Counter(
     "engagement_event_outcomes_total",
-    "What the aggregator did with each valid event: counted, duplicate, self, late, pending, unmatched.",
+    "What the aggregator did with each valid event: counted, duplicate, self, late, pending, unmatched,"
+    " replayed.",
     ["outcome"],
     registry=REGISTRY,
 )
 DEAD_LETTERS = Counter(
     "engagement_dead_letters_total",
-    "Inputs sent to the dead-letter topic, by reason code.",
+    "Inputs sent to the dead-letter topic, by reason code: a worker's own rejections as it makes them,"
+    " those of `engagement ingest` (and unreadable dead letters) as a worker reads the dead-letter topic.",
     ["reason"],
     registry=REGISTRY,
 )

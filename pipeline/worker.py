@@ -360,11 +360,15 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             for event in batch:
                 message = event.message
                 try:
-                    letters.append(DeadLetter.from_json(message.value))
+                    letter = DeadLetter.from_json(message.value)
+                    if letter.rejected_before_kafka:  # counted here, once; a worker's own were counted by it
+                        metrics.DEAD_LETTERS.labels(letter.reason).inc()
+                    letters.append(letter)
                 except Exception as exc:
                     rejection = Rejection(
                         Reason.INVALID_JSON, f"unreadable dead letter: {exc!r}"[:300], -1, bytes(message.value or b"")
                     )
+                    metrics.DEAD_LETTERS.labels(rejection.reason.value).inc()
                     letters.append(
                         DeadLetter.from_rejection(
                             rejection,

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from pipeline.ingest import ingest_lines
 from pipeline.partitioning import account_partitioner
 from pipeline.settings import Settings
 from tests.integration.helpers import running_worker, wait_processed
@@ -55,6 +56,10 @@ def test_worker_end_to_end(live_settings: Settings) -> None:
     for topic, partition, value in sends:
         producer.send(topic, value=value, partition=partition, key=b"k")
     producer.flush()
+    # A line `engagement ingest` rejects goes straight to the dead-letter topic: the worker counts it there.
+    bad_line = orjson.dumps({**like("when", home), "ts": "yesterday"})
+    assert ingest_lines([bad_line], settings, producer, "upload.jsonl").invalid == 1
+    producer.flush()
     producer.close()
 
     with running_worker(settings) as worker:
@@ -68,6 +73,7 @@ def test_worker_end_to_end(live_settings: Settings) -> None:
         assert result.returncode == 0, result.stderr
         letters = [(d["reason"], d["element_index"], d["source_offset"]) for d in orjson.loads(result.stdout)]
         assert letters == [
+            ("invalid_ts", -1, 1),  # ingest:upload.jsonl, line 1
             ("missing_field", 2, 0),
             ("invalid_utf8", -1, 1),
             ("invalid_json", -1, 2),
@@ -102,7 +108,14 @@ def test_worker_end_to_end(live_settings: Settings) -> None:
 
         base = f"http://{settings.web_host}:{settings.web_port}"
         metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-        assert 'engagement_dead_letters_total{reason="too_large"} 1.0' in metrics
+        # every dead letter counted once: the worker's own as it made them, ingest's as it read it
+        counted = {
+            line.split('"')[1]: float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("engagement_dead_letters_total{")
+        }
+        reasons = ("invalid_ts", "missing_field", "invalid_utf8", "invalid_json", "too_large", "topic_mismatch")
+        assert counted == dict.fromkeys(reasons, 1.0)
         assert 'engagement_events_consumed_total{topic="likes",type="like"}' in metrics
         assert "engagement_clickhouse_insert_seconds_count" in metrics
         # taken when a batch starts: the 7 source messages and at least the one re-keyed message (the
