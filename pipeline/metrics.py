@@ -29,8 +29,7 @@ MESSAGES_TAKEN = Counter(
 )
 EVENT_OUTCOMES = Counter(
     "engagement_event_outcomes_total",
-    "What the aggregator did with each valid event: counted, duplicate, self, late, pending, unmatched,"
-    " replayed.",
+    "What the aggregator did with each valid event: counted, duplicate, self, late, pending, unmatched, replayed.",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -7,6 +7,8 @@ Every setting has a default that runs the embedded stack on one machine. Secrets
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +23,20 @@ DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 DROP_WATCH_MAX = 50  # per-account gauges are capped: Prometheus cost grows with label values
 PREFIX = "ENGAGEMENT_"
+# ENGAGEMENT_* variables that are not settings: read by Compose (the worker image), Grafana's provisioning
+# (the alert webhook) and the tests.
+NOT_SETTINGS = frozenset(
+    {
+        "ENGAGEMENT_IMAGE",
+        "ENGAGEMENT_ALERT_WEBHOOK_URL",
+        "ENGAGEMENT_CHAOS_EVENTS",
+        "ENGAGEMENT_CHAOS_SEED",
+        "ENGAGEMENT_UPDATE_GOLDEN",
+    }
+)
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # unknown variables already warned about in this process
 
 
 class SettingsError(ValueError):
@@ -168,9 +184,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from ``ENGAGEMENT_<FIELD>``; ``overrides`` win over the environment.
 
-        Raises :class:`SettingsError` naming the variable when a value does not parse.
+        Raises :class:`SettingsError` naming the variable when a value does not parse. An ``ENGAGEMENT_``
+        variable that is no setting (a typo?) is ignored with a warning, once per process, naming the
+        closest setting.
         """
         env = os.environ if environ is None else environ
+        _warn_unknown(env)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             name = PREFIX + f.name.upper()
@@ -289,3 +308,15 @@ def _parse(name: str, raw: str, type_name: Any) -> Any:
         return raw
     except ValueError as exc:
         raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from exc
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    """Log each ``ENGAGEMENT_`` variable of ``env`` that is no setting (once per process and name)."""
+    known = {PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    for name in sorted(env):
+        if not name.startswith(PREFIX) or name in known or name in NOT_SETTINGS or name in _warned:
+            continue
+        _warned.add(name)
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        log.warning("%s is not a setting and is ignored%s", name, hint)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import ssl
 import xml.etree.ElementTree as ET
@@ -353,3 +354,15 @@ def test_migrate_raises_when_the_migrations_table_cannot_be_read() -> None:
     with pytest.raises(QueryError, match="Not enough privileges"):
         migrate(denied, Settings.from_env({}))  # type: ignore[arg-type]
     assert denied.executed == []
+
+
+def test_an_unknown_engagement_variable_is_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"ENGAGEMENT_BATCH_MAX_EVENT": "5", "ENGAGEMENT_IMAGE": "engagement:dev", "OTHER": "x"}
+    with caplog.at_level(logging.WARNING, logger="pipeline.settings"):
+        settings = Settings.from_env(env)
+        Settings.from_env(env)  # once per process
+    assert settings.batch_max_events == Settings().batch_max_events
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        "ENGAGEMENT_BATCH_MAX_EVENT is not a setting and is ignored (did you mean ENGAGEMENT_BATCH_MAX_EVENTS?)"
+    ]
