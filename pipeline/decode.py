@@ -54,7 +54,7 @@ def parse_ts(value: Any) -> int:
         raise _Invalid(Reason.WRONG_TYPE, "ts must be an RFC 3339 string or integer epoch milliseconds")
     if isinstance(value, int):
         if not 0 <= value <= MAX_TS_MS:
-            raise _Invalid(Reason.INVALID_TS, f"ts {value} is outside 1970..9999 in epoch milliseconds")
+            raise _Invalid(Reason.INVALID_TS, f"ts {value} is outside 1970..2099 in epoch milliseconds")
         return value
     if _is_canonical_utc(value):  # what nearly every producer sends: no regex needed
         ms = _canonical_ms(value)
@@ -63,6 +63,8 @@ def parse_ts(value: Any) -> int:
     m = _RFC3339.fullmatch(value)
     if m is None:
         raise _Invalid(Reason.INVALID_TS, "ts is not an RFC 3339 date-time with a zone (Z or ±hh:mm)")
+    if m.group(11) is not None and m.group(11) > "59":  # datetime.fromisoformat takes "+00:99"
+        raise _Invalid(Reason.INVALID_TS, "ts has a zone offset with more than 59 minutes")
     frac = m.group(7)
     if frac is None or len(frac) <= 6:
         try:  # the C parser, on a string the regex has proven to be RFC 3339
@@ -87,7 +89,7 @@ def parse_ts(value: Any) -> int:
         raise _Invalid(Reason.INVALID_TS, f"ts is not a valid date-time: {exc}") from None
     ms = int(dt.timestamp()) * 1000 + (int(frac[:3].ljust(3, "0")) if frac else 0)
     if not 0 <= ms <= MAX_TS_MS:
-        raise _Invalid(Reason.INVALID_TS, "ts is before 1970")
+        raise _Invalid(Reason.INVALID_TS, "ts is outside 1970..2099")
     return ms
 
 
@@ -236,7 +238,7 @@ def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
         if isinstance(followers, bool) or not isinstance(followers, int):
             raise _Invalid(Reason.WRONG_TYPE, "followers must be an integer")
         if not 0 <= followers <= MAX_FOLLOWERS:
-            raise _Invalid(Reason.INVALID_FOLLOWERS, "followers must be >= 0")
+            raise _Invalid(Reason.INVALID_FOLLOWERS, f"followers must be between 0 and {MAX_FOLLOWERS}")
     elif followers is not None:
         raise _Invalid(Reason.UNEXPECTED_FIELD, f"followers is only allowed on type followers, not {event_type}")
     if in_reply_to is not None and event_type != REPLY:

@@ -36,8 +36,12 @@ REKEY_TOPIC = "engagement-rekeyed"
 
 MAX_EVENT_ID_CHARS = 128
 MAX_ID_CHARS = 256
-MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the latest event time accepted
-MAX_FOLLOWERS = 2**63 - 1  # a follower count must fit a signed 64-bit integer
+# The latest event time accepted: 2099-12-31T23:59:59.999Z. ClickHouse's DateTime columns (ts, window
+# bounds) end in February 2106; later times were stored wrapped, and every window after that collapsed.
+MAX_TS_MS = 4_102_444_799_999
+# The largest follower count accepted: 2**53 - 1, the largest integer every JSON reader keeps exact; a
+# snapshot plus the follows after it then stays far inside ClickHouse's Int64.
+MAX_FOLLOWERS = 2**53 - 1
 
 
 class Event(NamedTuple):
@@ -98,6 +102,7 @@ class Reason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     TOPIC_MISMATCH = "topic_mismatch"
     INVALID_TS = "invalid_ts"
+    FUTURE_TS = "future_ts"  # more than ENGAGEMENT_MAX_FUTURE_SECONDS ahead of the worker's clock
     INVALID_FOLLOWERS = "invalid_followers"
     UNEXPECTED_FIELD = "unexpected_field"
     LATE = "late"

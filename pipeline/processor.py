@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Protocol
 
 import orjson
@@ -53,6 +54,7 @@ from pipeline.drops import FIRING, Alert, DropConfig, DropDetector
 from pipeline.events import (
     ALERTS_TOPIC,
     DEAD_LETTER_TOPIC,
+    MAX_TS_MS,
     REKEY_TOPIC,
     REPLY,
     SOURCE_TOPICS,
@@ -76,6 +78,7 @@ from pipeline.sink import (
 # How old a partition's highwater may be for the partition to count as caught up (see _caught_up).
 HIGHWATER_MAX_AGE_MS = 2000
 LATE_LOG_INTERVAL_S = 10.0
+_TS_MS = itemgetter(Event._fields.index("ts_ms"))  # an event's time, read in C
 CANDIDATES_PER_MESSAGE = 1000  # response candidates per re-key message (~100 bytes each: ~100 KB at most)
 
 log = logging.getLogger(__name__)
@@ -517,8 +520,15 @@ class BatchProcessor:
         events, rejections = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejection in rejections:
             self._dead_letter(rejection, message, dead)
-        self.brake.observe(rejections, topic, partition, offset, len(events))  # raises DeadLetterBrakeTripped
-        if not events:
+        horizon = self._future_horizon()
+        future = bool(events) and max(map(_TS_MS, events)) > horizon
+        valid = len(events)
+        if future:  # rare: a producer's clock far ahead; those events are skipped in the loop below
+            late_ones = self._reject_future(events, horizon, message, dead)
+            rejections = [*rejections, *late_ones]
+            valid -= len(late_ones)
+        self.brake.observe(rejections, topic, partition, offset, valid)  # raises DeadLetterBrakeTripped
+        if not valid:
             return
         # The per-event loop of the hot path: locals only, one aggregator call per owned event.
         watermark = self.progress.watermark.get(key, NO_FRONTIER)
@@ -528,6 +538,8 @@ class BatchProcessor:
         origin = self._origin(topic, partition)
         first = input_position(offset, 0)
         for index, event in enumerate(events):
+            if future and event.ts_ms > horizon:
+                continue  # dead-lettered above; the indexes of the others stay those of the message
             if event.ts_ms > watermark:
                 watermark = event.ts_ms
             event_type = event.type
@@ -544,6 +556,43 @@ class BatchProcessor:
         self.progress.watermark[key] = watermark
         if watermark > self.newest_event_ms:
             self.newest_event_ms = watermark
+
+    def _future_horizon(self) -> int:
+        """The latest event time accepted now (epoch ms): the clock plus ENGAGEMENT_MAX_FUTURE_SECONDS."""
+        if not self.settings.max_future_seconds:
+            return MAX_TS_MS
+        return int(time.time() * 1000) + self.settings.max_future_seconds * 1000
+
+    def _reject_future(
+        self, events: Sequence[Event], horizon: int, message: SourceMessage, dead: list[DeadLetter]
+    ) -> list[Rejection]:
+        """Dead-letter the events of ``message`` timed after ``horizon`` (reason ``future_ts``); returns their
+        rejections. Each letter's id ends with the event's id (a message may hold several)."""
+        rejections = []
+        bound = self.settings.max_future_seconds
+        clock = horizon - bound * 1000
+        for event in events:
+            if event.ts_ms > horizon:
+                detail = f"ts {event.ts_ms} is more than {bound}s after this worker's clock ({clock})"
+                detail += "; see ENGAGEMENT_MAX_FUTURE_SECONDS"
+                rejections.append(
+                    self._dead_letter_event(
+                        event, Reason.FUTURE_TS, detail, message.topic, message.partition, message.offset, dead
+                    )
+                )
+        return rejections
+
+    def _dead_letter_event(
+        self, event: Event, reason: Reason, detail: str, topic: str, partition: int, offset: int, dead: list[DeadLetter]
+    ) -> Rejection:
+        """Dead-letter one valid event the worker refuses (``late``, ``future_ts``), read at ``topic``,
+        ``partition``, ``offset``; the letter's id ends with the reason and the event's id (a message may
+        hold several such events). Returns the rejection."""
+        rejection = Rejection(reason, detail, -1, orjson.dumps(event.to_json_dict()))
+        letter = DeadLetter.from_rejection(rejection, topic, partition, offset, self.settings.dead_letter_payload_bytes)
+        dead.append(_with_id(letter, f"{letter.dead_letter_id}/{reason.value}/{event.event_id}"))
+        self._dead[reason.value] += 1
+        return rejection
 
     def _consume_rekeyed(self, message: SourceMessage, dead: list[DeadLetter], raw: list[SourcedEvent]) -> None:
         try:
@@ -606,18 +655,11 @@ class BatchProcessor:
             raw.append((*event, topic, partition, offset))
         elif outcome is Outcome.LATE:
             window_end = self.config.window_start(event.ts_ms) + self.config.window_ms
-            rejection = Rejection(
-                Reason.LATE,
+            detail = (
                 f"window ending {window_end} is already final (allowed lateness "
-                f"{self.settings.allowed_lateness_seconds}s)",
-                -1,
-                orjson.dumps(event.to_json_dict()),
+                f"{self.settings.allowed_lateness_seconds}s)"
             )
-            letter = DeadLetter.from_rejection(
-                rejection, topic, partition, offset, self.settings.dead_letter_payload_bytes
-            )
-            dead.append(_with_id(letter, f"{letter.dead_letter_id}/late/{event.event_id}"))
-            self._dead[Reason.LATE.value] += 1
+            self._dead_letter_event(event, Reason.LATE, detail, topic, partition, offset, dead)
             self._explain_late(event, owner, window_end)
 
     def _explain_late(self, event: Event, owner: int, window_end: int) -> None:

@@ -96,6 +96,9 @@ class Settings:
     # Windows
     window_seconds: int = 60
     allowed_lateness_seconds: int = 300
+    # An event more than this far ahead of the worker's clock is dead-lettered (future_ts) instead of moving
+    # its partition's event time past everything else (whose events would all become late). 0: no bound.
+    max_future_seconds: int = 86_400
     conversation_horizon_seconds: int = 7 * 86400
     weight_like: int = 1
     weight_mention: int = 2
@@ -207,6 +210,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_WINDOW_SECONDS must be > 0")
         if self.allowed_lateness_seconds < 0:
             raise SettingsError("ENGAGEMENT_ALLOWED_LATENESS_SECONDS must be >= 0")
+        if self.max_future_seconds < 0:
+            raise SettingsError("ENGAGEMENT_MAX_FUTURE_SECONDS must be >= 0 (0: no bound)")
         if self.partitions <= 0:
             raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
         if self.warehouse not in get_args(WarehouseKind):

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.decode import decode_message, parse_ts
-from pipeline.events import Event, Reason
+from pipeline.events import MAX_TS_MS, Event, Reason
 
 GOOD = {"event_id": "e1", "type": "like", "ts": 1767225600123, "actor_id": "u1", "account_id": "a1"}
 
@@ -52,6 +52,33 @@ def test_ts_forms(ts: object, expected: int) -> None:
     assert parse_ts(ts) == expected
     events, reasons = one(enc(ts=ts))
     assert reasons == [] and events[0].ts_ms == expected
+
+
+@pytest.mark.parametrize(
+    ("ts", "accepted"),
+    [
+        (MAX_TS_MS, True),  # 2099-12-31T23:59:59.999Z: the last instant accepted
+        ("2099-12-31T23:59:59.999Z", True),
+        (MAX_TS_MS + 1, False),  # 2100 and later: ClickHouse's DateTime ends in 2106 (window bounds too)
+        ("2100-01-01T00:00:00Z", False),
+        ("2106-02-08T00:00:00Z", False),
+        ("2100-01-01T00:59:00+01:00", True),  # 2099-12-31T23:59Z
+        (253402300799999, False),  # 9999-12-31T23:59:59.999Z, accepted until 2026-11
+        ("2026-01-01T00:00:00+00:99", False),  # a zone offset's minutes end at 59
+        ("2026-01-01T00:00:00-01:60", False),
+        ("2026-01-01T00:00:00+23:59", True),
+    ],
+)
+def test_ts_bounds(ts: object, accepted: bool) -> None:
+    events, reasons = one(enc(ts=ts))
+    assert (reasons, len(events)) == (([], 1) if accepted else ([Reason.INVALID_TS], 0))
+
+
+@pytest.mark.parametrize(("followers", "accepted"), [(0, True), (2**53 - 1, True), (2**53, False), (2**63 - 1, False)])
+def test_followers_bounds(followers: int, accepted: bool) -> None:
+    snapshot = {"event_id": "s", "type": "followers", "ts": 1767225600000, "account_id": "a1", "followers": followers}
+    events, reasons = one(orjson.dumps(snapshot), topic="follows")
+    assert (reasons, len(events)) == (([], 1) if accepted else ([Reason.INVALID_FOLLOWERS], 0))
 
 
 @pytest.mark.parametrize(
@@ -164,7 +191,7 @@ def test_ingest_mode_skips_topic_check() -> None:
     assert reasons == [] and events[0].type == "follow"
 
 
-@given(st.integers(min_value=0, max_value=253402300799999), st.booleans())
+@given(st.integers(min_value=0, max_value=MAX_TS_MS), st.booleans())
 def test_canonical_utc_timestamps_parse_exactly(ms: int, with_millis: bool) -> None:
     moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
     text = moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{moment.microsecond // 1000:03d}Z" if with_millis else "Z")
@@ -192,7 +219,7 @@ def test_canonical_shaped_timestamps_parse_as_the_general_parser_does(pieces: tu
         expected = round(datetime.fromisoformat(text).timestamp() * 1000) if text.isascii() else -1
     except ValueError:
         expected = -1
-    if 0 <= expected <= 253402300799999:
+    if 0 <= expected <= MAX_TS_MS:
         assert parse_ts(text) == expected
     else:
         with pytest.raises(Exception, match="ts"):

@@ -435,3 +435,30 @@ def test_a_replay_of_what_the_stored_states_hold_is_skipped_even_where_windows_a
     asyncio.run(again.flush())
     windows = {(r["account_id"], r["window_start"]): r["likes"] for r in warehouse_again.rows("engagement_windows")}
     assert windows == {(account, (T0 + 180_000) // 1000): 2, (elsewhere, (T0 + 180_000) // 1000): 1}  # c, e; d once
+
+
+def test_an_event_far_ahead_of_the_clock_is_dead_lettered_and_moves_no_time() -> None:
+    processor, outbox, warehouse, _, _ = make(partitions=1)
+    account = owned_by(0, partitions=1)
+    ahead = int(time.time() * 1000) + 2 * 86_400_000  # a producer's clock two days fast
+    mixed = [like("now", account), {**like("f1", account), "ts": ahead}, {**like("f2", account), "ts": ahead + 1}]
+    asyncio.run(processor.process([Message("likes", 0, 0, orjson.dumps(mixed))]))
+    # then an on-time event: had the future ones moved event time, it would be late
+    asyncio.run(processor.process([Message("likes", 0, 1, orjson.dumps(like("next", account, sec=1, actor="u2")))]))
+    letters = outbox.on("engagement-dead-letters")
+    assert [(d["reason"], d["dead_letter_id"]) for d in letters] == [
+        ("future_ts", "likes/0/0/-1/future_ts/f1"),
+        ("future_ts", "likes/0/0/-1/future_ts/f2"),
+    ]
+    assert "ENGAGEMENT_MAX_FUTURE_SECONDS" in letters[0]["detail"]
+    assert sorted(r["event_id"] for r in warehouse.rows("engagement_events")) == ["next", "now"]
+
+
+def test_the_future_bound_can_be_lifted() -> None:
+    processor, outbox, warehouse, _, _ = make(partitions=1)
+    processor.settings = replace(processor.settings, max_future_seconds=0)
+    account = owned_by(0, partitions=1)
+    ahead = {**like("f", account), "ts": int(time.time() * 1000) + 2 * 86_400_000}
+    asyncio.run(processor.process([Message("likes", 0, 0, orjson.dumps(ahead))]))
+    assert outbox.on("engagement-dead-letters") == []
+    assert [r["event_id"] for r in warehouse.rows("engagement_events")] == ["f"]
