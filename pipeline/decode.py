@@ -38,7 +38,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
 
-class _Invalid(Exception):
+class InvalidEvent(Exception):
+    """A value that is not a valid event: ``reason`` (the dead-letter reason code) and ``detail``."""
+
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -48,13 +50,13 @@ class _Invalid(Exception):
 def parse_ts(value: Any) -> int:
     """Event time in epoch milliseconds from an RFC 3339 string with a zone or integer epoch ms.
 
-    Raises ``_Invalid`` (reason ``wrong_type`` or ``invalid_ts``).
+    Raises ``InvalidEvent`` (reason ``wrong_type`` or ``invalid_ts``).
     """
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _Invalid(Reason.WRONG_TYPE, "ts must be an RFC 3339 string or integer epoch milliseconds")
+        raise InvalidEvent(Reason.WRONG_TYPE, "ts must be an RFC 3339 string or integer epoch milliseconds")
     if isinstance(value, int):
         if not 0 <= value <= MAX_TS_MS:
-            raise _Invalid(Reason.INVALID_TS, f"ts {value} is outside 1970..2099 in epoch milliseconds")
+            raise InvalidEvent(Reason.INVALID_TS, f"ts {value} is outside 1970..2099 in epoch milliseconds")
         return value
     if _is_canonical_utc(value):  # what nearly every producer sends: no regex needed
         ms = _canonical_ms(value)
@@ -62,9 +64,9 @@ def parse_ts(value: Any) -> int:
             return ms
     m = _RFC3339.fullmatch(value)
     if m is None:
-        raise _Invalid(Reason.INVALID_TS, "ts is not an RFC 3339 date-time with a zone (Z or ±hh:mm)")
+        raise InvalidEvent(Reason.INVALID_TS, "ts is not an RFC 3339 date-time with a zone (Z or ±hh:mm)")
     if m.group(11) is not None and m.group(11) > "59":  # datetime.fromisoformat takes "+00:99"
-        raise _Invalid(Reason.INVALID_TS, "ts has a zone offset with more than 59 minutes")
+        raise InvalidEvent(Reason.INVALID_TS, "ts has a zone offset with more than 59 minutes")
     frac = m.group(7)
     if frac is None or len(frac) <= 6:
         try:  # the C parser, on a string the regex has proven to be RFC 3339
@@ -86,10 +88,10 @@ def parse_ts(value: Any) -> int:
             tz = timezone(-offset if sign == "-" else offset)
         dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz)
     except ValueError as exc:
-        raise _Invalid(Reason.INVALID_TS, f"ts is not a valid date-time: {exc}") from None
+        raise InvalidEvent(Reason.INVALID_TS, f"ts is not a valid date-time: {exc}") from None
     ms = int(dt.timestamp()) * 1000 + (int(frac[:3].ljust(3, "0")) if frac else 0)
     if not 0 <= ms <= MAX_TS_MS:
-        raise _Invalid(Reason.INVALID_TS, "ts is outside 1970..2099")
+        raise InvalidEvent(Reason.INVALID_TS, "ts is outside 1970..2099")
     return ms
 
 
@@ -142,14 +144,14 @@ def _string(obj: dict[str, Any], name: str, limit: int, required: bool) -> str |
     value = obj.get(name)
     if value is None:
         if required:
-            raise _Invalid(Reason.MISSING_FIELD, f"{name} is missing")
+            raise InvalidEvent(Reason.MISSING_FIELD, f"{name} is missing")
         return None
     if not isinstance(value, str):
-        raise _Invalid(Reason.WRONG_TYPE, f"{name} must be a string")
+        raise InvalidEvent(Reason.WRONG_TYPE, f"{name} must be a string")
     if not value:
-        raise _Invalid(Reason.EMPTY_FIELD, f"{name} is empty")
+        raise InvalidEvent(Reason.EMPTY_FIELD, f"{name} is empty")
     if len(value) > limit:
-        raise _Invalid(Reason.FIELD_TOO_LONG, f"{name} is longer than {limit} characters")
+        raise InvalidEvent(Reason.FIELD_TOO_LONG, f"{name} is longer than {limit} characters")
     return value
 
 
@@ -160,7 +162,7 @@ def validate_event(obj: Any, topic_kind: str | None) -> Event:
     """Validate one decoded JSON value as an event of the contract.
 
     ``topic_kind`` is the source topic without prefix (``likes``...); ``None`` skips the topic check
-    (ingest, which routes by type). Raises ``_Invalid`` with the reason.
+    (ingest, which routes by type). Raises ``InvalidEvent`` with the reason.
 
     The common case (every field present and well-formed, an epoch-ms or RFC 3339 ``ts``) takes a fast
     path of plain type and length checks; anything else goes through :func:`_validate_detailed`, which
@@ -212,19 +214,19 @@ def validate_event(obj: Any, topic_kind: str | None) -> Event:
 def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
     """:func:`validate_event` for every case, with the precise reason for each rejection."""
     if not isinstance(obj, dict):
-        raise _Invalid(Reason.NOT_AN_OBJECT, f"an event must be a JSON object, not {type(obj).__name__}")
+        raise InvalidEvent(Reason.NOT_AN_OBJECT, f"an event must be a JSON object, not {type(obj).__name__}")
     event_type = obj.get("type")
     if event_type is None:
-        raise _Invalid(Reason.MISSING_FIELD, "type is missing")
+        raise InvalidEvent(Reason.MISSING_FIELD, "type is missing")
     if not isinstance(event_type, str):
-        raise _Invalid(Reason.WRONG_TYPE, "type must be a string")
+        raise InvalidEvent(Reason.WRONG_TYPE, "type must be a string")
     if event_type not in TYPE_TOPIC:
-        raise _Invalid(Reason.UNKNOWN_TYPE, f"unknown type {event_type[:40]!r}")
+        raise InvalidEvent(Reason.UNKNOWN_TYPE, f"unknown type {event_type[:40]!r}")
     if topic_kind is not None and event_type not in TOPIC_TYPES.get(topic_kind, ()):
-        raise _Invalid(Reason.TOPIC_MISMATCH, f"type {event_type} does not belong on topic {topic_kind}")
+        raise InvalidEvent(Reason.TOPIC_MISMATCH, f"type {event_type} does not belong on topic {topic_kind}")
     event_id = _string(obj, "event_id", MAX_EVENT_ID_CHARS, True)
     if "ts" not in obj or obj["ts"] is None:
-        raise _Invalid(Reason.MISSING_FIELD, "ts is missing")
+        raise InvalidEvent(Reason.MISSING_FIELD, "ts is missing")
     ts_ms = parse_ts(obj["ts"])
     account_id = _string(obj, "account_id", MAX_ID_CHARS, True)
     is_snapshot = event_type == FOLLOWERS
@@ -234,13 +236,13 @@ def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
     followers = obj.get("followers")
     if is_snapshot:
         if followers is None:
-            raise _Invalid(Reason.MISSING_FIELD, "followers is missing")
+            raise InvalidEvent(Reason.MISSING_FIELD, "followers is missing")
         if isinstance(followers, bool) or not isinstance(followers, int):
-            raise _Invalid(Reason.WRONG_TYPE, "followers must be an integer")
+            raise InvalidEvent(Reason.WRONG_TYPE, "followers must be an integer")
         if not 0 <= followers <= MAX_FOLLOWERS:
-            raise _Invalid(Reason.INVALID_FOLLOWERS, f"followers must be between 0 and {MAX_FOLLOWERS}")
+            raise InvalidEvent(Reason.INVALID_FOLLOWERS, f"followers must be between 0 and {MAX_FOLLOWERS}")
     elif followers is not None:
-        raise _Invalid(Reason.UNEXPECTED_FIELD, f"followers is only allowed on type followers, not {event_type}")
+        raise InvalidEvent(Reason.UNEXPECTED_FIELD, f"followers is only allowed on type followers, not {event_type}")
     if in_reply_to is not None and event_type != REPLY:
         in_reply_to = None  # meaningful only on replies; kept out of the aggregates
     assert event_id is not None and account_id is not None
@@ -309,12 +311,12 @@ def decode_message(
         for index, element in enumerate(value):
             try:
                 events.append(validate_event(element, topic_kind))
-            except _Invalid as exc:
+            except InvalidEvent as exc:
                 rejections.append(Rejection(exc.reason, exc.detail, index, encode_element(element)))
         return events, rejections
     try:
         events.append(validate_event(value, topic_kind))
-    except _Invalid as exc:
+    except InvalidEvent as exc:
         rejections.append(Rejection(exc.reason, exc.detail, -1, payload))
     return events, rejections
 

@@ -20,7 +20,7 @@ import orjson
 from kafka import KafkaProducer
 
 from pipeline.deadletter import DeadLetter
-from pipeline.decode import _Invalid, encode_element, load_json, validate_event
+from pipeline.decode import InvalidEvent, encode_element, load_json, validate_event
 from pipeline.events import DEAD_LETTER_TOPIC, TYPE_TOPIC, Reason, Rejection
 from pipeline.kafka_security import kafka_python_config
 from pipeline.partitioning import partition_for
@@ -117,7 +117,7 @@ def ingest_lines(
         for index, obj in enumerate(objects):
             try:
                 event = validate_event(obj, None)
-            except _Invalid as exc:
+            except InvalidEvent as exc:
                 reject(
                     line_no,
                     Rejection(

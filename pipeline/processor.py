@@ -49,11 +49,13 @@ from pipeline.aggregator import (
 )
 from pipeline.brake import DeadLetterBrake
 from pipeline.deadletter import DeadLetter
-from pipeline.decode import decode_message, validate_event
+from pipeline.decode import InvalidEvent, decode_message, validate_event
 from pipeline.drops import FIRING, Alert, DropConfig, DropDetector
 from pipeline.events import (
     ALERTS_TOPIC,
     DEAD_LETTER_TOPIC,
+    MAX_EVENT_ID_CHARS,
+    MAX_ID_CHARS,
     MAX_TS_MS,
     REKEY_TOPIC,
     REPLY,
@@ -595,40 +597,75 @@ class BatchProcessor:
         return rejection
 
     def _consume_rekeyed(self, message: SourceMessage, dead: list[DeadLetter], raw: list[SourcedEvent]) -> None:
+        """One message of the re-key topic: a watermark announcement (``w``), response candidates (``rs``,
+        ``r``) or a forwarded event (``e``). The topic is ours, but nothing in it may crash the worker or
+        reach its state unchecked: a malformed message, or candidate, is dead-lettered with its reason."""
         try:
             data = orjson.loads(message.value or b"")
-            if data["k"] == "w":
+        except orjson.JSONDecodeError as exc:
+            self._dead_letter(_rekey_rejection(Reason.INVALID_JSON, str(exc), message), message, dead)
+            return
+        try:
+            kind = data["k"] if isinstance(data, dict) else None
+            if kind == "w":
+                source, value = data["q"], data["t"]
+                if not (_is_count(source) and (value is None or _is_frontier(value))):
+                    raise _Malformed(f"a watermark needs an integer partition and time, not {source!r}, {value!r}")
                 announced = self.progress.upstream.setdefault(message.partition, {})
-                previous = announced.get(data["q"], NO_FRONTIER)
-                value = data["t"]
-                announced[data["q"]] = None if value is None else max(int(value), previous or NO_FRONTIER)
+                previous = announced.get(source, NO_FRONTIER)
+                announced[source] = None if value is None else max(value, previous or NO_FRONTIER)
                 return
-            if data["k"] in ("rs", "r"):  # "r": one candidate per message, as written before 2026-11-26
-                rows = data["c"] if data["k"] == "rs" else [[data["e"], data["a"], data["i"], data["t"]]]
+            if kind in ("rs", "r"):  # "r": one candidate per message, as written before 2026-11-26
+                rows = data["c"] if kind == "rs" else [[data["e"], data["a"], data["i"], data["t"]]]
+                if not isinstance(rows, list):
+                    raise _Malformed("candidates must be a list")
                 apply_response, outcomes = self.aggregator.apply_response, self._outcomes
-                for event_id, responder, in_reply_to, ts_ms in rows:
-                    candidate = ResponseCandidate(event_id, responder, in_reply_to, ts_ms)
+                for index, row in enumerate(rows):
+                    candidate = _candidate(row)
+                    if candidate is None:
+                        rejection = Rejection(
+                            Reason.WRONG_TYPE,
+                            "a response candidate is [event_id, responder, in_reply_to, ts_ms] (ids as strings, "
+                            "ts_ms as integer epoch ms)",
+                            index,
+                            orjson.dumps(row),
+                        )
+                        self._dead_letter(rejection, message, dead)
+                        continue
                     outcomes[apply_response(candidate, message.partition)] += 1
                 return
+            if kind != "e":
+                raise _Malformed(f"unknown kind {kind!r}")
             event = validate_event(data["v"], None)
-            topic, partition, offset = data["t"], data["p"], data["o"]
-            index = data.get("i")  # absent in messages of earlier versions: no replay detection for those
-            self._apply(
-                event,
-                self.partition_of(event.account_id),
-                topic,
-                partition,
-                offset,
-                dead,
-                raw,
-                self._origin(topic, partition),
-                -1 if index is None else input_position(offset, index),
-            )
-            if event.ts_ms > self.newest_event_ms:
-                self.newest_event_ms = event.ts_ms
-        except Exception as exc:  # the re-key topic is ours, but it must never crash the worker either
-            rejection = Rejection(Reason.INVALID_JSON, f"bad re-keyed message: {exc!r}"[:300], -1, message.value or b"")
-            self._dead_letter(rejection, message, dead)
+            topic, partition, offset, index = data["t"], data["p"], data["o"], data.get("i")
+            # "i" is absent in messages of earlier versions: no replay detection for those
+            if not (
+                isinstance(topic, str)
+                and _is_count(partition)
+                and _is_count(offset)
+                and (index is None or _is_count(index))
+            ):
+                raise _Malformed("a forwarded event needs its source topic, partition, offset and index")
+        except InvalidEvent as exc:
+            self._dead_letter(_rekey_rejection(exc.reason, exc.detail, message), message, dead)
+            return
+        except (_Malformed, KeyError, TypeError) as exc:
+            reason = Reason.MISSING_FIELD if isinstance(exc, KeyError) else Reason.WRONG_TYPE
+            self._dead_letter(_rekey_rejection(reason, repr(exc), message), message, dead)
+            return
+        self._apply(
+            event,
+            self.partition_of(event.account_id),
+            topic,
+            partition,
+            offset,
+            dead,
+            raw,
+            self._origin(topic, partition),
+            -1 if index is None else input_position(offset, index),
+        )
+        if event.ts_ms > self.newest_event_ms:
+            self.newest_event_ms = event.ts_ms
 
     def _apply(
         self,
@@ -870,6 +907,48 @@ class Delivery:
                 send.close()
         for write in self._writes:
             write.abandon()
+
+
+class _Malformed(ValueError):
+    """A re-key message that is valid JSON but not what the worker writes there."""
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _is_count(value: Any) -> bool:
+    """An integer (not a bool) in 0..2**63 - 1: a partition, an offset, an index, epoch milliseconds."""
+    return value.__class__ is int and 0 <= value <= _INT64_MAX
+
+
+def _is_frontier(value: Any) -> bool:
+    """An announced frontier: epoch milliseconds, or NO_FRONTIER (unread messages, no watermark yet)."""
+    return value.__class__ is int and NO_FRONTIER <= value <= _INT64_MAX
+
+
+def _is_id(value: Any, limit: int) -> bool:
+    return value.__class__ is str and 0 < len(value) <= limit
+
+
+def _candidate(row: Any) -> ResponseCandidate | None:
+    """The response candidate of a re-key row ``[event_id, responder, in_reply_to, ts_ms]``, or None if the
+    row is not one (wrong length or types, ids out of bounds, a time outside the accepted range)."""
+    if row.__class__ is not list or len(row) != 4:
+        return None
+    event_id, responder, in_reply_to, ts_ms = row
+    if not (
+        _is_id(event_id, MAX_EVENT_ID_CHARS)
+        and _is_id(responder, MAX_ID_CHARS)
+        and _is_id(in_reply_to, MAX_EVENT_ID_CHARS)
+        and _is_count(ts_ms)
+        and ts_ms <= MAX_TS_MS
+    ):
+        return None
+    return ResponseCandidate(event_id, responder, in_reply_to, ts_ms)
+
+
+def _rekey_rejection(reason: Reason, detail: str, message: SourceMessage) -> Rejection:
+    return Rejection(reason, f"bad re-keyed message: {detail}"[:300], -1, message.value or b"")
 
 
 def _estimated_events(message: SourceMessage) -> int:

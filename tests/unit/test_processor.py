@@ -302,13 +302,56 @@ def test_late_event_is_dead_lettered(caplog: pytest.LogCaptureFixture) -> None:
     assert f"partition 0 frontier {T0 + 10_000_000}" in explained[0] and "likes:0 watermark=" in explained[0]
 
 
+FORWARDED = {"k": "e", "v": like("fwd", "acct1"), "t": "likes", "p": 0, "o": 3, "i": 0}
+
+
 @pytest.mark.parametrize(
-    "value", [b"", b"{}", b'{"k": "r"}', b'{"k": "rs", "c": [["e", "a"]]}', b'{"k": "e", "v": {"type": "like"}}']
+    ("value", "reason"),
+    [
+        (b"", "invalid_json"),
+        (b"[]", "wrong_type"),
+        (b"{}", "missing_field"),
+        (b'{"k": "r"}', "missing_field"),
+        (b'{"k": "rs", "c": [["e", "a"]]}', "wrong_type"),
+        (b'{"k": "rs", "c": {"e": 1}}', "wrong_type"),
+        (b'{"k": "e", "v": {"type": "like"}}', "missing_field"),
+        (b'{"k": "w", "q": 0, "t": "five"}', "wrong_type"),
+        (b'{"k": "w", "q": true, "t": 5}', "wrong_type"),
+        (orjson.dumps({**FORWARDED, "o": 2**63}), "wrong_type"),  # beyond Int64: the raw insert would fail
+        (orjson.dumps({**FORWARDED, "o": "five"}), "wrong_type"),
+        (orjson.dumps({**FORWARDED, "p": -1}), "wrong_type"),
+        (orjson.dumps({**FORWARDED, "i": 1.5}), "wrong_type"),
+    ],
 )
-def test_corrupt_rekey_messages_are_dead_lettered_not_raised(value: bytes) -> None:
-    processor, outbox, _, _, _ = make()
+def test_corrupt_rekey_messages_are_dead_lettered_not_raised(value: bytes, reason: str) -> None:
+    processor, outbox, warehouse, _, _ = make()
     asyncio.run(processor.process([Message("engagement-rekeyed", 0, 0, value)]))
-    assert len(outbox.on("engagement-dead-letters")) == 1
+    assert [d["reason"] for d in outbox.on("engagement-dead-letters")] == [reason]
+    assert warehouse.rows("engagement_events") == []
+
+
+def test_a_malformed_response_candidate_is_dead_lettered_alone_and_never_reaches_state() -> None:
+    """A candidate with a list for an id used to wait in the account's pending responses and crash the
+    worker at the next reply or mention it answered (an unhashable id), at every restart."""
+    processor, outbox, warehouse, _, _ = make(partitions=1)
+    me = owned_by(0, partitions=1)
+    good = [f"r{i}" for i in range(2)]
+    rows = [[good[0], me, "m1", T0], [["x"], me, "m1", T0], [good[1], me, "m1", T0 + 1.5], [good[1], me, "m1", T0]]
+    asyncio.run(processor.process([Message("engagement-rekeyed", 0, 0, orjson.dumps({"k": "rs", "c": rows}))]))
+    letters = [(d["reason"], d["element_index"]) for d in outbox.on("engagement-dead-letters")]
+    assert letters == [("wrong_type", 1), ("wrong_type", 2)]  # a list for an id; a float time
+    mention = {**like("m1", me, actor="u9"), "type": "mention"}
+    asyncio.run(processor.process([Message("mentions", 0, 0, orjson.dumps(mention))]))
+    asyncio.run(processor.flush())
+    (window,) = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1 and r["account_id"] == me]
+    assert (window["mentions"], window["responses"]) == (1, 2)  # r0 and r1 (once)
+
+
+def test_watermark_announcements_of_no_frontier_are_valid() -> None:
+    processor, outbox, _, _, _ = make()
+    announcement = orjson.dumps({"k": "w", "q": 1, "t": NO_FRONTIER})
+    asyncio.run(processor.process([Message("engagement-rekeyed", 0, 0, announcement)]))
+    assert outbox.on("engagement-dead-letters") == []
 
 
 def test_response_candidates_travel_several_per_message_and_each_counts_once() -> None:
