@@ -16,6 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# Every insert lifts ClickHouse's bound on the partitions (months: the tables are partitioned by
+# toYYYYMM) one block may touch (19.x and later: 100): a block of valid events spanning more months, a
+# backfill sorted by account, was refused, and retried forever. 18.16 has no such bound (nor setting).
+PARTITIONS_SETTING = "max_partitions_per_insert_block"
+UNBOUNDED_PARTITIONS = f"{PARTITIONS_SETTING} = 0"
+
 
 class WarehouseError(Exception):
     """Base of warehouse failures."""

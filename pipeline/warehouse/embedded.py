@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from pipeline.extras import require_embedded
-from pipeline.warehouse.base import Params, QueryError, QueryResult
+from pipeline.warehouse.base import UNBOUNDED_PARTITIONS, Params, QueryError, QueryResult
 from pipeline.warehouse.params import bind, identifier
 
 NEEDED_BY = "the embedded warehouse (ENGAGEMENT_WAREHOUSE=embedded)"
@@ -63,10 +63,11 @@ class EmbeddedWarehouse:
         return self._raw(sql, params)
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
-        block = self._pyarrow.table({name: list(values) for name, values in columns.items()})  # noqa: F841 (chDB reads it by name)
         names = ", ".join(identifier(name) for name in columns)
-        try:
-            self._session.query(f"INSERT INTO {table} ({names}) SELECT * FROM Python(block)")
+        statement = f"INSERT INTO {table} ({names}) SETTINGS {UNBOUNDED_PARTITIONS} SELECT * FROM Python(block)"
+        try:  # building the block is in it: a value Arrow cannot hold is the block's fault too
+            block = self._pyarrow.table({name: list(values) for name, values in columns.items()})  # noqa: F841 (chDB reads it by name)
+            self._session.query(statement)
         except Exception as exc:
             raise QueryError(str(exc).strip().splitlines()[0], _code(str(exc))) from exc
 

@@ -10,7 +10,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from pipeline.settings import Settings
-from pipeline.warehouse.base import Params, QueryError, QueryResult, WarehouseUnavailable
+from pipeline.warehouse.base import PARTITIONS_SETTING, Params, QueryError, QueryResult, WarehouseUnavailable
 from pipeline.warehouse.params import bind, identifier
 
 # On a cluster (pipeline.warehouse.cluster), every query of the session runs with these: an insert into a
@@ -79,16 +79,24 @@ class ServerWarehouse:
             "send_receive_timeout": 300,
         }
         self._client = Client(database=self.database or "default", **self._connect)
+        self._partition_bound: dict[str, Any] | None = None  # see _insert_settings
 
     def _scrub(self, message: str) -> str:
         password = str(self._connect.get("password") or "")
         return message.replace(password, "********") if password else message
 
-    def _run(self, sql: str, data: Any = None, columnar: bool = False, with_types: bool = False) -> Any:
+    def _run(
+        self,
+        sql: str,
+        data: Any = None,
+        columnar: bool = False,
+        with_types: bool = False,
+        settings: dict[str, Any] | None = None,
+    ) -> Any:
         try:
             if data is None:
                 return self._client.execute(sql, with_column_types=with_types)
-            return self._client.execute(sql, data, columnar=columnar)
+            return self._client.execute(sql, data, columnar=columnar, settings=settings)
         except ch_errors.ServerException as exc:
             if exc.code in _TRANSIENT_CODES:
                 self._client.disconnect()
@@ -124,7 +132,16 @@ class ServerWarehouse:
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
         names = ", ".join(identifier(name) for name in columns)
-        self._run(f"INSERT INTO {table} ({names}) VALUES", [list(v) for v in columns.values()], columnar=True)
+        data = [list(v) for v in columns.values()]
+        self._run(f"INSERT INTO {table} ({names}) VALUES", data, columnar=True, settings=self._insert_settings())
+
+    def _insert_settings(self) -> dict[str, Any]:
+        """Settings of every insert: :data:`~pipeline.warehouse.base.PARTITIONS_SETTING` lifted, on servers
+        that have it (asked once)."""
+        if self._partition_bound is None:
+            known = self._run(f"SELECT count() FROM system.settings WHERE name = '{PARTITIONS_SETTING}'")[0][0]
+            self._partition_bound = {PARTITIONS_SETTING: 0} if known else {}
+        return self._partition_bound
 
     def server_version(self) -> tuple[int, int]:
         try:

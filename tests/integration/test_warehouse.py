@@ -7,9 +7,11 @@ from dataclasses import replace
 import pytest
 
 from pipeline import queries
+from pipeline.events import Event
 from pipeline.processes import free_port
 from pipeline.report import Weights, report_params
 from pipeline.settings import Settings
+from pipeline.sink import event_columns
 from pipeline.warehouse import QueryError, Warehouse, WarehouseUnavailable, open_warehouse
 from pipeline.warehouse.migrate import MIGRATIONS_TABLE, discover, migrate
 
@@ -100,3 +102,15 @@ def test_newer_only_ddl_is_gated_by_version(embedded_settings: Settings, server_
             assert ("TTL" in ddl) is expect_ttl
         finally:
             warehouse.close()
+
+
+def test_a_block_spanning_more_than_a_hundred_months_is_inserted(warehouse: Warehouse) -> None:
+    """A backfill sorted by account: one block of valid events over 10 years (120 monthly partitions).
+    ClickHouse 19.x and later refuse more than 100 partitions per block unless told otherwise."""
+    month_ms = 31 * 86_400_000
+    events = [
+        Event(f"m{i}", "like", 946_684_800_000 + i * month_ms, "u1", "acct-backfill") for i in range(120)
+    ]  # from 2000-01-01
+    warehouse.insert("engagement_events", event_columns([(*e, "likes", 0, i) for i, e in enumerate(events)], 1))
+    (count,) = warehouse.query("SELECT count() FROM engagement_events WHERE account_id = 'acct-backfill'").rows
+    assert count == (120,)
