@@ -250,7 +250,9 @@ def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
         event_id=event_id,
         type=event_type,
         ts_ms=ts_ms,
-        actor_id=actor_id or "",
+        actor_id=""
+        if is_snapshot
+        else actor_id or "",  # a snapshot has no actor (one equal to the account made it "self")
         account_id=account_id,
         post_id=post_id,
         in_reply_to=in_reply_to,

@@ -136,6 +136,9 @@ def test_followers_snapshot_rules() -> None:
     snapshot = {"event_id": "s", "type": "followers", "ts": 0, "account_id": "a", "followers": 10}
     events, reasons = one(orjson.dumps(snapshot), "follows")
     assert reasons == [] and events[0].followers == 10 and events[0].actor_id == ""
+    # an actor on a snapshot is ignored: one equal to the account made the snapshot "self", and dropped it
+    reported = one(orjson.dumps({**snapshot, "actor_id": "a"}), "follows")[0]
+    assert reported == events and not reported[0].is_self
     for bad, reason in [
         (-1, Reason.INVALID_FOLLOWERS),
         (1.5, Reason.WRONG_TYPE),

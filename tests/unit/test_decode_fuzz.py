@@ -89,7 +89,7 @@ def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], Event]:
         obj["event_id"],
         kind,
         ts_ms,
-        obj.get("actor_id", ""),
+        "" if kind == FOLLOWERS else obj["actor_id"],  # a snapshot has no actor: one given is ignored
         obj["account_id"],
         obj.get("post_id"),
         obj.get("in_reply_to") if kind == REPLY else None,

@@ -505,3 +505,14 @@ def test_the_future_bound_can_be_lifted() -> None:
     asyncio.run(processor.process([Message("likes", 0, 0, orjson.dumps(ahead))]))
     assert outbox.on("engagement-dead-letters") == []
     assert [r["event_id"] for r in warehouse.rows("engagement_events")] == ["f"]
+
+
+def test_a_followers_snapshot_naming_the_account_as_actor_still_counts() -> None:
+    processor, _, warehouse, _, _ = make(partitions=1)
+    account = owned_by(0, partitions=1)
+    snapshot = {"event_id": "s", "type": "followers", "ts": T0, "account_id": account, "actor_id": account}
+    asyncio.run(processor.process([Message("follows", 0, 0, orjson.dumps({**snapshot, "followers": 40}))]))
+    asyncio.run(processor.process([Message("likes", 0, 0, orjson.dumps(like("e", account, sec=1)))]))
+    asyncio.run(processor.flush())
+    (window,) = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1]
+    assert (window["followers"], window["engagers"]) == (40, 1)
