@@ -39,10 +39,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.deadletter import payload_preview
     from pipeline.events import Rejection
-    from pipeline.ingest import ingest_lines, make_producer, print_progress, read_lines
+    from pipeline.ingest import IngestError, ingest_lines, make_producer, print_progress, read_lines
     from pipeline.kafka_admin import ensure_topics
 
     settings = _settings(args)
+    if args.file != "-" and not Path(args.file).is_file():
+        print(f"error: {args.file} is not a readable file", file=sys.stderr)
+        return 2
     ensure_topics(settings)
     producer = make_producer(settings)
 
@@ -55,6 +58,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     progress = print_progress(sys.stderr) if not args.quiet else None
     try:
         report = ingest_lines(read_lines(args.file), settings, producer, args.file, args.batch, on_invalid, progress)
+    except (IngestError, OSError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
     finally:
         producer.close()
     sys.stderr.write("\n")

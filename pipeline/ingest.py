@@ -2,17 +2,21 @@
 
 Contract of :func:`ingest_lines`: every input line ends up published or dead-lettered (reason, line
 number) and reported through ``on_invalid``. It returns only after the broker acknowledged every message
-(``flush``). Valid events go to their type's topic, on the partition that owns their account (Kafka's
-murmur2 partition of ``account_id``, the worker's own rule), as JSON arrays of up to ``batch_events``
-events of accounts of that partition; events of one account stay in input order.
+(``flush``), and raises :class:`IngestError` if it did not acknowledge some (the input is then partly
+published: publishing it again is safe, events count once by ``event_id``). Valid events go to their
+type's topic, on the partition that owns their account (Kafka's murmur2 partition of ``account_id``, the
+worker's own rule), as JSON arrays of up to ``batch_events`` events of accounts of that partition and of at
+most ``ENGAGEMENT_MAX_MESSAGE_BYTES`` (larger arrays are split; the worker dead-letters a larger message
+whole); events of one account stay in input order.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +29,11 @@ from pipeline.events import DEAD_LETTER_TOPIC, TYPE_TOPIC, Reason, Rejection
 from pipeline.kafka_security import kafka_python_config
 from pipeline.partitioning import partition_for
 from pipeline.settings import Settings
+
+
+class IngestError(Exception):
+    """The broker did not acknowledge some of the messages (or dead letters) sent; the message says how many
+    and the first error."""
 
 
 @dataclass
@@ -79,10 +88,23 @@ def ingest_lines(
     buffered = 0
     dead_topic = settings.topic(DEAD_LETTER_TOPIC)
     source_topic = f"ingest:{source_name}"
+    failures: list[BaseException] = []
+
+    def watch(future: Any) -> None:
+        """Record the failure of a send the broker did not acknowledge (after the producer's retries)."""
+        if future is not None:
+            future.add_errback(failures.append)
 
     def send(topic: str, partition: int, account_id: str, objects: list[Any]) -> None:
         payload = _encode_batch(objects)
-        producer.send(topic, key=account_id.encode("utf-8"), value=payload, partition=partition)
+        if len(payload) > settings.max_message_bytes and len(objects) > 1:  # split: each half fits, or splits
+            half = len(objects) // 2
+            send(topic, partition, account_id, objects[:half])
+            send(topic, partition, account_id, objects[half:])
+            return
+        if len(payload) > settings.max_message_bytes:  # one event that grew when re-encoded (1e5 -> 100000.0)
+            payload = orjson.dumps(validate_event(objects[0], None).to_json_dict())  # its contract fields only
+        watch(producer.send(topic, key=account_id.encode("utf-8"), value=payload, partition=partition))
         report.messages += 1
         report.by_topic[topic] = report.by_topic.get(topic, 0) + len(objects)
 
@@ -96,7 +118,10 @@ def ingest_lines(
     def reject(line_no: int, rejection: Rejection) -> None:
         report.invalid += 1
         letter = DeadLetter.from_rejection(rejection, source_topic, -1, line_no, settings.dead_letter_payload_bytes)
-        producer.send(dead_topic, key=letter.dead_letter_id.encode("utf-8"), value=letter.to_json())
+        # The payload's checksum in the id: another input under the same name ("-", an edited file) does not
+        # replace this letter in the table; the same input ingested again does.
+        letter = replace(letter, dead_letter_id=f"{letter.dead_letter_id}/{zlib.crc32(rejection.payload):08x}")
+        watch(producer.send(dead_topic, key=letter.dead_letter_id.encode("utf-8"), value=letter.to_json()))
         if on_invalid is not None:
             on_invalid(line_no, rejection)
 
@@ -155,6 +180,12 @@ def ingest_lines(
     report.seconds = time.monotonic() - started
     if on_progress is not None:
         on_progress(report)
+    if failures:
+        raise IngestError(
+            f"the broker did not acknowledge {len(failures)} of {report.messages + report.invalid} messages "
+            f"(first: {failures[0]!r}); the input is partly published: publish it again (events count once "
+            "by event_id)"
+        )
     return report
 
 

@@ -1,4 +1,5 @@
-"""ingest_lines with a stand-in producer: nesting deeper than orjson writes neither stops nor loses a line."""
+"""ingest_lines with a stand-in producer: nesting deeper than orjson writes, large events and a broker that
+does not acknowledge neither stop it silently nor lose a line."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.cli import main
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import decode_message
-from pipeline.ingest import ingest_lines
+from pipeline.ingest import IngestError, ingest_lines
 from pipeline.settings import Settings
 
 
@@ -54,3 +56,55 @@ def test_valid_event_with_a_deep_unknown_field_is_published() -> None:
     assert invalid == 0 and [topic for topic, _ in sent] == ["likes"]
     events, rejections = decode_message(sent[0][1], "likes")
     assert rejections == [] and [e.event_id for e in events] == ["deep", "plain"]
+
+
+def test_arrays_are_split_to_fit_the_message_bound() -> None:
+    producer = Producer()
+    settings = Settings(partitions=2, max_message_bytes=2000)
+    lines = [orjson.dumps(like(f"e{i}", note="x" * 500)) for i in range(10)]  # ~600 bytes each, one account
+    report = ingest_lines(lines, settings, producer, batch_events=10)  # type: ignore[arg-type]
+    assert report.invalid == 0 and report.messages == len(producer.sent) > 1
+    assert all(len(value) <= settings.max_message_bytes for _, value in producer.sent)
+    ids = [e.event_id for _, value in producer.sent for e in decode_message(value, "likes")[0]]
+    assert ids == [f"e{i}" for i in range(10)]  # all of them, in input order
+
+
+def test_an_event_that_grows_when_re_encoded_goes_out_as_its_fields() -> None:
+    producer = Producer()
+    settings = Settings(partitions=2, max_message_bytes=2000)
+    line = orjson.dumps(like("grows")).replace(b"}", b', "x": [' + b",".join([b"1e5"] * 400) + b"]}")
+    assert len(line) <= 2000 < len(orjson.dumps(orjson.loads(line)))  # 1e5 is written back as 100000.0
+    ingest_lines([line], settings, producer)  # type: ignore[arg-type]
+    ((_, value),) = producer.sent
+    assert len(value) <= 2000 and [e.event_id for e in decode_message(value, "likes")[0]] == ["grows"]
+
+
+class Unacknowledged(Producer):
+    """A broker that fails every send after the producer's retries (the future's errback)."""
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> Any:
+        super().send(topic, key, value, partition)
+        return self
+
+    def add_errback(self, callback: Any) -> None:
+        callback(TimeoutError("batch expired"))
+
+
+def test_messages_the_broker_did_not_acknowledge_fail_the_ingest() -> None:
+    lines = [orjson.dumps(like("e1")), b"not json"]
+    with pytest.raises(IngestError, match=r"did not acknowledge 2 of 2 messages \(first: TimeoutError"):
+        ingest_lines(lines, Settings(partitions=2), Unacknowledged())  # type: ignore[arg-type]
+
+
+def test_dead_letters_of_different_inputs_under_one_name_keep_apart() -> None:
+    first, _ = ingest([b'{"type": "like"}'])
+    second, _ = ingest([b"not json at all"])
+    again, _ = ingest([b'{"type": "like"}'])
+    ids = [DeadLetter.from_json(sent[0][1]).dead_letter_id for sent in (first, second, again)]
+    assert ids[0] != ids[1] and ids[0] == ids[2]  # the same input again replaces its letter, as it should
+    assert ids[0].startswith("ingest:-/-1/1/-1/")
+
+
+def test_ingest_of_a_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    assert main(["ingest", str(tmp_path / "missing.jsonl")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing.jsonl'} is not a readable file\n"
