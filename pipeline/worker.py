@@ -415,12 +415,13 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             refused = local_endpoint_refusal(settings, request.remote)  # type: ignore[attr-defined]
             if refused:
                 return self.json({"error": refused}, status=403)
-            body = orjson.loads(await request.read())
-            sql = str(body.get("sql", ""))
-            params = body.get("params") or None
             try:
-                if params is not None and not isinstance(params, dict):
-                    raise ReadOnlyViolation("params must be a JSON object")
+                sql, params = query_request(await request.read())
+            except BadQueryRequest as exc:
+                return self.json({"error": str(exc)}, status=400)
+            except ReadOnlyViolation as exc:
+                return self.json({"error": str(exc)}, status=403)
+            try:
                 check_read_only(sql, params)  # the statement as ClickHouse receives it, parameters bound
                 result = await writer.query(sql, params)
             except ReadOnlyViolation as exc:
@@ -517,3 +518,37 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(run_worker(Settings.from_env()))
+
+
+class BadQueryRequest(ValueError):
+    """A ``/query`` body that is not ``{"sql": "...", "params": {...}}`` (HTTP 400)."""
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def query_request(raw: bytes) -> tuple[str, dict[str, Any] | None]:
+    """The SQL and the parameters of a ``/query`` body ``{"sql": "...", "params": {"name": value}}``, each
+    value a JSON scalar or an array of scalars. Raises :class:`BadQueryRequest` for any other body, and
+    :class:`~pipeline.readonly_sql.ReadOnlyViolation` when ``params`` is not an object (HTTP 403, as every
+    refusal of the read-only guard)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadQueryRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadQueryRequest('the body must be a JSON object: {"sql": "...", "params": {...}}')
+    sql = body.get("sql")
+    if not isinstance(sql, str) or not sql.strip():
+        raise BadQueryRequest("sql must be a non-empty string")
+    params = body.get("params")
+    if params is None or params == {}:
+        return sql, None
+    if not isinstance(params, dict):
+        raise ReadOnlyViolation("params must be a JSON object")
+    for name, value in params.items():
+        if not (
+            isinstance(value, _SCALARS) or (isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value))
+        ):
+            raise BadQueryRequest(f"parameter {name!r} must be a JSON scalar or an array of scalars")
+    return sql, params
