@@ -113,7 +113,8 @@ def parse_as_of(text: str) -> int:
     """``--as-of``: epoch milliseconds (digits) or an RFC 3339 date-time with a zone, as events' ``ts``."""
     from pipeline.decode import parse_ts
 
-    value: int | str = int(text) if text.strip().isdigit() else text.strip()
+    stripped = text.strip()
+    value: int | str = int(stripped) if stripped.isascii() and stripped.isdigit() else stripped
     try:
         return parse_ts(value)
     except Exception as exc:  # decode's rejection type is private; its message says what is wrong

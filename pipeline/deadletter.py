@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -70,8 +69,33 @@ class DeadLetter:
 
     @classmethod
     def from_json(cls, raw: bytes) -> DeadLetter:
-        data: dict[str, Any] = orjson.loads(raw)
-        return cls(**{name: data[name] for name in cls.__slots__})
+        """A dead letter as :meth:`to_json` wrote it. Raises ``ValueError`` (or ``KeyError``) for anything
+        else: a field missing, of another type, or an integer its column cannot hold (the dead-letter
+        topic is read by the worker, and one row ClickHouse refuses would stop its writes for good)."""
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a dead letter is a JSON object")
+        values = {name: data[name] for name in cls.__slots__}
+        for name, value in values.items():
+            bounds = _INT_COLUMNS.get(name)
+            if bounds is None:
+                if value.__class__ is not str:
+                    raise ValueError(f"{name} must be a string")
+            elif value.__class__ is not int or not bounds[0] <= value <= bounds[1]:
+                raise ValueError(f"{name} must be an integer in {bounds[0]}..{bounds[1]}")
+        return cls(**values)
+
+
+# The integer fields and the range of their columns (schemas/003_engagement_dead_letters.sql); failed_at is
+# a DateTime (seconds, 1970..2106).
+_INT_COLUMNS = {
+    "source_partition": (-(2**31), 2**31 - 1),
+    "source_offset": (-(2**63), 2**63 - 1),
+    "element_index": (-(2**31), 2**31 - 1),
+    "payload_bytes": (0, 2**32 - 1),
+    "truncated": (0, 1),
+    "failed_at": (0, 2**32 - 1),
+}
 
 
 def payload_preview(raw: bytes, limit: int = 80) -> str:

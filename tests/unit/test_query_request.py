@@ -1,11 +1,15 @@
-"""The worker's /query body: any body that is not {"sql": ..., "params": {...}} is a clear 400 (it was a
-500 from an exception), params that are not an object stay a 403 of the read-only guard."""
+"""What the read commands take: the worker's /query body (any body that is not {"sql": ..., "params": {...}}
+is a clear 400, it was a 500 from an exception; params that are not an object stay a 403 of the read-only
+guard), and --as-of (ASCII digits or RFC 3339: Arabic-Indic digits were read as a number)."""
 
 from __future__ import annotations
+
+import argparse
 
 import orjson
 import pytest
 
+from pipeline.cli import parse_as_of
 from pipeline.readonly_sql import ReadOnlyViolation
 from pipeline.worker import BadQueryRequest, query_request
 
@@ -43,3 +47,17 @@ def test_a_malformed_body_is_a_bad_request(raw: bytes, says: str) -> None:
 def test_params_that_are_not_an_object_are_refused_by_the_guard(params: object) -> None:
     with pytest.raises(ReadOnlyViolation, match="params must be a JSON object"):
         query_request(orjson.dumps({"sql": "SELECT 1", "params": params}))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1767225600000", 1767225600000), (" 1767225600000 ", 1767225600000), ("2026-01-01T00:00:00Z", 1767225600000)],
+)
+def test_as_of_takes_epoch_ms_or_rfc3339(text: str, expected: int) -> None:
+    assert parse_as_of(text) == expected
+
+
+@pytest.mark.parametrize("text", ["١٢٣", "yesterday", "-5", "2026-01-01"])
+def test_as_of_refuses_anything_else(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_as_of(text)
