@@ -52,6 +52,8 @@ def parse_ts(value: Any) -> int:
 
     Raises ``InvalidEvent`` (reason ``wrong_type`` or ``invalid_ts``).
     """
+    if value.__class__ is float and value.is_integer():  # 1767225600000.0: an integer, as JSON Schema says
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InvalidEvent(Reason.WRONG_TYPE, "ts must be an RFC 3339 string or integer epoch milliseconds")
     if isinstance(value, int):
@@ -237,6 +239,8 @@ def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
     if is_snapshot:
         if followers is None:
             raise InvalidEvent(Reason.MISSING_FIELD, "followers is missing")
+        if followers.__class__ is float and followers.is_integer():  # 120.0: an integer (JSON Schema)
+            followers = int(followers)
         if isinstance(followers, bool) or not isinstance(followers, int):
             raise InvalidEvent(Reason.WRONG_TYPE, "followers must be an integer")
         if not 0 <= followers <= MAX_FOLLOWERS:

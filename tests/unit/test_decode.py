@@ -74,6 +74,16 @@ def test_ts_bounds(ts: object, accepted: bool) -> None:
     assert (reasons, len(events)) == (([], 1) if accepted else ([Reason.INVALID_TS], 0))
 
 
+def test_whole_number_floats_are_integers_as_json_schema_says() -> None:
+    events, reasons = one(enc(ts=1767225600123.0))
+    assert reasons == [] and events[0].ts_ms == 1767225600123 and type(events[0].ts_ms) is int
+    assert one(enc(ts=1767225600123.5))[1] == [Reason.WRONG_TYPE]
+    assert one(enc(ts=1e300))[1] == [Reason.INVALID_TS]
+    snapshot = {"event_id": "s", "type": "followers", "ts": 1767225600000, "account_id": "a1", "followers": 120.0}
+    events, reasons = one(orjson.dumps(snapshot), topic="follows")
+    assert reasons == [] and events[0].followers == 120 and type(events[0].followers) is int
+
+
 @pytest.mark.parametrize(("followers", "accepted"), [(0, True), (2**53 - 1, True), (2**53, False), (2**63 - 1, False)])
 def test_followers_bounds(followers: int, accepted: bool) -> None:
     snapshot = {"event_id": "s", "type": "followers", "ts": 1767225600000, "account_id": "a1", "followers": followers}
