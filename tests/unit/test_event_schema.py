@@ -35,6 +35,18 @@ CASES = [
     {"event_id": "s", "type": "followers", "ts": 0, "account_id": "a"},
     {"event_id": "f", "type": "follow", "ts": 0, "account_id": "a", "actor_id": "u"},
     {"event_id": "f", "type": "follow", "ts": 0, "account_id": "a"},
+    # null for an optional field is its absence; whole-number floats are integers; the bounds
+    {**BASE, "post_id": None, "in_reply_to": None, "followers": None},
+    {**BASE, "actor_id": None},
+    {**BASE, "account_id": None},
+    {"event_id": "s", "type": "followers", "ts": 0, "account_id": "a", "followers": 5, "actor_id": None},
+    {"event_id": "s", "type": "followers", "ts": 0, "account_id": "a", "followers": None},
+    {"event_id": "s", "type": "followers", "ts": 0, "account_id": "a", "followers": 5.0},
+    {**BASE, "ts": 1767225600123.0},
+    {**BASE, "ts": 4102444799999},
+    {**BASE, "ts": 4102444800000},
+    {**BASE, "ts": "2026-01-01T00:00:00+00:60"},
+    {"event_id": "s", "type": "followers", "ts": 0, "account_id": "a", "followers": 2**53},
 ]
 
 
