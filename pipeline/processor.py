@@ -246,6 +246,7 @@ class BatchProcessor:
         self._announced_at = 0.0
         self._durable: list[Awaitable[object]] = []  # changelog sends not yet known to be stored
         self._in_flight: Delivery | None = None  # see process(persist=False)
+        self._failed: str | None = None  # why a batch failed: from then on the processor refuses all work
         self._origins: dict[tuple[str, int], str] = {}
         self._late_logged_at = -LATE_LOG_INTERVAL_S
 
@@ -301,6 +302,7 @@ class BatchProcessor:
         a batch of several were delivered in full.
         """
         async with self.lock:
+            self._check_usable()
             started = time.perf_counter()
             try:
                 chunk: list[SourceMessage] = []
@@ -321,7 +323,10 @@ class BatchProcessor:
                     await self._persist()
                     await self._durable_now()
                 # else: the last chunk's inserts run on while the next batch is decoded
-            except BaseException:  # nothing of this batch is persisted; its last delivery is dropped
+            except BaseException as exc:  # nothing of this batch is persisted; its last delivery is dropped
+                # The aggregator holds part of the batch now: nothing it holds may be persisted, written or
+                # announced any more (a call waiting for the lock would otherwise do it).
+                self._failed = f"{type(exc).__name__}: {exc}"[:200]
                 in_flight, self._in_flight = self._in_flight, None
                 if in_flight is not None:
                     in_flight.abandon()
@@ -335,10 +340,16 @@ class BatchProcessor:
         only then may those batches be acknowledged. An exception from it means a state was not stored:
         the batches must not be acknowledged."""
         async with self.lock:
+            self._check_usable()
             await self._land_in_flight()
             await self._persist()
             durable, self._durable = self._durable, []
             return asyncio.gather(*durable)
+
+    def _check_usable(self) -> None:
+        """Raise :class:`BatchFailed` once a batch failed (hold the lock)."""
+        if self._failed is not None:
+            raise BatchFailed(f"a batch failed ({self._failed}): nothing more is persisted, written or announced")
 
     async def _land_in_flight(self) -> None:
         """Await the chunk delivery still in flight (hold the lock)."""
@@ -475,6 +486,7 @@ class BatchProcessor:
         """Upsert open windows whose changes waited for their interval (a timer calls this, so rows
         catch up when traffic pauses). Returns the rows written."""
         async with self.lock:
+            self._check_usable()
             await self._land_in_flight()
             if not self.aggregator.has_deferred_upserts:
                 return 0
@@ -484,6 +496,7 @@ class BatchProcessor:
         """Finalize every open window now (end of a replay), write them and persist the states. Returns
         the rows written."""
         async with self.lock:
+            self._check_usable()
             await self._land_in_flight()
             self.aggregator.flush()
             rows = await self._write_rows()
@@ -806,6 +819,7 @@ class BatchProcessor:
         and a new owner of a re-key partition learns every upstream frontier). ``owned``: the consumer's
         current assignment, taken over first."""
         async with self.lock:
+            self._check_usable()
             await self._land_in_flight()  # its re-keyed messages must be acknowledged before we announce
             if owned is not None:
                 self.on_assignment(owned)
@@ -881,6 +895,11 @@ def _candidate_messages(
         for partition, group in by_partition.items()
         for i in range(0, len(group), CANDIDATES_PER_MESSAGE)
     ]
+
+
+class BatchFailed(RuntimeError):
+    """A batch failed (an exception, the brake, a cancellation) in this processor earlier: its state holds
+    part of that batch, so it persists, writes and announces nothing more. The worker is stopping."""
 
 
 class Delivery:

@@ -41,7 +41,7 @@ from pipeline.intake import IntakeApp, IntakeBuffer, IntakeConsumer
 from pipeline.kafka_admin import ensure_topics
 from pipeline.kafka_security import faust_credentials
 from pipeline.partitioning import account_partitioner
-from pipeline.processor import BatchProcessor, StagedStore
+from pipeline.processor import BatchFailed, BatchProcessor, StagedStore
 from pipeline.query_client import LOCK_FILE
 from pipeline.readonly_sql import ReadOnlyViolation, check_read_only
 from pipeline.settings import Settings
@@ -391,6 +391,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             await processor.write_deferred()
             if unacked and persist_due():
                 await settle()
+        except BatchFailed:  # the batch task failed meanwhile (the brake): it exits; nothing is acknowledged
+            return
         except Exception:
             if not cut_short_by_stop(app, "the timer's announcements and persist, not acknowledged,"):
                 raise
@@ -442,7 +444,10 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 refusal = "the dead-letter brake tripped: this worker writes nothing more"
                 return self.json({"error": refusal}, status=503)
             processor.on_assignment(owned_partitions())
-            rows = await processor.flush()
+            try:
+                rows = await processor.flush()
+            except BatchFailed as exc:  # the brake tripped while this waited
+                return self.json({"error": str(exc)}, status=503)
             return self.json({"rows": rows})
 
     return app, processor

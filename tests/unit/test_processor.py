@@ -17,7 +17,7 @@ import pytest
 from pipeline.aggregator import NO_FRONTIER
 from pipeline.brake import DeadLetterBrake, DeadLetterBrakeTripped
 from pipeline.partitioning import account_partitioner
-from pipeline.processor import HIGHWATER_MAX_AGE_MS, BatchProcessor, Message, StagedStore
+from pipeline.processor import HIGHWATER_MAX_AGE_MS, BatchFailed, BatchProcessor, Message, StagedStore
 from pipeline.settings import Settings
 from pipeline.sink import WarehouseWriter
 from pipeline.warehouse import QueryResult, WarehouseUnavailable
@@ -278,6 +278,14 @@ def test_a_failed_batch_abandons_the_chunk_in_flight(caplog: pytest.LogCaptureFi
     # nothing of the batch is stored or acknowledged, and the in-flight chunk's dead letter was not sent
     assert len(table) == 0 and outbox.on("engagement-dead-letters") == []
     assert [name for name, _ in warehouse.inserts][:1] == ["engagement_events"]  # the first chunk's had started
+    # The aggregator holds the first chunks of the batch: a persist (say, a timer that was waiting for the
+    # lock) must not store them; nor may anything else be written or announced.
+    for call in (processor.persist, processor.flush, processor.write_deferred, processor.announce_watermarks):
+        with pytest.raises(BatchFailed, match="DeadLetterBrakeTripped"):
+            asyncio.run(call())
+    with pytest.raises(BatchFailed):
+        asyncio.run(processor.process(good))
+    assert len(table) == 0
 
 
 def test_late_event_is_dead_lettered(caplog: pytest.LogCaptureFixture) -> None:
