@@ -136,6 +136,8 @@ class AccountState:
 
 # An input element's position: its message's offset, then its index in the message (a JSON array).
 _ELEMENTS_PER_MESSAGE = 1 << 22
+# The largest offset whose positions fit the signed 64 bits a state is stored in (orjson's integers).
+MAX_POSITIONED_OFFSET = (2**63 - 1) // _ELEMENTS_PER_MESSAGE
 
 
 def input_position(offset: int, index: int) -> int:

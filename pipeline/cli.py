@@ -43,7 +43,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.kafka_admin import ensure_topics
 
     settings = _settings(args)
-    if args.file != "-" and not Path(args.file).is_file():
+    if not readable_input(args.file):
         print(f"error: {args.file} is not a readable file", file=sys.stderr)
         return 2
     ensure_topics(settings)
@@ -72,13 +72,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def readable_input(path: str) -> bool:
+    """Whether ``path`` names input to read: ``-`` (standard input), a file, or a pipe (``/dev/stdin``,
+    ``<(zcat events.gz)``), not a directory or nothing."""
+    return path == "-" or (Path(path).exists() and not Path(path).is_dir())
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline import queries
+    from pipeline.ingest import IngestError
     from pipeline.query_client import format_result, run_query
-    from pipeline.replay import replay
+    from pipeline.replay import ReplayError, replay
 
     settings = _settings(args)
-    report = replay(args.file, settings, timeout=args.timeout, log=lambda m: print(f"replay: {m}", file=sys.stderr))
+    try:
+        report = replay(args.file, settings, timeout=args.timeout, log=lambda m: print(f"replay: {m}", file=sys.stderr))
+    except (IngestError, ReplayError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(format_result(run_query(settings, queries.COUNT_TABLE_ROWS), "table"))
     print(f"replayed {report.ingest.events:,} events in {report.seconds:.1f}s into {settings.data_dir}")
     return 0

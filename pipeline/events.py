@@ -108,6 +108,9 @@ class Reason(StrEnum):
     LATE = "late"
 
 
+REASON_CODES = frozenset(reason.value for reason in Reason)
+
+
 @dataclass(slots=True, frozen=True)
 class Rejection:
     """One input that is not a valid event: the reason code, a human-readable detail, and where it was.

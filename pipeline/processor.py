@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline import metrics
-from pipeline.account_state import input_position
+from pipeline.account_state import MAX_POSITIONED_OFFSET, input_position
 from pipeline.aggregator import (
     NO_FRONTIER,
     Aggregator,
@@ -49,7 +49,7 @@ from pipeline.aggregator import (
 )
 from pipeline.brake import DeadLetterBrake
 from pipeline.deadletter import DeadLetter
-from pipeline.decode import InvalidEvent, decode_message, validate_event
+from pipeline.decode import InvalidEvent, decode_message, encode_element, validate_event
 from pipeline.drops import FIRING, Alert, DropConfig, DropDetector
 from pipeline.events import (
     ALERTS_TOPIC,
@@ -247,6 +247,7 @@ class BatchProcessor:
         self._durable: list[Awaitable[object]] = []  # changelog sends not yet known to be stored
         self._in_flight: Delivery | None = None  # see process(persist=False)
         self._failed: str | None = None  # why a batch failed: from then on the processor refuses all work
+        self._horizon = MAX_TS_MS  # the latest event time accepted in the chunk being processed
         self._origins: dict[tuple[str, int], str] = {}
         self._late_logged_at = -LATE_LOG_INTERVAL_S
 
@@ -372,6 +373,7 @@ class BatchProcessor:
         candidates: list[ResponseCandidate] = []
         raw: list[SourcedEvent] = []
         touched: set[int] = set()
+        self._horizon = self._future_horizon()  # once per chunk: a chunk takes well under a second
         for message in messages:
             self._consume(message, dead, rekeyed, candidates, raw)
             touched.add(message.partition)
@@ -535,7 +537,7 @@ class BatchProcessor:
         events, rejections = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejection in rejections:
             self._dead_letter(rejection, message, dead)
-        horizon = self._future_horizon()
+        horizon = self._horizon
         future = bool(events) and max(map(_TS_MS, events)) > horizon
         valid = len(events)
         if future:  # rare: a producer's clock far ahead; those events are skipped in the loop below
@@ -622,7 +624,7 @@ class BatchProcessor:
             kind = data["k"] if isinstance(data, dict) else None
             if kind == "w":
                 source, value = data["q"], data["t"]
-                if not (_is_count(source) and (value is None or _is_frontier(value))):
+                if not (_is_count(source, self.settings.partitions - 1) and (value is None or _is_frontier(value))):
                     raise _Malformed(f"a watermark needs an integer partition and time, not {source!r}, {value!r}")
                 announced = self.progress.upstream.setdefault(message.partition, {})
                 previous = announced.get(source, NO_FRONTIER)
@@ -641,7 +643,7 @@ class BatchProcessor:
                             "a response candidate is [event_id, responder, in_reply_to, ts_ms] (ids as strings, "
                             "ts_ms as integer epoch ms)",
                             index,
-                            orjson.dumps(row),
+                            encode_element(row),
                         )
                         self._dead_letter(rejection, message, dead)
                         continue
@@ -653,9 +655,9 @@ class BatchProcessor:
             topic, partition, offset, index = data["t"], data["p"], data["o"], data.get("i")
             # "i" is absent in messages of earlier versions: no replay detection for those
             if not (
-                isinstance(topic, str)
-                and _is_count(partition)
-                and _is_count(offset)
+                _is_id(topic, MAX_TOPIC_CHARS)
+                and _is_count(partition, MAX_PARTITION)
+                and _is_count(offset, MAX_POSITIONED_OFFSET)
                 and (index is None or _is_count(index))
             ):
                 raise _Malformed("a forwarded event needs its source topic, partition, offset and index")
@@ -935,9 +937,15 @@ class _Malformed(ValueError):
 _INT64_MAX = 2**63 - 1
 
 
-def _is_count(value: Any) -> bool:
-    """An integer (not a bool) in 0..2**63 - 1: a partition, an offset, an index, epoch milliseconds."""
-    return value.__class__ is int and 0 <= value <= _INT64_MAX
+# A forwarded event's source: Kafka's longest topic name, a partition of an Int32 column, and an offset
+# whose input positions fit a stored state.
+MAX_TOPIC_CHARS = 249
+MAX_PARTITION = 2**31 - 1
+
+
+def _is_count(value: Any, high: int = _INT64_MAX) -> bool:
+    """An integer (not a bool) in 0..``high``: a partition, an offset, an index, epoch milliseconds."""
+    return value.__class__ is int and 0 <= value <= high
 
 
 def _is_frontier(value: Any) -> bool:

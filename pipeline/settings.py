@@ -97,8 +97,9 @@ class Settings:
     window_seconds: int = 60
     allowed_lateness_seconds: int = 300
     # An event more than this far ahead of the worker's clock is dead-lettered (future_ts) instead of moving
-    # its partition's event time past everything else (whose events would all become late). 0: no bound.
-    max_future_seconds: int = 86_400
+    # its partition's event time ahead: an event more than the allowed lateness ahead makes every on-time
+    # event after it late. At most ENGAGEMENT_ALLOWED_LATENESS_SECONDS, then. 0: no bound.
+    max_future_seconds: int = 300
     conversation_horizon_seconds: int = 7 * 86400
     weight_like: int = 1
     weight_mention: int = 2

@@ -36,7 +36,7 @@ from prometheus_client import generate_latest
 
 from pipeline import brake, metrics
 from pipeline.deadletter import DeadLetter
-from pipeline.events import DEAD_LETTER_TOPIC, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
+from pipeline.events import DEAD_LETTER_TOPIC, REASON_CODES, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
 from pipeline.intake import IntakeApp, IntakeBuffer, IntakeConsumer
 from pipeline.kafka_admin import ensure_topics
 from pipeline.kafka_security import faust_credentials
@@ -361,8 +361,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 message = event.message
                 try:
                     letter = DeadLetter.from_json(message.value)
-                    if letter.rejected_before_kafka:  # counted here, once; a worker's own were counted by it
-                        metrics.DEAD_LETTERS.labels(letter.reason).inc()
+                    if letter.rejected_before_kafka:  # counted here; a worker's own were counted by it
+                        known = letter.reason in REASON_CODES  # the label's values stay the reasons we have
+                        metrics.DEAD_LETTERS.labels(letter.reason if known else "other").inc()
                     letters.append(letter)
                 except Exception as exc:
                     rejection = Rejection(

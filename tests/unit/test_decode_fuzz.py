@@ -170,9 +170,10 @@ non_strings = (
     | st.lists(scalars, max_size=2)
     | st.dictionaries(st.text(max_size=3), scalars, max_size=2)
 )
+fractions = st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())  # 3.0 is 3
 WRONG = {
-    "ts": st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.lists(scalars, max_size=2),
-    "followers": st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
+    "ts": st.booleans() | fractions | st.lists(scalars, max_size=2),
+    "followers": st.booleans() | fractions | st.text(max_size=5),
 }
 
 

@@ -3,12 +3,13 @@ does not acknowledge neither stop it silently nor lose a line."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli import main, readable_input
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import decode_message
 from pipeline.ingest import IngestError, ingest_lines
@@ -108,3 +109,11 @@ def test_dead_letters_of_different_inputs_under_one_name_keep_apart() -> None:
 def test_ingest_of_a_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
     assert main(["ingest", str(tmp_path / "missing.jsonl")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'missing.jsonl'} is not a readable file\n"
+
+
+def test_pipes_and_standard_input_are_readable_input(tmp_path: Any) -> None:
+    fifo = tmp_path / "events.pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "events.jsonl").write_bytes(b"")
+    assert readable_input("-") and readable_input(str(fifo)) and readable_input(str(tmp_path / "events.jsonl"))
+    assert not readable_input(str(tmp_path)) and not readable_input(str(tmp_path / "missing.jsonl"))

@@ -329,6 +329,10 @@ FORWARDED = {"k": "e", "v": like("fwd", "acct1"), "t": "likes", "p": 0, "o": 3, 
         (orjson.dumps({**FORWARDED, "o": "five"}), "wrong_type"),
         (orjson.dumps({**FORWARDED, "p": -1}), "wrong_type"),
         (orjson.dumps({**FORWARDED, "i": 1.5}), "wrong_type"),
+        (orjson.dumps({**FORWARDED, "o": 2**41}), "wrong_type"),  # its input position would not fit a state
+        (orjson.dumps({**FORWARDED, "p": 2**31}), "wrong_type"),  # an Int32 column
+        (orjson.dumps({**FORWARDED, "t": "x" * 250}), "wrong_type"),
+        (b'{"k": "w", "q": 2, "t": 5}', "wrong_type"),  # partition 2 of 2: no such source
     ],
 )
 def test_corrupt_rekey_messages_are_dead_lettered_not_raised(value: bytes, reason: str) -> None:
