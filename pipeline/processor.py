@@ -541,9 +541,9 @@ class BatchProcessor:
         future = bool(events) and max(map(_TS_MS, events)) > horizon
         valid = len(events)
         if future:  # rare: a producer's clock far ahead; those events are skipped in the loop below
-            late_ones = self._reject_future(events, horizon, message, dead)
-            rejections = [*rejections, *late_ones]
-            valid -= len(late_ones)
+            ahead = self._reject_future(events, horizon, message, dead)
+            rejections = [*rejections, *ahead]
+            valid -= len(ahead)
         self.brake.observe(rejections, topic, partition, offset, valid)  # raises DeadLetterBrakeTripped
         if not valid:
             return

@@ -491,6 +491,40 @@ def _write_lock(settings: Settings) -> Path:
     return path
 
 
+class BadQueryRequest(ValueError):
+    """A ``/query`` body that is not ``{"sql": "...", "params": {...}}`` (HTTP 400)."""
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def query_request(raw: bytes) -> tuple[str, dict[str, Any] | None]:
+    """The SQL and the parameters of a ``/query`` body ``{"sql": "...", "params": {"name": value}}``, each
+    value a JSON scalar or an array of scalars. Raises :class:`BadQueryRequest` for any other body, and
+    :class:`~pipeline.readonly_sql.ReadOnlyViolation` when ``params`` is not an object (HTTP 403, as every
+    refusal of the read-only guard)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadQueryRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadQueryRequest('the body must be a JSON object: {"sql": "...", "params": {...}}')
+    sql = body.get("sql")
+    if not isinstance(sql, str) or not sql.strip():
+        raise BadQueryRequest("sql must be a non-empty string")
+    params = body.get("params")
+    if params is None or params == {}:
+        return sql, None
+    if not isinstance(params, dict):
+        raise ReadOnlyViolation("params must be a JSON object")
+    for name, value in params.items():
+        if not (
+            isinstance(value, _SCALARS) or (isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value))
+        ):
+            raise BadQueryRequest(f"parameter {name!r} must be a JSON scalar or an array of scalars")
+    return sql, params
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> int:
     """Create topics and tables if missing, then run the worker until SIGTERM/SIGINT, then exit the
     process with the worker's exit code (it does not return after a run)."""
@@ -524,37 +558,3 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(run_worker(Settings.from_env()))
-
-
-class BadQueryRequest(ValueError):
-    """A ``/query`` body that is not ``{"sql": "...", "params": {...}}`` (HTTP 400)."""
-
-
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def query_request(raw: bytes) -> tuple[str, dict[str, Any] | None]:
-    """The SQL and the parameters of a ``/query`` body ``{"sql": "...", "params": {"name": value}}``, each
-    value a JSON scalar or an array of scalars. Raises :class:`BadQueryRequest` for any other body, and
-    :class:`~pipeline.readonly_sql.ReadOnlyViolation` when ``params`` is not an object (HTTP 403, as every
-    refusal of the read-only guard)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadQueryRequest(f"the body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadQueryRequest('the body must be a JSON object: {"sql": "...", "params": {...}}')
-    sql = body.get("sql")
-    if not isinstance(sql, str) or not sql.strip():
-        raise BadQueryRequest("sql must be a non-empty string")
-    params = body.get("params")
-    if params is None or params == {}:
-        return sql, None
-    if not isinstance(params, dict):
-        raise ReadOnlyViolation("params must be a JSON object")
-    for name, value in params.items():
-        if not (
-            isinstance(value, _SCALARS) or (isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value))
-        ):
-            raise BadQueryRequest(f"parameter {name!r} must be a JSON scalar or an array of scalars")
-    return sql, params
