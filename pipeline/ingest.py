@@ -88,12 +88,19 @@ def ingest_lines(
     buffered = 0
     dead_topic = settings.topic(DEAD_LETTER_TOPIC)
     source_topic = f"ingest:{source_name}"
-    failures: list[BaseException] = []
+    failures: list[BaseException] = []  # the first send the broker did not acknowledge
+    failed = 0
+
+    def on_failure(exc: BaseException) -> None:
+        nonlocal failed
+        failed += 1
+        if not failures:
+            failures.append(exc)
 
     def watch(future: Any) -> None:
-        """Record the failure of a send the broker did not acknowledge (after the producer's retries)."""
+        """Count a send the broker does not acknowledge (after the producer's retries)."""
         if future is not None:
-            future.add_errback(failures.append)
+            future.add_errback(on_failure)
 
     def send(topic: str, partition: int, account_id: str, objects: list[Any]) -> None:
         payload = _encode_batch(objects)
@@ -180,9 +187,9 @@ def ingest_lines(
     report.seconds = time.monotonic() - started
     if on_progress is not None:
         on_progress(report)
-    if failures:
+    if failed:
         raise IngestError(
-            f"the broker did not acknowledge {len(failures)} of {report.messages + report.invalid} messages "
+            f"the broker did not acknowledge {failed} of {report.messages + report.invalid} messages "
             f"(first: {failures[0]!r}); the input is partly published: publish it again (events count once "
             "by event_id)"
         )
