@@ -278,6 +278,33 @@ class Cluster:
         finally:
             consumer.close()
 
+    def dump_broker(self) -> Path:
+        """Write what the in-memory broker holds and is gone with the test, for a failed check: the group's
+        committed offsets, each pipeline topic's end offsets, and every record of the account-state
+        changelog (partition, offset, key, state). Returns the file (``broker-dump.json`` in the test's
+        directory)."""
+        from pipeline.worker import ACCOUNT_STATE_TABLE
+
+        changelog = f"{self.settings.app_id}-{ACCOUNT_STATE_TABLE}-changelog"
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, auto_offset_reset="earliest", consumer_timeout_ms=3000
+        )
+        try:
+            topics = [*consumed_topics(self.settings), changelog]
+            tps = [TopicPartition(t, p) for t in topics for p in range(self.settings.partitions)]
+            ends = {f"{tp.topic}:{tp.partition}": offset for tp, offset in consumer.end_offsets(tps).items()}
+            consumer.assign([tp for tp in tps if tp.topic == changelog])
+            records = [
+                [r.partition, r.offset, bytes(r.key or b"").decode(errors="replace"), orjson.loads(r.value or b"null")]
+                for r in consumer
+            ]
+        finally:
+            consumer.close()
+        committed = {f"{topic}:{partition}": offset for (topic, partition), offset in self.committed().items()}
+        path = self.directory / "broker-dump.json"
+        path.write_bytes(orjson.dumps({"committed": committed, "ends": ends, "changelog": records}))
+        return path
+
     def wait_consuming(self, name: str, timeout: float = 120.0) -> None:
         """Until worker ``name`` has consumed events (its group join is done and data flows)."""
         deadline = time.monotonic() + timeout

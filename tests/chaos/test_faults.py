@@ -81,7 +81,14 @@ def kill_three_times(cluster: Cluster) -> None:
     publishing.join()
     cluster.finish()
     assert [code for _, code in cluster.exits[:3]] == [-9, -9, -9]
-    assert_exact(cluster.settings, stream)
+    try:
+        assert_exact(cluster.settings, stream)
+    except AssertionError:  # a rare loss seen under load (issue notes): keep what the broker knew
+        try:
+            print(f"broker state: {cluster.dump_broker()}")
+        except Exception as exc:  # the check's failure is what matters
+            print(f"broker state not dumped: {exc!r}")
+        raise
 
 
 def test_two_workers_one_killed_then_back(cluster: Cluster) -> None:
