@@ -11,10 +11,12 @@ acknowledges each to the consumer (:meth:`IntakeConsumer.ack_batch`), which make
 exactly as a stream's ack would. Messages of every other topic (dead letters, changelogs) still take
 Faust's own path.
 
-What is kept from Faust's path: offsets are read and gaps recorded as in ``_drain_messages``; messages of
-an older consumer generation (fetched before a rebalance) are dropped when taken, like the ``Stream``
-does, and the buffer is emptied when partitions are revoked; they are fetched again from the committed
-offset. Flow control: the fetch loop stops while the buffer holds ``capacity`` messages.
+What is kept from Faust's path: messages of an older consumer generation (fetched before a rebalance)
+are dropped when taken, like the ``Stream`` does, and the buffer is emptied when partitions are revoked;
+they are fetched again from the committed offset. What is not: Faust's read offsets and offset gaps decide
+nothing for the intake topics; :class:`ReadOrder` alone says which record comes next, and a commit never
+passes a record that was not acknowledged (:meth:`IntakeConsumer._new_offset`). Flow control: the fetch
+loop stops while the buffer holds ``capacity`` messages.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 from typing import Any, cast
 
@@ -267,30 +269,38 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         after them would then have been taken as the start, and the ones before it never processed, yet
         committed past: a worker that received such a partition in a later rebalance lost its first
         records (``tests/integration/test_scale_out.py`` caught it on a loaded machine).
+
+        Every assigned intake partition is expected from where it was sought, those sought to offset 0
+        included: Faust's seek forgets their read offset (``_seek_wait``), and a partition left without an
+        expectation took the first record delivered as its start, so the records a fetch brought in while
+        the seek ran (dropped) were passed over, and, never committed before, committed past.
         """
         order = self._order
         order.suspend()  # the fetch loop runs on while we wait for the seeks: what it delivers meanwhile is dropped
         try:
             await super().perform_seek()
-            starts = await self._seek_uncommitted_to_start()
+            committed = dict(self._read_offset)  # as Faust's seek read them; the seeks below change _read_offset
+            starts = await self._seek_uncommitted_to_start(committed)
+            self._starts = starts
             intake = self._intake()
             if intake is not None:
                 intake.clear()
-                for tp, offset in list(self._read_offset.items()):
+                for tp in self.assignment():
                     if tp.topic in intake.topics:
-                        order.expect(tp, starts.get(tp, offset))
+                        order.expect(tp, starts.get(tp, committed.get(tp)))
         finally:
             order.resume()
 
-    async def _seek_uncommitted_to_start(self) -> dict[TP, int]:
+    async def _seek_uncommitted_to_start(self, committed: Mapping[TP, int | None]) -> dict[TP, int]:
         """Seek each assigned stream partition (not a table's changelog: recovery reads those) that has no
-        committed offset to its earliest offset, and those committed at 0 to 0 (aiokafka seeks neither);
+        ``committed`` offset to its earliest offset, and those committed at 0 to 0 (aiokafka seeks neither);
         returns where each was sought."""
         changelogs = self.app.tables.changelog_topics
+        assigned = self.assignment()
         starts: dict[TP, int | None] = {
             tp: offset
-            for tp, offset in self._read_offset.items()
-            if not offset and tp.topic not in changelogs and tp in self.assignment()
+            for tp, offset in committed.items()
+            if not offset and tp.topic not in changelogs and tp in assigned
         }
         unknown = [tp for tp, offset in starts.items() if offset is None]
         if unknown:
@@ -313,6 +323,45 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         for tp, target in self._order.stale_seeks():
             self.log.info("re-reading %s from offset %d again: nothing came since the last seek", tp, target)
             await self.seek_wait({tp: target})
+
+    @cached_property
+    def _starts(self) -> dict[TP, int]:
+        """Where the last seek put each intake partition without a committed offset (see perform_seek)."""
+        return {}
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp`` (Faust's: the end of the acknowledged run from the committed
+        offset), or None. For an intake partition, None as long as the lowest acknowledged offset is not
+        the committed one (or, before any commit, where the last seek started it): Faust checks that only
+        after a first commit and lets one record through, and a commit past a record never acknowledged
+        loses it. Logged (once per hole) as an error: unless the records before the lowest acknowledged one
+        are acknowledged later, they were passed over, and are read again only after a restart or a
+        rebalance; nothing is committed for the partition until then."""
+        intake = self._intake()
+        acked = self._acked[tp]
+        if acked and intake is not None and tp.topic in intake.topics:
+            start = self._committed_offset[tp]
+            if start is None:
+                start = self._starts.get(tp)
+            lowest = min(acked)
+            if start is not None and lowest != start:
+                if self._holes.get(tp) != start:
+                    self._holes[tp] = start
+                    self.log.error(
+                        "not committing %s: offsets %d..%d are not acknowledged, %d is; nothing is committed "
+                        "for it until they are (after a restart or a rebalance, they are read again)",
+                        tp,
+                        start,
+                        lowest - 1,
+                        lowest,
+                    )
+                return None
+        return super()._new_offset(tp)
+
+    @cached_property
+    def _holes(self) -> dict[TP, int]:
+        """The hole last logged per partition (logged once)."""
+        return {}
 
     def ack_batch(self, messages: Iterable[Message]) -> None:
         """:meth:`~faust.transport.consumer.Consumer.ack` for each message (under one lock): each offset
@@ -354,8 +403,20 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                             await sleep(0)
                             num_since_yield = 0
                         offset = message.offset
-                        if message.topic in intake_topics and not order.due(tp, offset):
-                            await self._read_again(tp)  # a hole before it: never pass records over
+                        if message.topic in intake_topics:
+                            # Nothing is awaited between taking a record (due) and putting it in the intake
+                            # but the wait for space, when it is there already: a seek meanwhile (which
+                            # empties the intake and says what is due next) sees the record either not
+                            # taken or taken and dropped, never taken and put in after.
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if not order.due(tp, offset):
+                                await self._read_again(tp)  # a hole before it: never pass records over
+                                continue
+                            set_read_offset(tp, offset)
+                            if not put(message):
+                                await self.wait_first(intake.space.wait(), self.suspend_flow.wait())
                             continue
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -365,11 +426,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            if message.topic in intake_topics:
-                                if not put(message):
-                                    await self.wait_first(intake.space.wait(), self.suspend_flow.wait())
-                            else:
-                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
                     await self._seek_stale_again()
                     self.diag.unset_flag(CONSUMER_FETCHING)

@@ -28,7 +28,7 @@ from pipeline import queries
 from pipeline.broker import EmbeddedBroker
 from pipeline.decode import decode_message
 from pipeline.drops import DropConfig, DropDetector, DropState
-from pipeline.events import SOURCE_TOPICS, TYPE_TOPIC, Event
+from pipeline.events import REKEY_TOPIC, SOURCE_TOPICS, TYPE_TOPIC, Event
 from pipeline.kafka_admin import consumed_topics, ensure_topics, group_lag
 from pipeline.partitioning import account_partitioner
 from pipeline.poison import poison_stream
@@ -281,8 +281,8 @@ class Cluster:
     def dump_broker(self) -> Path:
         """Write what the in-memory broker holds and is gone with the test, for a failed check: the group's
         committed offsets, each pipeline topic's end offsets, and every record of the account-state
-        changelog (partition, offset, key, state). Returns the file (``broker-dump.json`` in the test's
-        directory)."""
+        changelog and of the re-key topic (partition, offset, timestamp, key, value). Returns the file
+        (``broker-dump.json`` in the test's directory)."""
         from pipeline.worker import ACCOUNT_STATE_TABLE
 
         changelog = f"{self.settings.app_id}-{ACCOUNT_STATE_TABLE}-changelog"
@@ -293,16 +293,18 @@ class Cluster:
             topics = [*consumed_topics(self.settings), changelog]
             tps = [TopicPartition(t, p) for t in topics for p in range(self.settings.partitions)]
             ends = {f"{tp.topic}:{tp.partition}": offset for tp, offset in consumer.end_offsets(tps).items()}
-            consumer.assign([tp for tp in tps if tp.topic == changelog])
-            records = [
-                [r.partition, r.offset, bytes(r.key or b"").decode(errors="replace"), orjson.loads(r.value or b"null")]
-                for r in consumer
-            ]
+            rekey = self.settings.topic(REKEY_TOPIC)
+            consumer.assign([tp for tp in tps if tp.topic in (changelog, rekey)])
+            records, rekeyed = [], []
+            for r in consumer:
+                key = bytes(r.key or b"").decode(errors="replace")
+                kept = records if r.topic == changelog else rekeyed
+                kept.append([r.partition, r.offset, r.timestamp, key, orjson.loads(r.value or b"null")])
         finally:
             consumer.close()
         committed = {f"{topic}:{partition}": offset for (topic, partition), offset in self.committed().items()}
         path = self.directory / "broker-dump.json"
-        path.write_bytes(orjson.dumps({"committed": committed, "ends": ends, "changelog": records}))
+        path.write_bytes(orjson.dumps({"committed": committed, "ends": ends, "changelog": records, "rekeyed": rekeyed}))
         return path
 
     def wait_consuming(self, name: str, timeout: float = 120.0) -> None:
