@@ -175,6 +175,11 @@ class ReadOrder:
                 self._seeking[tp] = (target, overdue)
         self._dropped.clear()
 
+    @property
+    def suspended(self) -> bool:
+        """Whether a seek runs (see :meth:`suspend`)."""
+        return self._suspended > 0
+
     def expect(self, tp: Any, offset: int | None) -> None:
         """``tp`` is read from ``offset`` next (None: unknown, the next record delivered sets it)."""
         self._seeking.pop(tp, None)
@@ -310,19 +315,75 @@ class IntakeConsumer(aiokafka_driver.Consumer):
             await self.seek_wait(sought)
         return sought
 
-    async def _read_again(self, tp: TP) -> None:
-        """Seek ``tp`` back to its next offset due (once per hole: records after the hole that were
-        already fetched are dropped without seeking again)."""
+    async def _read_again(self, tp: TP, offset: int) -> None:
+        """Seek ``tp`` back to its next offset due, the record at ``offset`` having come instead (once per
+        hole: records after the hole that were already fetched are dropped without seeking again).
+
+        Unless the broker deleted the records from the offset due (retention ran before this group read
+        them: every seek there lands on the partition's first record): they are gone, so the partition
+        is expected from its first record on, which commits may then pass; the loss is logged as an
+        error and counted in ``engagement_records_expired_total``."""
         target = self._order.seek_target(tp)
-        if target is not None:
-            self.log.info("re-reading %s from offset %d: the fetch passed records over", tp, target)
-            await self.seek_wait({tp: target})
+        if target is None:
+            return
+        if offset > target:
+            firsts = await self._first_existing({tp: target})
+            if firsts is None:
+                return
+            target = firsts[tp]
+        self.log.info("re-reading %s from offset %d: the fetch passed records over", tp, target)
+        await self.seek_wait({tp: target})
+
+    async def _first_existing(self, due: Mapping[TP, int]) -> dict[TP, int] | None:
+        """Where to read each partition of ``due`` (partition -> offset due) from: the offset due, or the
+        partition's first offset where the broker deleted it (then handled by :meth:`_skip_expired`).
+        None when a seek began meanwhile (it says what is due)."""
+        earliest: Mapping[TP, int | None]
+        try:
+            earliest = await self.earliest_offsets(*due)
+        except Exception as exc:  # the broker did not answer: read again from the offsets due
+            self.log.warning("the first offsets of %s are unknown (%r): reading them again", sorted(due), exc)
+            earliest = {}
+        if self._order.suspended:
+            return None
+        firsts = dict(due)
+        for tp, offset in due.items():
+            first = earliest.get(tp)
+            if first is not None and first > offset:
+                self._skip_expired(tp, offset, first)
+                firsts[tp] = first
+        return firsts
+
+    def _skip_expired(self, tp: TP, due: int, earliest: int) -> None:
+        """Records ``due``..``earliest - 1`` of ``tp`` no longer exist: expect ``earliest`` next, and let
+        commits start there."""
+        self.log.error(
+            "records %d..%d of %s were deleted by the broker (retention) before this consumer group read "
+            "them: they are lost; reading on from %d",
+            due,
+            earliest - 1,
+            tp,
+            earliest,
+        )
+        metrics.RECORDS_EXPIRED.labels(tp.topic).inc(earliest - due)
+        self._order.expect(tp, earliest)
+        self._order.seek_target(tp)  # the seek issued now
+        self._starts[tp] = earliest
+        if self._committed_offset[tp] is not None:
+            self._committed_offset[tp] = earliest
 
     async def _seek_stale_again(self) -> None:
-        """Seek again the partitions whose re-read never came (:meth:`ReadOrder.stale_seeks`)."""
-        for tp, target in self._order.stale_seeks():
+        """Seek again the partitions whose re-read never came (:meth:`ReadOrder.stale_seeks`), or from their
+        first record if the broker deleted the offset due (see :meth:`_read_again`)."""
+        stale = self._order.stale_seeks()
+        if not stale:
+            return
+        firsts = await self._first_existing(dict(stale))
+        if firsts is None:
+            return
+        for tp, target in firsts.items():
             self.log.info("re-reading %s from offset %d again: nothing came since the last seek", tp, target)
-            await self.seek_wait({tp: target})
+        await self.seek_wait(firsts)
 
     @cached_property
     def _starts(self) -> dict[TP, int]:
@@ -412,7 +473,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                                 self._n_acked = 0
                                 await self.commit()
                             if not order.due(tp, offset):
-                                await self._read_again(tp)  # a hole before it: never pass records over
+                                await self._read_again(tp, offset)  # a hole before it: never pass records over
                                 continue
                             set_read_offset(tp, offset)
                             if not put(message):

@@ -21,6 +21,13 @@ MESSAGES_CONSUMED = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+RECORDS_EXPIRED = Counter(
+    "engagement_records_expired_total",
+    "Records of a source or re-key topic the broker deleted (retention) before the consumer group read "
+    "them, by topic: lost input, never processed.",
+    ["topic"],
+    registry=REGISTRY,
+)
 MESSAGES_TAKEN = Counter(
     "engagement_messages_taken_total",
     "Kafka messages (source and re-key topics) taken into a batch, counted when the batch starts; the"

@@ -190,6 +190,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     writer = WarehouseWriter(lambda: warehouse, settings.insert_retry_max_seconds, open_reader=reader)
     partition_of = account_partitioner(settings.partitions)
     our_topics = {*sources, rekey}
+    for topic in our_topics:  # at 0 from the start, so that an alert on its increase sees the first one
+        metrics.RECORDS_EXPIRED.labels(topic)
 
     def highwater(topic: str, partition: int) -> int | None:
         try:

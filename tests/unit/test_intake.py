@@ -278,3 +278,110 @@ def test_a_commit_never_passes_an_intake_record_that_was_not_acknowledged() -> N
     consumer._acked[committed].append(40)
     assert consumer._new_offset(new) == 4
     assert consumer._new_offset(committed) == 43
+
+
+def test_records_deleted_by_retention_before_they_were_read_are_counted_and_passed() -> None:
+    """A group that fell behind the topic's retention (a worker down longer than it) is sought to its
+    committed offset, whose records no longer exist: the consumer lands on the partition's first record
+    at every seek, and re-reading from the offset due would go on forever. The records are gone: the
+    partition goes on from its first record, commits may pass them, and the loss is counted. A hole
+    whose records still exist is read again as before."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from intervaltree import IntervalTree
+
+    from pipeline import metrics
+    from pipeline.intake import IntakeConsumer
+
+    behind, fine, unknown = TP("likes", 3), TP("likes", 4), TP("likes", 5)
+    consumer = object.__new__(IntakeConsumer)
+    sought: list[dict[TP, int]] = []
+    logged: list[str] = []
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        if unknown in tps:
+            raise ConnectionError("the broker is away")
+        return {tp: {behind: 25, fine: 0}[tp] for tp in tps}
+
+    async def seek_wait(offsets: dict[TP, int]) -> None:
+        sought.append(offsets)
+
+    vars(consumer).update(
+        _committed_offset=defaultdict(lambda: None, {behind: 10, fine: 7}),
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        _gap=defaultdict(IntervalTree),
+        earliest_offsets=earliest_offsets,
+        seek_wait=seek_wait,
+        app=SimpleNamespace(intake=IntakeBuffer({"likes"}, batch_size=10, within=10.0)),
+        log=SimpleNamespace(
+            error=lambda text, *args: logged.append(text % args), info=lambda *args: None, warning=lambda *args: None
+        ),
+    )
+    order = consumer._order
+    order.expect(behind, 10)
+    order.expect(fine, 7)
+    expired = metrics.RECORDS_EXPIRED.labels("likes")
+    before = expired._value.get()
+
+    assert not order.due(behind, 25)  # the consumer was reset to the first record there is
+    asyncio.run(consumer._read_again(behind, 25))
+    assert sought == [{behind: 25}]
+    assert expired._value.get() - before == 15 and "records 10..24 of" in logged[0]
+    assert order.due(behind, 25)
+    consumer._acked[behind] = [25, 26]
+    assert consumer._new_offset(behind) == 27  # commits pass the records that are gone
+
+    assert not order.due(fine, 9)
+    asyncio.run(consumer._read_again(fine, 9))
+    assert sought[-1] == {fine: 7} and order.due(fine, 7)  # they exist: read again
+    assert expired._value.get() - before == 15 and len(logged) == 1
+
+    order.expect(unknown, 3)
+    assert not order.due(unknown, 8)
+    asyncio.run(consumer._read_again(unknown, 8))
+    assert sought[-1] == {unknown: 3}  # the broker did not say where the partition starts: read it again
+
+
+def test_a_seek_that_brings_nothing_because_the_records_were_deleted_goes_on_from_the_first_record() -> None:
+    """The other way the expiry shows: records dropped while a seek ran leave the partition due a seek
+    that is issued again every few seconds while nothing comes. When the offset due no longer exists,
+    that seek goes to the partition's first record instead of looping."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from pipeline import metrics
+    from pipeline.intake import IntakeConsumer, ReadOrder
+
+    behind, fine = TP("replies", 0), TP("replies", 1)
+    now = [100.0]
+    consumer = object.__new__(IntakeConsumer)
+    sought: list[dict[TP, int]] = []
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return {tp: {behind: 50, fine: 0}[tp] for tp in tps}
+
+    async def seek_wait(offsets: dict[TP, int]) -> None:
+        sought.append(dict(offsets))
+
+    vars(consumer).update(
+        _order=ReadOrder(monotonic=lambda: now[0]),
+        _committed_offset=defaultdict(lambda: None, {behind: 20, fine: 9}),
+        earliest_offsets=earliest_offsets,
+        seek_wait=seek_wait,
+        log=SimpleNamespace(error=lambda *args: None, info=lambda *args: None, warning=lambda *args: None),
+    )
+    order = consumer._order
+    expired = metrics.RECORDS_EXPIRED.labels("replies")
+    before = expired._value.get()
+    order.suspend()
+    order.expect(behind, 20)
+    order.expect(fine, 9)
+    assert not order.due(behind, 50) and not order.due(fine, 9)  # dropped while the seek ran
+    order.resume()
+    asyncio.run(consumer._seek_stale_again())
+    assert sought == [{behind: 50, fine: 9}]
+    assert expired._value.get() - before == 30
+    assert consumer._committed_offset[behind] == 50
+    assert order.due(behind, 50) and order.due(fine, 9)
