@@ -155,11 +155,13 @@ class ReadOrder:
         self._seeking: dict[Any, tuple[int, float]] = {}  # partition -> (target, when sought)
         self._monotonic = monotonic
         self._suspended = 0
+        self.epoch = 0  # counts seeks and revocations: a wait that spans one must not act on what it knew
         self._dropped: set[Any] = set()  # partitions whose records were dropped while suspended
 
     def suspend(self) -> None:
         """A seek of the partitions starts: no record is due until :meth:`resume` (nested calls count)."""
         self._suspended += 1
+        self.epoch += 1
 
     def resume(self) -> None:
         """The seek is over: partitions that had records dropped meanwhile are due a seek to their offset
@@ -189,6 +191,7 @@ class ReadOrder:
             self._next[tp] = offset
 
     def forget(self, tps: Iterable[Any]) -> None:
+        self.epoch += 1
         for tp in tps:
             self._next.pop(tp, None)
             self._seeking.pop(tp, None)
@@ -337,14 +340,15 @@ class IntakeConsumer(aiokafka_driver.Consumer):
     async def _first_existing(self, due: Mapping[TP, int]) -> dict[TP, int] | None:
         """Where to read each partition of ``due`` (partition -> offset due) from: the offset due, or the
         partition's first offset where the broker deleted it (then handled by :meth:`_skip_expired`).
-        None when a seek began meanwhile (it says what is due)."""
+        None when a seek or a revocation happened meanwhile (what is due was said again)."""
         earliest: Mapping[TP, int | None]
+        epoch = self._order.epoch
         try:
             earliest = await self.earliest_offsets(*due)
         except Exception as exc:  # the broker did not answer: read again from the offsets due
             self.log.warning("the first offsets of %s are unknown (%r): reading them again", sorted(due), exc)
             earliest = {}
-        if self._order.suspended:
+        if self._order.suspended or self._order.epoch != epoch:
             return None
         firsts = dict(due)
         for tp, offset in due.items():
@@ -369,8 +373,8 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         self._order.expect(tp, earliest)
         self._order.seek_target(tp)  # the seek issued now
         self._starts[tp] = earliest
-        if self._committed_offset[tp] is not None:
-            self._committed_offset[tp] = earliest
+        self._committed_offset[tp] = earliest  # acknowledgements before it are refused (Consumer.ack)
+        self._forget_acks(tp, earliest)
 
     async def _seek_stale_again(self) -> None:
         """Seek again the partitions whose re-read never came (:meth:`ReadOrder.stale_seeks`), or from their
@@ -397,15 +401,23 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         after a first commit and lets one record through, and a commit past a record never acknowledged
         loses it. Logged (once per hole) as an error: unless the records before the lowest acknowledged one
         are acknowledged later, they were passed over, and are read again only after a restart or a
-        rebalance; nothing is committed for the partition until then."""
+        rebalance; nothing is committed for the partition until then. Acknowledgements of offsets before
+        the start are dropped (Faust's own rule drops them too): records committed already, or gone
+        (deleted by retention), or of an earlier ownership of the partition, acknowledged after it moved."""
         intake = self._intake()
         acked = self._acked[tp]
         if acked and intake is not None and tp.topic in intake.topics:
             start = self._committed_offset[tp]
             if start is None:
                 start = self._starts.get(tp)
+            if start is None:
+                return super()._new_offset(tp)
+            if min(acked) < start:  # before the start: committed already, or gone (expired, or moved away)
+                self._forget_acks(tp, start)
+                if not acked:
+                    return None
             lowest = min(acked)
-            if start is not None and lowest != start:
+            if lowest != start:
                 if self._holes.get(tp) != start:
                     self._holes[tp] = start
                     self.log.error(
@@ -418,6 +430,14 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                     )
                 return None
         return super()._new_offset(tp)
+
+    def _forget_acks(self, tp: TP, below: int) -> None:
+        """Drop the acknowledgements of ``tp`` for offsets before ``below``: nothing is committed for them."""
+        acked = self._acked[tp]
+        index = self._acked_index[tp]
+        stale = [offset for offset in acked if offset < below]
+        acked[:] = [offset for offset in acked if offset >= below]
+        index.difference_update(stale)
 
     @cached_property
     def _holes(self) -> dict[TP, int]:
@@ -465,19 +485,22 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                             num_since_yield = 0
                         offset = message.offset
                         if message.topic in intake_topics:
-                            # Nothing is awaited between taking a record (due) and putting it in the intake
-                            # but the wait for space, when it is there already: a seek meanwhile (which
-                            # empties the intake and says what is due next) sees the record either not
-                            # taken or taken and dropped, never taken and put in after.
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
+                            # A record of an earlier consumer generation (a rebalance ran during an await of
+                            # this loop) is neither taken nor due: its partition is read again as the seek
+                            # of the new generation said. Between taking a record (due) and putting it in
+                            # the intake nothing is awaited: a seek (which empties the intake and says what
+                            # is due next) sees it either not taken, or taken and dropped.
+                            if message.generation_id != self.app.consumer_generation_id:
+                                continue
                             if not order.due(tp, offset):
                                 await self._read_again(tp, offset)  # a hole before it: never pass records over
                                 continue
                             set_read_offset(tp, offset)
                             if not put(message):
                                 await self.wait_first(intake.space.wait(), self.suspend_flow.wait())
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
                             continue
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+from typing import Any
 
 import faust.transport.consumer
 from faust.types import TP, Message
@@ -214,12 +215,22 @@ def test_a_partition_sought_to_offset_zero_is_expected_from_zero() -> None:
     async def earliest_offsets(*tps: TP) -> dict[TP, int]:
         return dict.fromkeys(tps, 0)
 
-    async def seek_wait(offsets: dict[TP, int]) -> None:  # as faust's AIOKafkaConsumerThread._seek_wait
-        for tp, offset in offsets.items():
-            if offset > 0:
-                read_offset[tp] = offset
-            elif tp in read_offset:
-                del read_offset[tp]
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    thread = object.__new__(AIOKafkaConsumerThread)  # Faust's own seek, on a stand-in aiokafka consumer
+    vars(thread).update(
+        consumer=consumer,
+        app=SimpleNamespace(conf=SimpleNamespace(broker_request_timeout=5.0)),
+        log=SimpleNamespace(dev=lambda *args: None),
+    )
+
+    async def position(tp: TP) -> int:
+        return 0
+
+    aiokafka_consumer = SimpleNamespace(seek=lambda tp, offset: None, position=position)
+
+    async def seek_wait(offsets: dict[TP, int]) -> None:
+        await thread._seek_wait(aiokafka_consumer, offsets)  # type: ignore[arg-type]
 
     vars(consumer).update(
         _read_offset=read_offset,
@@ -325,12 +336,14 @@ def test_records_deleted_by_retention_before_they_were_read_are_counted_and_pass
     expired = metrics.RECORDS_EXPIRED.labels("likes")
     before = expired._value.get()
 
+    consumer._acked[behind] = [10, 11]  # processed before the rest was deleted, not committed yet
+    consumer._acked_index[behind] = {10, 11}
     assert not order.due(behind, 25)  # the consumer was reset to the first record there is
     asyncio.run(consumer._read_again(behind, 25))
     assert sought == [{behind: 25}]
     assert expired._value.get() - before == 15 and "records 10..24 of" in logged[0]
     assert order.due(behind, 25)
-    consumer._acked[behind] = [25, 26]
+    consumer._acked[behind] += [25, 26]
     assert consumer._new_offset(behind) == 27  # commits pass the records that are gone
 
     assert not order.due(fine, 9)
@@ -368,6 +381,8 @@ def test_a_seek_that_brings_nothing_because_the_records_were_deleted_goes_on_fro
     vars(consumer).update(
         _order=ReadOrder(monotonic=lambda: now[0]),
         _committed_offset=defaultdict(lambda: None, {behind: 20, fine: 9}),
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
         earliest_offsets=earliest_offsets,
         seek_wait=seek_wait,
         log=SimpleNamespace(error=lambda *args: None, info=lambda *args: None, warning=lambda *args: None),
@@ -385,3 +400,124 @@ def test_a_seek_that_brings_nothing_because_the_records_were_deleted_goes_on_fro
     assert expired._value.get() - before == 30
     assert consumer._committed_offset[behind] == 50
     assert order.due(behind, 50) and order.due(fine, 9)
+
+
+def test_acknowledgements_before_the_start_never_hold_commits_back() -> None:
+    """Acknowledgements of offsets before where a partition's commits start are not holes: a commit in
+    flight when the partition was revoked puts back a committed offset Faust had just forgotten, and the
+    acknowledgements of its last batches arrive after it moved away; when the partition comes back, its
+    committed offset is far past them. They are dropped, and commits go on from the committed offset."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from intervaltree import IntervalTree
+
+    from pipeline.intake import IntakeConsumer
+
+    returned = TP("likes", 6)
+    consumer = object.__new__(IntakeConsumer)
+    logged: list[str] = []
+    vars(consumer).update(
+        _acked=defaultdict(list, {returned: [250, 251, 252]}),  # of its earlier ownership
+        _acked_index=defaultdict(set, {returned: {250, 251, 252}}),
+        _gap=defaultdict(IntervalTree),
+        _committed_offset=defaultdict(lambda: None, {returned: 10_000}),  # read at its new assignment
+        app=SimpleNamespace(intake=IntakeBuffer({"likes"}, batch_size=10, within=10.0)),
+        log=SimpleNamespace(error=lambda text, *args: logged.append(text % args)),
+    )
+    assert consumer._new_offset(returned) is None and not logged  # nothing to commit, no hole
+    assert consumer._acked[returned] == [] and consumer._acked_index[returned] == set()
+    consumer._acked[returned] += [10_000, 10_001]
+    assert consumer._new_offset(returned) == 10_002
+
+
+def test_a_seek_or_a_revocation_while_the_first_offsets_are_asked_cancels_the_re_read() -> None:
+    """Asking the broker where a partition starts is a wait: a seek of a new generation, or the
+    partition's revocation, may happen meanwhile. What was due before it no longer says anything: no
+    seek is issued from it (a partition no longer assigned cannot be sought: the fetch loop would die)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from pipeline.intake import IntakeConsumer
+
+    tp = TP("likes", 7)
+    consumer = object.__new__(IntakeConsumer)
+    sought: list[dict[TP, int]] = []
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        consumer._order.forget([tp])  # revoked while the broker answered
+        return dict.fromkeys(tps, 90)
+
+    async def seek_wait(offsets: dict[TP, int]) -> None:
+        sought.append(offsets)
+
+    vars(consumer).update(
+        _committed_offset=defaultdict(lambda: None, {tp: 40}),
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        earliest_offsets=earliest_offsets,
+        seek_wait=seek_wait,
+        log=SimpleNamespace(error=lambda *args: None, info=lambda *args: None, warning=lambda *args: None),
+    )
+    consumer._order.expect(tp, 40)
+    assert not consumer._order.due(tp, 95)
+    asyncio.run(consumer._read_again(tp, 95))
+    assert sought == [] and consumer._committed_offset[tp] == 40  # nothing sought, nothing skipped
+
+
+def test_the_fetch_loop_takes_no_record_of_an_earlier_generation_and_commits_after_putting_one() -> None:
+    """The copied fetch loop awaits (a commit, the wait for space) while a rebalance may run. A record
+    stamped with the generation before it must be neither taken nor marked due: the intake drops it as
+    stale, and a record marked due but never processed is passed over when it comes again. And the
+    commit is awaited only once the record taken is in the intake, where a seek finds and drops it."""
+    import threading
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from pipeline.intake import IntakeConsumer
+
+    tp = TP("likes", 0)
+    consumer = object.__new__(IntakeConsumer)
+    intake = IntakeBuffer({"likes"}, batch_size=100, within=10.0)
+    app = SimpleNamespace(intake=intake, consumer_generation_id=1, topics=SimpleNamespace(acks_enabled_for=bool))
+    stopped, fetcher_stopped, crashed = threading.Event(), threading.Event(), threading.Event()
+    commits: list[int] = []
+
+    def record(offset: int, generation: int) -> Message:
+        return Message("likes", 0, offset, 0.0, 0, None, None, b"{}", None, tp=tp, generation_id=generation)
+
+    async def getmany(timeout: float) -> Any:
+        yield tp, record(4, 1)
+        yield tp, record(5, 1)  # stamped before the rebalance that the commit after record 4 lets run
+        stopped.set()
+
+    async def commit() -> None:  # a rebalance and its seek run while the commit is awaited
+        commits.append(len(intake))
+        app.consumer_generation_id = 2
+        consumer._order.suspend()
+        intake.clear()
+        consumer._order.expect(tp, 4)
+        consumer._order.resume()
+
+    async def nothing(*args: Any) -> None:
+        return None
+
+    vars(consumer).update(
+        app=app,
+        _stopped=stopped,
+        _crashed=crashed,
+        _read_offset=defaultdict(lambda: None),
+        _commit_every=1,
+        _n_acked=1,
+        commit=commit,
+        getmany=getmany,
+        callback=nothing,
+        sleep=nothing,
+        diag=SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None),
+        _seek_stale_again=nothing,
+    )
+    consumer._order.expect(tp, 4)
+    asyncio.run(consumer._drain_messages(SimpleNamespace(_stopped=fetcher_stopped)))
+    assert commits == [1]  # record 4 was in the intake when the commit (and the seek) ran
+    assert len(intake) == 0  # the seek dropped it; record 5, of the generation before, was not taken
+    assert consumer._order.due(tp, 4)  # both are read again, from 4
