@@ -259,8 +259,18 @@ class IntakeConsumer(aiokafka_driver.Consumer):
             intake.clear()
         async with cast(IntakeApp, self.app).changelog_lock:  # a changelog write in progress is queued
             pass  # before Faust flushes the producer (the app is marked rebalancing: no new one starts)
-        self._order.forget(revoked)
+        self._forget_revoked(revoked)
         await super().on_partitions_revoked(revoked)
+
+    def _forget_revoked(self, revoked: Iterable[TP]) -> None:
+        """What this consumer knew of the positions of ``revoked`` partitions, gone with them (Faust forgets
+        their acknowledgements and committed offsets too): the next assignment's seek says it again. A
+        seek start kept past it would be taken for the partition's commit start once Faust forgot the
+        committed offset, and acknowledgements arriving after the revocation for a hole."""
+        self._order.forget(revoked)
+        for tp in revoked:
+            self._starts.pop(tp, None)
+            self._holes.pop(tp, None)
 
     @cached_property
     def _order(self) -> ReadOrder:
