@@ -10,6 +10,7 @@ from typing import Any
 import faust.transport.consumer
 from faust.types import TP, Message
 
+import pipeline.intake
 from pipeline.intake import IntakeBuffer
 
 # sha256 of faust-streaming 0.15.3's Consumer._drain_messages, which IntakeConsumer._drain_messages copies.
@@ -22,6 +23,32 @@ def message(offset: int, value: bytes = b"{}") -> Message:
 
 def offsets(batch: list[Message]) -> list[int]:
     return [m.offset for m in batch]
+
+
+def committing_consumer(
+    topic: str, committed: dict[TP, int], logged: list[str], **more: Any
+) -> pipeline.intake.IntakeConsumer:
+    """An :class:`~pipeline.intake.IntakeConsumer` with Faust's commit bookkeeping, without Kafka: ``topic``
+    is its intake topic, ``committed`` the committed offsets Faust knows, errors logged go to ``logged``;
+    ``more`` sets or replaces other attributes."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from intervaltree import IntervalTree
+
+    consumer = object.__new__(pipeline.intake.IntakeConsumer)
+    vars(consumer).update(
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        _gap=defaultdict(IntervalTree),
+        _committed_offset=defaultdict(lambda: None, committed),
+        app=SimpleNamespace(intake=IntakeBuffer({topic}, batch_size=10, within=10.0)),
+        log=SimpleNamespace(
+            error=lambda text, *args: logged.append(text % args), info=lambda *args: None, warning=lambda *args: None
+        ),
+    )
+    vars(consumer).update(more)
+    return consumer
 
 
 def test_the_copied_faust_fetch_loop_is_unchanged_upstream() -> None:
@@ -257,25 +284,9 @@ def test_a_commit_never_passes_an_intake_record_that_was_not_acknowledged() -> N
     partition's first commit, and after one lets a single missing record through: either commit loses
     the records before the run. For the intake topics the run must start at the committed offset (or,
     before any commit, where the seek started the partition); other topics keep Faust's rule."""
-    from collections import defaultdict
-    from types import SimpleNamespace
-
-    from intervaltree import IntervalTree
-
-    from pipeline.intake import IntakeConsumer
-
     new, committed, other = TP("likes", 1), TP("likes", 2), TP("engagement-dead-letters", 0)
-    consumer = object.__new__(IntakeConsumer)
     logged: list[str] = []
-    vars(consumer).update(
-        _acked=defaultdict(list),
-        _acked_index=defaultdict(set),
-        _gap=defaultdict(IntervalTree),
-        _committed_offset=defaultdict(lambda: None, {committed: 40}),
-        _starts={new: 0},
-        app=SimpleNamespace(intake=IntakeBuffer({"likes"}, batch_size=10, within=10.0)),
-        log=SimpleNamespace(error=lambda text, *args: logged.append(text % args)),
-    )
+    consumer = committing_consumer("likes", {committed: 40}, logged, _starts={new: 0})
     consumer._acked[new] = [1, 2, 3]  # 0 never acknowledged
     consumer._acked[committed] = [41, 42]  # 40 never acknowledged: Faust lets one through
     consumer._acked[other] = [5, 6]
@@ -297,16 +308,9 @@ def test_records_deleted_by_retention_before_they_were_read_are_counted_and_pass
     at every seek, and re-reading from the offset due would go on forever. The records are gone: the
     partition goes on from its first record, commits may pass them, and the loss is counted. A hole
     whose records still exist is read again as before."""
-    from collections import defaultdict
-    from types import SimpleNamespace
-
-    from intervaltree import IntervalTree
-
     from pipeline import metrics
-    from pipeline.intake import IntakeConsumer
 
     behind, fine, unknown = TP("likes", 3), TP("likes", 4), TP("likes", 5)
-    consumer = object.__new__(IntakeConsumer)
     sought: list[dict[TP, int]] = []
     logged: list[str] = []
 
@@ -318,17 +322,8 @@ def test_records_deleted_by_retention_before_they_were_read_are_counted_and_pass
     async def seek_wait(offsets: dict[TP, int]) -> None:
         sought.append(offsets)
 
-    vars(consumer).update(
-        _committed_offset=defaultdict(lambda: None, {behind: 10, fine: 7}),
-        _acked=defaultdict(list),
-        _acked_index=defaultdict(set),
-        _gap=defaultdict(IntervalTree),
-        earliest_offsets=earliest_offsets,
-        seek_wait=seek_wait,
-        app=SimpleNamespace(intake=IntakeBuffer({"likes"}, batch_size=10, within=10.0)),
-        log=SimpleNamespace(
-            error=lambda text, *args: logged.append(text % args), info=lambda *args: None, warning=lambda *args: None
-        ),
+    consumer = committing_consumer(
+        "likes", {behind: 10, fine: 7}, logged, earliest_offsets=earliest_offsets, seek_wait=seek_wait
     )
     order = consumer._order
     order.expect(behind, 10)
@@ -407,24 +402,11 @@ def test_acknowledgements_before_the_start_never_hold_commits_back() -> None:
     flight when the partition was revoked puts back a committed offset Faust had just forgotten, and the
     acknowledgements of its last batches arrive after it moved away; when the partition comes back, its
     committed offset is far past them. They are dropped, and commits go on from the committed offset."""
-    from collections import defaultdict
-    from types import SimpleNamespace
-
-    from intervaltree import IntervalTree
-
-    from pipeline.intake import IntakeConsumer
-
     returned = TP("likes", 6)
-    consumer = object.__new__(IntakeConsumer)
     logged: list[str] = []
-    vars(consumer).update(
-        _acked=defaultdict(list, {returned: [250, 251, 252]}),  # of its earlier ownership
-        _acked_index=defaultdict(set, {returned: {250, 251, 252}}),
-        _gap=defaultdict(IntervalTree),
-        _committed_offset=defaultdict(lambda: None, {returned: 10_000}),  # read at its new assignment
-        app=SimpleNamespace(intake=IntakeBuffer({"likes"}, batch_size=10, within=10.0)),
-        log=SimpleNamespace(error=lambda text, *args: logged.append(text % args)),
-    )
+    consumer = committing_consumer("likes", {returned: 10_000}, logged)  # read at its new assignment
+    consumer._acked[returned] += [250, 251, 252]  # of its earlier ownership
+    consumer._acked_index[returned].update({250, 251, 252})
     assert consumer._new_offset(returned) is None and not logged  # nothing to commit, no hole
     assert consumer._acked[returned] == [] and consumer._acked_index[returned] == set()
     consumer._acked[returned] += [10_000, 10_001]
@@ -528,25 +510,9 @@ def test_acknowledgements_after_a_revocation_are_no_hole() -> None:
     acknowledgement of its last batch arrives after that (the generation changes only at the next
     assignment). The seek start of the ownership that ended must not be taken for its commit start: that
     reported offsets 0..104 as never acknowledged (seen in the kill -9 stress runs)."""
-    from collections import defaultdict
-    from types import SimpleNamespace
-
-    from intervaltree import IntervalTree
-
-    from pipeline.intake import IntakeConsumer
-
     tp = TP("engagement-rekeyed", 1)
-    consumer = object.__new__(IntakeConsumer)
     logged: list[str] = []
-    vars(consumer).update(
-        _acked=defaultdict(list),
-        _acked_index=defaultdict(set),
-        _gap=defaultdict(IntervalTree),
-        _committed_offset=defaultdict(lambda: None),  # Faust popped it at the revocation
-        _starts={tp: 0},
-        app=SimpleNamespace(intake=IntakeBuffer({"engagement-rekeyed"}, batch_size=10, within=10.0)),
-        log=SimpleNamespace(error=lambda text, *args: logged.append(text % args)),
-    )
+    consumer = committing_consumer("engagement-rekeyed", {}, logged, _starts={tp: 0})  # Faust forgot its offset
     consumer._order.expect(tp, 105)
     consumer._forget_revoked({tp})
     consumer._acked[tp] += [105, 106]
