@@ -476,7 +476,8 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
+        app = self.app
+        acks_enabled_for = app.topics.acks_enabled_for
         intake_topics = intake.topics
         order = self._order
         put = intake.put
@@ -500,7 +501,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                             # of the new generation said. Between taking a record (due) and putting it in
                             # the intake nothing is awaited: a seek (which empties the intake and says what
                             # is due next) sees it either not taken, or taken and dropped.
-                            if message.generation_id != self.app.consumer_generation_id:
+                            if message.generation_id != app.consumer_generation_id:
                                 continue
                             if not order.due(tp, offset):
                                 await self._read_again(tp, offset)  # a hole before it: never pass records over
