@@ -382,9 +382,9 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         metrics.RECORDS_EXPIRED.labels(tp.topic).inc(earliest - due)
         self._order.expect(tp, earliest)
         self._order.seek_target(tp)  # the seek issued now
-        self._starts[tp] = earliest
-        self._committed_offset[tp] = earliest  # acknowledgements before it are refused (Consumer.ack)
-        self._forget_acks(tp, earliest)
+        # Commits start there: later acknowledgements before it are refused (Consumer.ack), earlier ones
+        # dropped at the next commit (_new_offset).
+        self._committed_offset[tp] = earliest
 
     async def _seek_stale_again(self) -> None:
         """Seek again the partitions whose re-read never came (:meth:`ReadOrder.stale_seeks`), or from their
