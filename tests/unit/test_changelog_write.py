@@ -1,0 +1,77 @@
+"""A changelog write returns before its records are queued; it holds the changelog lock until they
+are, so writes queue in order and a rebalance waits for them; a failure reaches whoever awaits it."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import pytest
+
+from pipeline.settings import Settings
+from pipeline.worker import create_app
+from tests.unit.test_changelog_batches import FakeBatch
+
+
+class GatedProducer:
+    """Takes a batch only when ``gate`` is set (aiokafka waits for the partition's previous batch to
+    leave in a produce request); ``fail`` makes it raise instead."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.sent: list[list[bytes]] = []
+        self.fail = False
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(capacity=2)
+
+    async def send_batch(self, batch: FakeBatch, topic: str, partition: int) -> asyncio.Future[None]:
+        await self.gate.wait()
+        if self.fail:
+            raise RuntimeError("the producer is closed")
+        self.sent.append([key for key, _ in batch.records])
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def writer_of(producer: GatedProducer) -> tuple[Any, Any]:
+    app, processor = create_app(Settings(app_id="engagement-test", partitions=2), warehouse=object())  # type: ignore[arg-type]
+    app.producer._ensure_producer = lambda: producer  # type: ignore[attr-defined]
+    assignment = {faust.types.TP(topic, p) for topic in app.intake.topics for p in (0, 1)}  # type: ignore[attr-defined]
+    app.consumer = SimpleNamespace(assignment=lambda: assignment)  # type: ignore[misc]
+    return app, processor.store.changelog
+
+
+def test_a_write_returns_before_it_is_queued_and_writes_queue_in_order() -> None:
+    async def run() -> None:
+        producer = GatedProducer()
+        app, write = writer_of(producer)
+        first = await asyncio.wait_for(write([(b"a%d" % i, b"v1", 0) for i in range(3)]), 5)  # nothing is queued yet
+        assert app.changelog_lock.locked() and not producer.sent
+        assert app.tables["account-state"].data.data[b"a2"] == b"v1"  # the local table has it already
+        second = asyncio.ensure_future(write([(b"a0", b"v2", 0)]))
+        await asyncio.sleep(0.01)
+        assert not second.done()  # waits for the first write to be queued
+        producer.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, await second), 5)
+        assert producer.sent == [[b"a0", b"a1"], [b"a2"], [b"a0"]]
+        assert not app.changelog_lock.locked()
+
+    asyncio.run(run())
+
+
+def test_a_write_that_cannot_be_queued_fails_whoever_awaits_it_and_frees_the_lock() -> None:
+    async def run() -> None:
+        producer = GatedProducer()
+        producer.fail = True
+        app, write = writer_of(producer)
+        written = await asyncio.wait_for(write([(b"a0", b"v", 1)]), 5)
+        producer.gate.set()
+        with pytest.raises(RuntimeError, match="closed"):
+            await asyncio.wait_for(written, 5)
+        assert not app.changelog_lock.locked()
+
+    asyncio.run(run())
