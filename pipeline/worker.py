@@ -112,19 +112,27 @@ def _fill_batches(producer: Any, items: list[tuple[bytes, bytes]]) -> list[Any]:
     return batches
 
 
-async def queue_then_release(
+def queue_holding(
     producer: Any, topic: str, records: list[tuple[bytes, bytes, int]], lock: asyncio.Lock
-) -> list[asyncio.Future[Any]]:
-    """:func:`produce_in_batches`, then release ``lock`` (held by the caller), whatever happens."""
-    try:
-        return await produce_in_batches(producer, topic, records)
-    finally:
-        lock.release()
+) -> asyncio.Task[list[asyncio.Future[Any]]]:
+    """Start :func:`produce_in_batches` as a task that holds ``lock`` (acquired by the caller) until it
+    ends, however it ends (cancelled before it started included)."""
+    queued = asyncio.ensure_future(produce_in_batches(producer, topic, records))
+    queued.add_done_callback(lambda _: lock.release())
+    return queued
 
 
-async def acknowledged(queued: Awaitable[list[asyncio.Future[Any]]]) -> None:
-    """Completes once every batch of a queued write was acknowledged; raises what queueing or sending raised."""
-    await asyncio.gather(*await queued)
+async def acknowledged(queued: asyncio.Future[list[asyncio.Future[Any]]]) -> None:
+    """Completes once every batch of a queued write was acknowledged; raises what queueing or sending
+    raised. Cancelling it leaves the queueing running (a write is never queued in part)."""
+    await asyncio.gather(*await asyncio.shield(queued))
+
+
+def exit_without_committing(what: str, exc: BaseException | None = None) -> None:
+    """Log ``what`` failed and end the process at once with code 70, nothing more acknowledged or
+    committed: whatever was not committed is replayed by the next owner."""
+    log.critical("%s failed; exiting without committing", what, exc_info=exc or True)
+    os._exit(70)
 
 
 # The producer's record batch size (Faust's default is 16 KiB). Account states are written to the
@@ -251,7 +259,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     async def write_changelog(changes: list[tuple[bytes, bytes, int]]) -> Awaitable[object]:
         """Store account states locally and start producing them to the table's changelog, in bulk;
         returns what completes once the broker acknowledged them all (and raises if a record could not
-        be queued or sent). Returns before the records are queued: the producer takes a record batch of
+        be queued or sent; one that could not be queued also ends the worker at once, exit code 70).
+        Returns before the records are queued: the producer takes a record batch of
         a partition only once the one before it left in a produce request, and waiting for that took a
         loaded worker ~0.3 s every persist, during which no batch was processed.
 
@@ -288,11 +297,19 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             for key, value, partition in kept:
                 data[key] = value
                 key_partition[key] = partition
-            queued = asyncio.ensure_future(queue_then_release(producer, topic, kept, lock))
         except BaseException:
             lock.release()
             raise
+        queued = queue_holding(producer, topic, kept, lock)
+        queued.add_done_callback(exit_if_not_queued)
         return asyncio.ensure_future(acknowledged(queued))
+
+    def exit_if_not_queued(queued: asyncio.Future[Any]) -> None:
+        """A write that could not be queued ends the worker at once (as when the write was awaited), not
+        once the acknowledgements before it are through: later writes would queue after a part of it."""
+        if queued.cancelled() or queued.exception() is None or app.should_stop:
+            return
+        exit_without_committing("queueing account states on the changelog", queued.exception())
 
     processor = BatchProcessor(
         settings,
@@ -368,8 +385,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         except Exception:
             if app.should_stop:  # the producer closed under us: nothing more is acknowledged
                 return
-            log.critical("writing account states to the changelog failed; exiting without committing", exc_info=True)
-            os._exit(70)
+            exit_without_committing("writing account states to the changelog")
         # Only now may their offsets be committed; but not those of a consumer generation that ended: a
         # rebalance forgot every partition's acks and offsets, and a late ack would put back offsets of a
         # partition that moved (its states were dropped here), ahead of what its next owner stored, or

@@ -63,7 +63,12 @@ def test_a_write_returns_before_it_is_queued_and_writes_queue_in_order() -> None
     asyncio.run(run())
 
 
-def test_a_write_that_cannot_be_queued_fails_whoever_awaits_it_and_frees_the_lock() -> None:
+def test_a_write_that_cannot_be_queued_ends_the_worker_fails_whoever_awaits_it_and_frees_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exits: list[tuple[str, BaseException | None]] = []
+    monkeypatch.setattr("pipeline.worker.exit_without_committing", lambda what, exc=None: exits.append((what, exc)))
+
     async def run() -> None:
         producer = GatedProducer()
         producer.fail = True
@@ -73,5 +78,35 @@ def test_a_write_that_cannot_be_queued_fails_whoever_awaits_it_and_frees_the_loc
         with pytest.raises(RuntimeError, match="closed"):
             await asyncio.wait_for(written, 5)
         assert not app.changelog_lock.locked()
+
+    asyncio.run(run())
+    # by the write itself, not by the acknowledgement (which runs only after the acknowledgements before it)
+    assert [(what, str(exc)) for what, exc in exits] == [
+        ("queueing account states on the changelog", "the producer is closed")
+    ]
+
+
+def test_a_rebalance_waits_for_a_write_being_queued_and_a_write_waits_for_the_rebalance() -> None:
+    async def run() -> None:
+        producer = GatedProducer()
+        app, write = writer_of(producer)
+        first = await asyncio.wait_for(write([(b"a0", b"v1", 0)]), 5)
+        app.rebalancing = True  # set by the consumer's thread before the revocation reaches the loop
+
+        async def revoke() -> None:  # what IntakeConsumer.on_partitions_revoked does first
+            async with app.changelog_lock:
+                pass
+
+        revoking = asyncio.ensure_future(revoke())
+        second = asyncio.ensure_future(write([(b"a1", b"v2", 1)]))
+        await asyncio.sleep(0.05)
+        assert not revoking.done() and not second.done()  # the first write is still being queued
+        producer.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, revoking), 5)
+        await asyncio.sleep(0.1)
+        assert not second.done() and producer.sent == [[b"a0"]]  # no write starts during a rebalance
+        app.rebalancing = False
+        await asyncio.wait_for(await second, 5)
+        assert producer.sent == [[b"a0"], [b"a1"]]
 
     asyncio.run(run())
