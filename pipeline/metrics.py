@@ -87,6 +87,12 @@ FRONTIER_SECONDS = Gauge(
     "The lowest event-time frontier over owned partitions (windows end + lateness before it are final).",
     registry=REGISTRY,
 )
+ACCOUNT_STATE_LARGEST_BYTES = Gauge(
+    "engagement_account_state_largest_bytes",
+    "Size of the largest account state in this worker's last changelog write (bytes). A state is one record:"
+    " Kafka refuses one over the changelog topic's max.message.bytes (1 MiB by default), and the worker exits.",
+    registry=REGISTRY,
+)
 BATCH_SECONDS = Histogram(
     "engagement_batch_seconds",
     "Wall time to process one batch, from decode to durable write.",

@@ -127,6 +127,11 @@ class Outbox(Protocol):
 ChangelogWriter = Callable[[list[tuple[bytes, bytes, int]]], Awaitable[Awaitable[object]]]
 
 
+# Half of Kafka's default limit on a record batch (message.max.bytes, 1 MiB): an account state, one
+# changelog record, above it is logged (once per account), before the broker refuses it.
+LARGE_STATE_BYTES = 512 * 1024
+
+
 class StagedStore:
     """A :class:`~pipeline.aggregator.StateStore` over a table that holds writes until :meth:`commit`.
 
@@ -146,6 +151,22 @@ class StagedStore:
         self.changelog = changelog
         self.partition_of = partition_of
         self.staged: dict[str, bytes] = {}
+        self._large: set[str] = set()  # accounts whose large state was logged
+
+    def _watch_sizes(self, staged: dict[str, bytes]) -> None:
+        largest = max(map(len, staged.values()))
+        metrics.ACCOUNT_STATE_LARGEST_BYTES.set(largest)
+        if largest <= LARGE_STATE_BYTES:
+            return
+        for account_id, value in staged.items():
+            if len(value) > LARGE_STATE_BYTES and account_id not in self._large:
+                self._large.add(account_id)
+                log.warning(
+                    "the state of account %r is %d bytes: Kafka refuses a changelog record over the topic's "
+                    "max.message.bytes (1 MiB by default), and the worker then exits (docs/DESIGN.md, Not promised)",
+                    account_id,
+                    len(value),
+                )
 
     def get(self, account_id: str) -> bytes | None:
         staged = self.staged.get(account_id)
@@ -166,8 +187,12 @@ class StagedStore:
         return [*keys, *[k for k in self.staged if k.encode("utf-8") not in self.table]]
 
     async def commit(self) -> Awaitable[object]:
-        """Hand every staged change to the table; returns what completes once its changelog has them."""
+        """Hand every staged change to the table; returns what completes once its changelog has them.
+        Publishes the largest state's size (``engagement_account_state_largest_bytes``) and logs, once per
+        account, a state above ``LARGE_STATE_BYTES``."""
         staged, self.staged = self.staged, {}
+        if staged:
+            self._watch_sizes(staged)
         if self.changelog is not None:
             owner = self.partition_of
             return await self.changelog([(a.encode("utf-8"), value, owner(a)) for a, value in staged.items()])
