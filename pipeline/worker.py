@@ -260,9 +260,9 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         """Store account states locally and start producing them to the table's changelog, in bulk;
         returns what completes once the broker acknowledged them all (and raises if a record could not
         be queued or sent; one that could not be queued also ends the worker at once, exit code 70).
-        Returns before the records are queued: the producer takes a record batch of
-        a partition only once the one before it left in a produce request, and waiting for that took a
-        loaded worker ~0.3 s every persist, during which no batch was processed.
+        Returns before the records are queued: the producer takes a record batch of a partition only once
+        the one before it left in a produce request, and waiting for that took a loaded worker ~0.3 s
+        every persist, during which no batch was processed.
 
         ``table[key] = value`` would send each change through Faust's per-message producer buffer, which
         caps a worker at a few thousand account updates per second; this produces the same changelog
@@ -277,7 +277,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         consumer takes that lock, so it waits for a write in progress to be queued, then Faust flushes
         the producer); it then drops the states of partitions this worker no longer owns: their
         batches are not committed here, the new owner replays them. Writes are queued in the order they
-        were made (the lock is first come, first served).
+        were made: the next takes the lock only once the one before is queued, and the producer keeps a
+        partition's batches in order.
         """
         topic = cast(Any, table).changelog_topic_name
         lock = app.changelog_lock
