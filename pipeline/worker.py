@@ -46,6 +46,7 @@ from pipeline.query_client import LOCK_FILE
 from pipeline.readonly_sql import ReadOnlyViolation, check_read_only
 from pipeline.settings import Settings
 from pipeline.sink import DEAD_LETTERS_TABLE, WarehouseWriter, dead_letter_columns
+from pipeline.state_records import Record
 from pipeline.warehouse import QueryError, Warehouse, WarehouseError, open_warehouse
 from pipeline.warehouse.migrate import migrate
 
@@ -65,13 +66,11 @@ class KafkaOutbox:
         return await pending
 
 
-async def produce_in_batches(
-    producer: Any, topic: str, records: list[tuple[bytes, bytes, int]]
-) -> list[asyncio.Future[Any]]:
-    """Queue ``(key, value, partition)`` records on an aiokafka ``producer`` as whole record batches
-    (one per partition and size limit: no per-record send path). Returns one future per batch, done
-    when the broker acknowledged it. Blocks (awaits) until every batch is queued, which takes about as
-    many produce round trips as the partition with the most batches has batches.
+async def produce_in_batches(producer: Any, topic: str, records: list[Record]) -> list[asyncio.Future[Any]]:
+    """Queue ``(key, value, partition)`` records (a value None: a tombstone) on an aiokafka ``producer`` as
+    whole record batches (one per partition and size limit: no per-record send path). Returns one future
+    per batch, done when the broker acknowledged it. Blocks (awaits) until every batch is queued, which
+    takes about as many produce round trips as the partition with the most batches has batches.
 
     aiokafka queues one batch per partition at a time (the next waits until the one before is taken
     into a produce request), and one request per broker is in flight: so the batches go out
@@ -81,7 +80,7 @@ async def produce_in_batches(
     A partition's last record goes in a batch of its own: the embedded broker (tansu 0.6) reports a
     partition's end offset as its last batch's base offset + 1, and Faust's recovery reads a changelog
     only up to that end, so the other records of a last batch would never be recovered."""
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
     for key, value, partition in records:
         by_partition.setdefault(partition, []).append((key, value))
     queues: list[tuple[int, list[Any]]] = []
@@ -96,7 +95,7 @@ async def produce_in_batches(
     return futures
 
 
-def _fill_batches(producer: Any, items: list[tuple[bytes, bytes]]) -> list[Any]:
+def _fill_batches(producer: Any, items: list[tuple[bytes, bytes | None]]) -> list[Any]:
     """``items`` in closed record batches of the producer, in order, each as full as its size allows."""
     batches: list[Any] = []
     batch = producer.create_batch()
@@ -106,14 +105,14 @@ def _fill_batches(producer: Any, items: list[tuple[bytes, bytes]]) -> list[Any]:
             batches.append(batch)
             batch = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
+                raise ValueError(f"a record of {len(value or b'')} bytes does not fit in a producer batch")
     batch.close()
     batches.append(batch)
     return batches
 
 
 def queue_holding(
-    producer: Any, topic: str, records: list[tuple[bytes, bytes, int]], lock: asyncio.Lock
+    producer: Any, topic: str, records: list[Record], lock: asyncio.Lock
 ) -> asyncio.Task[list[asyncio.Future[Any]]]:
     """Start :func:`produce_in_batches` as a task that holds ``lock`` (acquired by the caller) until it
     ends, however it ends (cancelled before it started included)."""
@@ -256,7 +255,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         value = app.consumer._committed_offset.get(faust.types.TP(topic, partition))  # type: ignore[attr-defined]
         return int(value) if value is not None else None
 
-    async def write_changelog(changes: list[tuple[bytes, bytes, int]]) -> Awaitable[object]:
+    async def write_changelog(changes: list[Record]) -> Awaitable[object]:
         """Store account states locally and start producing them to the table's changelog, in bulk;
         returns what completes once the broker acknowledged them all (and raises if a record could not
         be queued or sent; one that could not be queued also ends the worker at once, exit code 70).
@@ -296,8 +295,12 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             store: Any = table.data
             data, key_partition = store.data, store._key_partition
             for key, value, partition in kept:
-                data[key] = value
-                key_partition[key] = partition
+                if value is None:  # a deletion (tombstone), as Faust's recovery applies it
+                    data.pop(key, None)
+                    key_partition.pop(key, None)
+                else:
+                    data[key] = value
+                    key_partition[key] = partition
         except BaseException:
             lock.release()
             raise
@@ -314,7 +317,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
     processor = BatchProcessor(
         settings,
-        StagedStore(table, write_changelog, partition_of),
+        StagedStore(table, write_changelog, partition_of, contents=cast(Any, table).data.data),
         writer,
         KafkaOutbox(app),
         partition_of,

@@ -14,10 +14,10 @@ from pipeline.worker import PRODUCER_BATCH_BYTES, create_app, produce_in_batches
 
 class FakeBatch:
     def __init__(self, capacity: int) -> None:
-        self.records: list[tuple[bytes, bytes]] = []
+        self.records: list[tuple[bytes, bytes | None]] = []
         self.capacity = capacity
 
-    def append(self, key: bytes, value: bytes, timestamp: Any) -> object | None:
+    def append(self, key: bytes, value: bytes | None, timestamp: Any) -> object | None:
         if len(self.records) >= self.capacity:
             return None
         self.records.append((key, value))

@@ -22,6 +22,7 @@ class GatedProducer:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.sent: list[list[bytes]] = []
+        self.records: list[tuple[bytes, bytes | None]] = []
         self.fail = False
 
     def create_batch(self) -> FakeBatch:
@@ -32,6 +33,7 @@ class GatedProducer:
         if self.fail:
             raise RuntimeError("the producer is closed")
         self.sent.append([key for key, _ in batch.records])
+        self.records += batch.records
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
@@ -59,6 +61,22 @@ def test_a_write_returns_before_it_is_queued_and_writes_queue_in_order() -> None
         await asyncio.wait_for(asyncio.gather(first, await second), 5)
         assert producer.sent == [[b"a0", b"a1"], [b"a2"], [b"a0"]]
         assert not app.changelog_lock.locked()
+
+    asyncio.run(run())
+
+
+def test_a_deletion_leaves_the_local_table_and_reaches_the_changelog_as_a_tombstone() -> None:
+    async def run() -> None:
+        producer = GatedProducer()
+        producer.gate.set()
+        app, write = writer_of(producer)
+        store = app.tables["account-state"].data
+        await asyncio.wait_for(await write([(b"k", b"v", 1), (b"gone", b"w", 1)]), 5)
+        assert store.data[b"k"] == b"v" and store._key_partition[b"k"] == 1
+        await asyncio.wait_for(await write([(b"k", None, 1)]), 5)
+        assert b"k" not in store.data and b"k" not in store._key_partition
+        assert b"gone" in store.data
+        assert producer.records[-1] == (b"k", None)  # a record with no value: Kafka's tombstone
 
     asyncio.run(run())
 

@@ -1,0 +1,160 @@
+"""How an account's serialized state is laid out as records of the account-state table (and its changelog).
+
+Kafka refuses a record larger than the topic's ``max.message.bytes`` (1 MiB by default), and an account's
+state is one record: an account with ~30,000 inbound replies in a week, or ~10,000 events a minute, would
+pass it, and a worker whose changelog write is refused exits. So a state larger than :data:`CHUNK_BYTES` is
+stored as *chunks*, records of at most that size, plus a small *main* record that names them:
+
+- main record: key = the account id (UTF-8); value = the serialized state (it starts with ``[``), or for a
+  chunked state a reference ``{"chunks": [generation, count, length]}``;
+- chunk record: key = ``0xFF`` + generation (8 bytes, big-endian) + index (4 bytes) + the account id
+  (UTF-8); value = one slice of the serialized state. No UTF-8 text holds the byte 0xFF, so no account's
+  key is a chunk's key.
+
+A state rewritten in chunks gets a new generation (keys never reused). :func:`layout` orders one write as:
+the new chunks, then the main records, then the deletions (tombstones) of the chunks the old main records
+named, all of an account's records in its partition: Kafka keeps a partition's records in order, so a write
+cut short anywhere leaves each account either its old main record with its old chunks, or its new main
+record with its new chunks. What a cut-short write can leave is *orphans*: new chunks no main record names
+(cut before the main record) or old chunks not yet deleted (cut after it); :func:`orphans` finds them, to be
+deleted.
+
+This module only lays records out; :class:`~pipeline.processor.StagedStore` applies it to the table.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import orjson
+
+# A state larger than this is stored in chunks of at most this size: half of Kafka's default record limit.
+CHUNK_BYTES = 512 * 1024
+
+CHUNK_PREFIX = b"\xff"
+_CHUNK_HEAD = struct.Struct(">QI")  # generation, index
+_REFERENCE_START = b"{"
+
+
+class StateCorrupted(RuntimeError):
+    """A main record names a chunk the table does not hold. Never happens with writes laid out by
+    :func:`layout` (chunks before the record naming them, deletions after); it means the changelog was
+    changed by hand. The worker stops rather than resume from a part of a state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunks:
+    """What a chunked state's main record names: its chunks' generation, how many, and the state's length."""
+
+    generation: int
+    count: int
+    length: int
+
+    def keys(self, account_key: bytes) -> list[bytes]:
+        return [chunk_key(self.generation, index, account_key) for index in range(self.count)]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"chunks": [self.generation, self.count, self.length]})
+
+
+def chunk_key(generation: int, index: int, account_key: bytes) -> bytes:
+    return CHUNK_PREFIX + _CHUNK_HEAD.pack(generation, index) + account_key
+
+
+def is_chunk_key(key: bytes) -> bool:
+    return key[:1] == CHUNK_PREFIX
+
+
+def parse_chunk_key(key: bytes) -> tuple[int, int, bytes]:
+    """``(generation, index, account key)`` of a chunk record's key."""
+    generation, index = _CHUNK_HEAD.unpack_from(key, 1)
+    return generation, index, key[1 + _CHUNK_HEAD.size :]
+
+
+def reference(main_value: bytes | None) -> Chunks | None:
+    """The chunks a main record's value names; None for a state stored whole (or no record)."""
+    if main_value is None or main_value[:1] != _REFERENCE_START:
+        return None
+    generation, count, length = orjson.loads(main_value)["chunks"]
+    return Chunks(generation, count, length)
+
+
+class Generations:
+    """Chunk generations: from the wall clock in nanoseconds, strictly increasing in this process, and
+    above the generation being replaced (so a key is never written twice, even by another worker whose
+    clock is behind)."""
+
+    def __init__(self, now_ns: Callable[[], int] = time.time_ns) -> None:
+        self._now_ns = now_ns
+        self._last = 0
+
+    def next(self, above: int = 0) -> int:
+        self._last = max(self._now_ns(), self._last + 1, above + 1)
+        return self._last
+
+
+# One record of a write: (key, value or None to delete, partition).
+Record = tuple[bytes, bytes | None, int]
+
+
+def layout(
+    states: Mapping[bytes, tuple[bytes, int]],
+    stored: Callable[[bytes], bytes | None],
+    generations: Generations,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> list[Record]:
+    """The records that store ``states`` (account key -> (serialized state, partition)) over what the table
+    holds now (``stored``: a main record's current value), in the order they must reach the changelog:
+    new chunks, main records, deletions of the chunks replaced."""
+    chunks: list[Record] = []
+    mains: list[Record] = []
+    deletions: list[Record] = []
+    for key, (value, partition) in states.items():
+        old = reference(stored(key))
+        if len(value) > chunk_bytes:
+            new = Chunks(generations.next(old.generation if old else 0), -(-len(value) // chunk_bytes), len(value))
+            for index, chunk in enumerate(new.keys(key)):
+                chunks.append((chunk, value[index * chunk_bytes : (index + 1) * chunk_bytes], partition))
+            mains.append((key, new.to_bytes(), partition))
+        else:
+            mains.append((key, value, partition))
+        if old is not None:
+            deletions += [(chunk, None, partition) for chunk in old.keys(key)]
+    return chunks + mains + deletions
+
+
+def assemble(key: bytes, main_value: bytes, stored: Callable[[bytes], bytes | None]) -> bytes:
+    """The serialized state of the account at ``key``, from its main record's value and, if that names
+    chunks, the chunks (read with ``stored``). Raises :class:`StateCorrupted` when one is missing."""
+    chunks = reference(main_value)
+    if chunks is None:
+        return main_value
+    parts = []
+    for index, chunk in enumerate(chunks.keys(key)):
+        part = stored(chunk)
+        if part is None:
+            raise StateCorrupted(
+                f"the state of account {key.decode('utf-8', 'replace')!r} names chunk {index} of generation "
+                f"{chunks.generation}, which the account-state table does not hold"
+            )
+        parts.append(part)
+    value = b"".join(parts)
+    if len(value) != chunks.length:
+        raise StateCorrupted(
+            f"the chunks of account {key.decode('utf-8', 'replace')!r} hold {len(value)} bytes, not {chunks.length}"
+        )
+    return value
+
+
+def orphans(keys: Iterable[bytes], stored: Callable[[bytes], bytes | None]) -> Iterator[bytes]:
+    """The chunk keys among ``keys`` that no main record names (left by a write cut short)."""
+    for key in keys:
+        if not is_chunk_key(key):
+            continue
+        generation, index, account_key = parse_chunk_key(key)
+        named = reference(stored(account_key))
+        if named is None or named.generation != generation or index >= named.count:
+            yield key
