@@ -237,8 +237,8 @@ class StagedStore:
             self._watch_sizes(staged)
         owner = self.partition_of
         records = layout(
-            {a.encode("utf-8"): (value, owner(a)) for a, value in staged.items()},
-            self._stored,
+            [(a.encode("utf-8"), value, owner(a)) for a, value in staged.items()],
+            self.contents,
             self.generations,
             self.chunk_bytes,
         )

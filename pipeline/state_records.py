@@ -78,7 +78,7 @@ def reference(main_value: bytes | None) -> Chunks | None:
     """The chunks a main record's value names; None for a state stored whole (or no record)."""
     if main_value is None or main_value[:1] != _REFERENCE_START:
         return None
-    generation, count, length = orjson.loads(main_value)["chunks"]
+    generation, count, length = orjson.loads(bytes(main_value))["chunks"]
     return Chunks(generation, count, length)
 
 
@@ -101,29 +101,34 @@ Record = tuple[bytes, bytes | None, int]
 
 
 def layout(
-    states: Mapping[bytes, tuple[bytes, int]],
-    stored: Callable[[bytes], bytes | None],
+    states: Iterable[tuple[bytes, bytes, int]],
+    stored: Mapping[bytes, bytes],
     generations: Generations,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> list[Record]:
-    """The records that store ``states`` (account key -> (serialized state, partition)) over what the table
-    holds now (``stored``: a main record's current value), in the order they must reach the changelog:
-    new chunks, main records, deletions of the chunks replaced."""
+    """The records that store ``states`` (account key, serialized state, partition) over what the table
+    holds now (``stored``: its records), in the order they must reach the changelog: new chunks, main
+    records, deletions of the chunks replaced."""
     chunks: list[Record] = []
     mains: list[Record] = []
     deletions: list[Record] = []
-    for key, (value, partition) in states.items():
-        old = reference(stored(key))
+    for state in states:
+        key, value, partition = state
+        old_value = stored.get(key)
+        if len(value) <= chunk_bytes and (old_value is None or old_value[:1] != _REFERENCE_START):
+            mains.append(state)  # the common case: whole before, whole now
+            continue
+        old = reference(old_value)
         if len(value) > chunk_bytes:
             new = Chunks(generations.next(old.generation if old else 0), -(-len(value) // chunk_bytes), len(value))
             for index, chunk in enumerate(new.keys(key)):
                 chunks.append((chunk, value[index * chunk_bytes : (index + 1) * chunk_bytes], partition))
             mains.append((key, new.to_bytes(), partition))
         else:
-            mains.append((key, value, partition))
+            mains.append(state)
         if old is not None:
             deletions += [(chunk, None, partition) for chunk in old.keys(key)]
-    return chunks + mains + deletions
+    return chunks + mains + deletions if chunks or deletions else mains
 
 
 def assemble(key: bytes, main_value: bytes, stored: Callable[[bytes], bytes | None]) -> bytes:

@@ -135,8 +135,7 @@ def test_generations_increase_and_pass_the_one_replaced() -> None:
         501,
         502,
     ]
-    states = {b"a": (b"q" * 25, 3)}
-    records = layout(states, lambda key: None, Generations(now_ns=lambda: 7), chunk_bytes=CHUNK)
+    records = layout([(b"a", b"q" * 25, 3)], {}, Generations(now_ns=lambda: 7), chunk_bytes=CHUNK)
     assert {p for _, _, p in records} == {3}  # every record of an account in its partition
 
 
