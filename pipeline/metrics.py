@@ -89,8 +89,8 @@ FRONTIER_SECONDS = Gauge(
 )
 ACCOUNT_STATE_LARGEST_BYTES = Gauge(
     "engagement_account_state_largest_bytes",
-    "Size of the largest account state in this worker's last changelog write (bytes). A state is one record:"
-    " Kafka refuses one over the changelog topic's max.message.bytes (1 MiB by default), and the worker exits.",
+    "Size of the largest account state in this worker's last changelog write (bytes). A state over 512 KiB is"
+    " stored in chunks (Kafka refuses a record over max.message.bytes), but rewritten whole at every change.",
     registry=REGISTRY,
 )
 BATCH_SECONDS = Histogram(

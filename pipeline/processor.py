@@ -132,10 +132,10 @@ class Outbox(Protocol):
     def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> Awaitable[Any]: ...
 
 
-# Receives (key, value or None to delete, partition) of every change, in the order they must reach the
-# changelog: stores them locally, starts sending them to the changelog and returns what completes once the
-# changelog has them all; see StagedStore.
-ChangelogWriter = Callable[[list[Record]], Awaitable[Awaitable[object]]]
+# Receives the phases of a write, each a list of (key, value or None to delete, partition) in the order they
+# must reach the changelog: stores them all locally, starts sending them to the changelog (a phase once the
+# one before is acknowledged) and returns what completes once the changelog has them all; see StagedStore.
+ChangelogWriter = Callable[[list[list[Record]]], Awaitable[Awaitable[object]]]
 
 
 # A state above this is logged (once per account): it is stored in chunks (pipeline.state_records), but
@@ -149,10 +149,12 @@ class StagedStore:
     The aggregator writes states at the end of its batch; they reach the table (and its changelog) only
     when the processor commits them, after ClickHouse has the rows. A state is laid out as one record or,
     when large, as chunks (:mod:`pipeline.state_records`). With ``changelog``, :meth:`commit` hands all
-    records of the batch to it at once, in order, each with its account's partition from
+    records of the batch to it at once, in phases, each record with its account's partition from
     ``partition_of``; without, it applies them to ``table`` one by one. ``contents``: the table's records
     as a plain mapping, read instead of ``table`` (Faust's table runs hooks on every read: 0.7 µs, against
-    0.1 µs for its memory store's dict).
+    0.1 µs for its memory store's dict). ``settled``: whether the table is whole, i.e. no recovery is
+    writing into it (chunks are only taken for orphans then: in the middle of a recovery, a write's
+    chunks may be in the table before the record naming them).
     """
 
     def __init__(
@@ -162,15 +164,17 @@ class StagedStore:
         partition_of: Callable[[str], int] = lambda account_id: 0,
         chunk_bytes: int = CHUNK_BYTES,
         contents: Mapping[bytes, bytes] | None = None,
+        settled: Callable[[], bool] = lambda: True,
     ) -> None:
         self.table = table
         self.contents: Mapping[bytes, bytes] = table if contents is None else contents
         self.changelog = changelog
         self.partition_of = partition_of
         self.chunk_bytes = chunk_bytes
+        self.settled = settled
         self.staged: dict[str, bytes] = {}
         self.generations = Generations()
-        self._orphans: dict[bytes, int] = {}  # chunk key -> partition: deleted by the next commit
+        self._sweep: frozenset[int] | None = None  # partitions whose orphans to look for at the next commit
         self._large: set[str] = set()  # accounts whose large state was logged
 
     def _watch_sizes(self, staged: dict[str, bytes]) -> None:
@@ -214,41 +218,48 @@ class StagedStore:
         keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in stored]
         return [*keys, *[k for k in self.staged if k.encode("utf-8") not in self.contents]]
 
-    def sweep(self, partitions: Collection[int]) -> int:
-        """Find the chunks of ``partitions``' accounts that no main record names (a write cut short left
-        them), to delete with the next :meth:`commit`. Returns how many. Call on an assignment."""
+    def sweep(self, partitions: Collection[int]) -> None:
+        """Delete, with the next :meth:`commit` made while the table is settled, the chunks of
+        ``partitions``' accounts that no main record names (a write cut short left them). Call on an
+        assignment."""
+        self._sweep = frozenset(partitions)
+
+    def _orphans(self) -> list[Record]:
+        """Deletions of the orphaned chunks of the partitions to sweep, if the table is settled now."""
+        if self._sweep is None or not self.settled():
+            return []
+        partitions, self._sweep = self._sweep, None
         owner = self.partition_of
-        self._orphans = {}
+        deletions: list[Record] = []
         for key in orphans(list(self.contents), self._stored):
             partition = owner(parse_chunk_key(key)[2].decode("utf-8"))
             if partition in partitions:
-                self._orphans[key] = partition
-        if self._orphans:
-            log.info("deleting %d chunks of account states left by a write cut short", len(self._orphans))
-        return len(self._orphans)
+                deletions.append((key, None, partition))
+        if deletions:
+            log.info("deleting %d chunks of account states left by a write cut short", len(deletions))
+        return deletions
 
     async def commit(self) -> Awaitable[object]:
-        """Hand every staged change to the table, laid out as records (with the deletion of chunks found by
-        :meth:`sweep`); returns what completes once its changelog has them. Publishes the largest
+        """Hand every staged change to the table, laid out as records (and the deletion of orphaned chunks,
+        see :meth:`sweep`); returns what completes once its changelog has them. Publishes the largest
         state's size (``engagement_account_state_largest_bytes``) and logs, once per account, a state
         above ``LARGE_STATE_BYTES``."""
         staged, self.staged = self.staged, {}
         if staged:
             self._watch_sizes(staged)
         owner = self.partition_of
-        records = layout(
+        phases = layout(
             [(a.encode("utf-8"), value, owner(a)) for a, value in staged.items()],
             self.contents,
             self.generations,
             self.chunk_bytes,
         )
-        if self._orphans:
-            written = {record[0] for record in records}
-            records += [(key, None, p) for key, p in self._orphans.items() if key not in written]
-            self._orphans = {}
+        orphaned = self._orphans()  # before this write: none of its chunks is taken for one
+        if orphaned:
+            phases.append(orphaned)
         if self.changelog is not None:
-            return await self.changelog(records)
-        for key, value, _ in records:
+            return await self.changelog(phases)
+        for key, value, _ in (record for phase in phases for record in phase):
             if value is None:
                 with contextlib.suppress(KeyError):
                     del self.table[key]

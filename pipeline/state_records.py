@@ -1,8 +1,9 @@
 """How an account's serialized state is laid out as records of the account-state table (and its changelog).
 
 Kafka refuses a record larger than the topic's ``max.message.bytes`` (1 MiB by default), and an account's
-state is one record: an account with ~30,000 inbound replies in a week, or ~10,000 events a minute, would
-pass it, and a worker whose changelog write is refused exits. So a state larger than :data:`CHUNK_BYTES` is
+state is one record: an account with ~15,000 inbound replies and mentions in a week (kept for matching
+responses), or some thousands of events a minute, would pass it, and a worker whose changelog write is
+refused exits. So a state larger than :data:`CHUNK_BYTES` is
 stored as *chunks*, records of at most that size, plus a small *main* record that names them:
 
 - main record: key = the account id (UTF-8); value = the serialized state (it starts with ``[``), or for a
@@ -11,13 +12,13 @@ stored as *chunks*, records of at most that size, plus a small *main* record tha
   (UTF-8); value = one slice of the serialized state. No UTF-8 text holds the byte 0xFF, so no account's
   key is a chunk's key.
 
-A state rewritten in chunks gets a new generation (keys never reused). :func:`layout` orders one write as:
-the new chunks, then the main records, then the deletions (tombstones) of the chunks the old main records
-named, all of an account's records in its partition: Kafka keeps a partition's records in order, so a write
-cut short anywhere leaves each account either its old main record with its old chunks, or its new main
-record with its new chunks. What a cut-short write can leave is *orphans*: new chunks no main record names
-(cut before the main record) or old chunks not yet deleted (cut after it); :func:`orphans` finds them, to be
-deleted.
+A state rewritten in chunks gets a new generation (keys never reused). :func:`layout` makes one write three
+phases: the new chunks, then the main records, then the deletions (tombstones) of the chunks the old main
+records named, all of an account's records in its partition; a phase is sent once the one before is
+acknowledged. So a write cut short anywhere (or a record batch the producer lost) leaves each account
+either its old main record with its old chunks, or its new main record with its new chunks. What a
+cut-short write can leave is *orphans*: new chunks no main record names (cut before the main record) or
+old chunks not yet deleted (cut after it); :func:`orphans` finds them, to be deleted.
 
 This module only lays records out; :class:`~pipeline.processor.StagedStore` applies it to the table.
 """
@@ -41,8 +42,9 @@ _REFERENCE_START = b"{"
 
 class StateCorrupted(RuntimeError):
     """A main record names a chunk the table does not hold. Never happens with writes laid out by
-    :func:`layout` (chunks before the record naming them, deletions after); it means the changelog was
-    changed by hand. The worker stops rather than resume from a part of a state."""
+    :func:`layout` (chunks acknowledged before the record naming them is sent, deletions only after it
+    is); it means the changelog was changed by hand. The worker stops rather than resume from a part of
+    a state."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +107,12 @@ def layout(
     stored: Mapping[bytes, bytes],
     generations: Generations,
     chunk_bytes: int = CHUNK_BYTES,
-) -> list[Record]:
+) -> list[list[Record]]:
     """The records that store ``states`` (account key, serialized state, partition) over what the table
-    holds now (``stored``: its records), in the order they must reach the changelog: new chunks, main
-    records, deletions of the chunks replaced."""
+    holds now (``stored``: its records), as the phases of the write: new chunks, main records, deletions
+    of the chunks replaced (empty phases left out; most writes are the one phase of main records). Each
+    phase must be acknowledged by the broker before the next is sent: a producer that is not idempotent
+    may lose a record batch and still store the ones after it."""
     chunks: list[Record] = []
     mains: list[Record] = []
     deletions: list[Record] = []
@@ -128,7 +132,7 @@ def layout(
             mains.append(state)
         if old is not None:
             deletions += [(chunk, None, partition) for chunk in old.keys(key)]
-    return chunks + mains + deletions if chunks or deletions else mains
+    return [phase for phase in (chunks, mains, deletions) if phase]
 
 
 def assemble(key: bytes, main_value: bytes, stored: Callable[[bytes], bytes | None]) -> bytes:

@@ -111,12 +111,26 @@ def _fill_batches(producer: Any, items: list[tuple[bytes, bytes | None]]) -> lis
     return batches
 
 
+async def produce_in_phases(producer: Any, topic: str, phases: list[list[Record]]) -> list[asyncio.Future[Any]]:
+    """:func:`produce_in_batches` for each phase in turn, a phase only once every batch of the one before
+    was acknowledged (raises what a send of an earlier phase raised, and queues nothing more). Returns
+    the futures of the last phase's batches. aiokafka's producer is not idempotent: a lost batch does not
+    stop the later batches of its partition, so what must never be stored without what comes before it
+    (a main record without its chunks) waits for that to be acknowledged."""
+    futures: list[asyncio.Future[Any]] = []
+    for phase in phases:
+        if futures:
+            await asyncio.gather(*futures)
+        futures = await produce_in_batches(producer, topic, phase)
+    return futures
+
+
 def queue_holding(
-    producer: Any, topic: str, records: list[Record], lock: asyncio.Lock
+    producer: Any, topic: str, phases: list[list[Record]], lock: asyncio.Lock
 ) -> asyncio.Task[list[asyncio.Future[Any]]]:
-    """Start :func:`produce_in_batches` as a task that holds ``lock`` (acquired by the caller) until it
+    """Start :func:`produce_in_phases` as a task that holds ``lock`` (acquired by the caller) until it
     ends, however it ends (cancelled before it started included)."""
-    queued = asyncio.ensure_future(produce_in_batches(producer, topic, records))
+    queued = asyncio.ensure_future(produce_in_phases(producer, topic, phases))
     queued.add_done_callback(lambda _: lock.release())
     return queued
 
@@ -145,6 +159,8 @@ PRODUCER_BATCH_BYTES = 900 * 1024
 ACCOUNT_STATE_TABLE = "account-state"  # the Faust table of account states
 
 GC_MIDDLE_EVERY = 4  # young-generation collections per middle-generation collection (run_worker)
+
+FLUSH_SETTLE_SECONDS = 60.0  # how long /admin/flush waits for a rebalance to end
 
 IDLE_PERSIST_SECONDS = 1.0  # when idle, states are persisted (and batches acknowledged) after this long
 
@@ -255,10 +271,11 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         value = app.consumer._committed_offset.get(faust.types.TP(topic, partition))  # type: ignore[attr-defined]
         return int(value) if value is not None else None
 
-    async def write_changelog(changes: list[Record]) -> Awaitable[object]:
-        """Store account states locally and start producing them to the table's changelog, in bulk;
-        returns what completes once the broker acknowledged them all (and raises if a record could not
-        be queued or sent; one that could not be queued also ends the worker at once, exit code 70).
+    async def write_changelog(phases: list[list[Record]]) -> Awaitable[object]:
+        """Store account states locally and start producing them to the table's changelog, in bulk, phase
+        after phase (:func:`produce_in_phases`); returns what completes once the broker acknowledged them
+        all (and raises if a record could not be queued or sent; one that could not be queued, or a send
+        of a phase before the last that failed, also ends the worker at once, exit code 70).
         Returns before the records are queued: the producer takes a record batch of a partition only once
         the one before it left in a produce request, and waiting for that took a loaded worker ~0.3 s
         every persist, during which no batch was processed.
@@ -290,11 +307,12 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             lock.release()
         try:
             owned = owned_partitions()
-            kept = [change for change in changes if change[2] in owned]
+            kept = [[record for record in phase if record[2] in owned] for phase in phases]
+            kept = [phase for phase in kept if phase]
             producer = cast(Any, app.producer)._ensure_producer()
             store: Any = table.data
             data, key_partition = store.data, store._key_partition
-            for key, value, partition in kept:
+            for key, value, partition in (record for phase in kept for record in phase):
                 if value is None:  # a deletion (tombstone), as Faust's recovery applies it
                     data.pop(key, None)
                     key_partition.pop(key, None)
@@ -315,9 +333,13 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             return
         exit_without_committing("queueing account states on the changelog", queued.exception())
 
+    def settled() -> bool:
+        """Whether the table is whole: no rebalance (Faust's recovery writing into it) in progress."""
+        return not app.rebalancing and bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
+
     processor = BatchProcessor(
         settings,
-        StagedStore(table, write_changelog, partition_of, contents=cast(Any, table).data.data),
+        StagedStore(table, write_changelog, partition_of, contents=cast(Any, table).data.data, settled=settled),
         writer,
         KafkaOutbox(app),
         partition_of,
@@ -513,6 +535,12 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             if halted.is_set():
                 refusal = "the dead-letter brake tripped: this worker writes nothing more"
                 return self.json({"error": refusal}, status=503)
+            for _ in range(int(FLUSH_SETTLE_SECONDS / 0.1)):  # the table must be whole: no recovery running
+                if settled():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                return self.json({"error": "the worker is rebalancing: try again"}, status=503)
             processor.on_assignment(owned_partitions())
             try:
                 rows = await processor.flush()

@@ -283,6 +283,7 @@ class Cluster:
         committed offsets, each pipeline topic's end offsets, and every record of the account-state
         changelog and of the re-key topic (partition, offset, timestamp, key, value). Returns the file
         (``broker-dump.json`` in the test's directory)."""
+        from pipeline.state_records import is_chunk_key, parse_chunk_key
         from pipeline.worker import ACCOUNT_STATE_TABLE
 
         changelog = f"{self.settings.app_id}-{ACCOUNT_STATE_TABLE}-changelog"
@@ -297,9 +298,15 @@ class Cluster:
             consumer.assign([tp for tp in tps if tp.topic in (changelog, rekey)])
             records, rekeyed = [], []
             for r in consumer:
-                key = bytes(r.key or b"").decode(errors="replace")
+                raw_key = bytes(r.key or b"")
+                if is_chunk_key(raw_key):  # a slice of a large state's JSON: its size, not its text
+                    generation, index, account = parse_chunk_key(raw_key)
+                    key = f"chunk {index} of {generation} of {account.decode(errors='replace')}"
+                    value: Any = None if r.value is None else len(r.value)
+                else:
+                    key, value = raw_key.decode(errors="replace"), orjson.loads(r.value or b"null")
                 kept = records if r.topic == changelog else rekeyed
-                kept.append([r.partition, r.offset, r.timestamp, key, orjson.loads(r.value or b"null")])
+                kept.append([r.partition, r.offset, r.timestamp, key, value])
         finally:
             consumer.close()
         committed = {f"{topic}:{partition}": offset for (topic, partition), offset in self.committed().items()}

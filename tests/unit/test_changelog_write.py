@@ -51,10 +51,10 @@ def test_a_write_returns_before_it_is_queued_and_writes_queue_in_order() -> None
     async def run() -> None:
         producer = GatedProducer()
         app, write = writer_of(producer)
-        first = await asyncio.wait_for(write([(b"a%d" % i, b"v1", 0) for i in range(3)]), 5)  # nothing is queued yet
+        first = await asyncio.wait_for(write([[(b"a%d" % i, b"v1", 0) for i in range(3)]]), 5)  # nothing is queued yet
         assert app.changelog_lock.locked() and not producer.sent
         assert app.tables["account-state"].data.data[b"a2"] == b"v1"  # the local table has it already
-        second = asyncio.ensure_future(write([(b"a0", b"v2", 0)]))
+        second = asyncio.ensure_future(write([[(b"a0", b"v2", 0)]]))
         await asyncio.sleep(0.01)
         assert not second.done()  # waits for the first write to be queued
         producer.gate.set()
@@ -71,9 +71,9 @@ def test_a_deletion_leaves_the_local_table_and_reaches_the_changelog_as_a_tombst
         producer.gate.set()
         app, write = writer_of(producer)
         store = app.tables["account-state"].data
-        await asyncio.wait_for(await write([(b"k", b"v", 1), (b"gone", b"w", 1)]), 5)
+        await asyncio.wait_for(await write([[(b"k", b"v", 1), (b"gone", b"w", 1)]]), 5)
         assert store.data[b"k"] == b"v" and store._key_partition[b"k"] == 1
-        await asyncio.wait_for(await write([(b"k", None, 1)]), 5)
+        await asyncio.wait_for(await write([[(b"k", None, 1)]]), 5)
         assert b"k" not in store.data and b"k" not in store._key_partition
         assert b"gone" in store.data
         assert producer.records[-1] == (b"k", None)  # a record with no value: Kafka's tombstone
@@ -91,7 +91,7 @@ def test_a_write_that_cannot_be_queued_ends_the_worker_fails_whoever_awaits_it_a
         producer = GatedProducer()
         producer.fail = True
         app, write = writer_of(producer)
-        written = await asyncio.wait_for(write([(b"a0", b"v", 1)]), 5)
+        written = await asyncio.wait_for(write([[(b"a0", b"v", 1)]]), 5)
         producer.gate.set()
         with pytest.raises(RuntimeError, match="closed"):
             await asyncio.wait_for(written, 5)
@@ -108,7 +108,7 @@ def test_a_rebalance_waits_for_a_write_being_queued_and_a_write_waits_for_the_re
     async def run() -> None:
         producer = GatedProducer()
         app, write = writer_of(producer)
-        first = await asyncio.wait_for(write([(b"a0", b"v1", 0)]), 5)
+        first = await asyncio.wait_for(write([[(b"a0", b"v1", 0)]]), 5)
         app.rebalancing = True  # set by the consumer's thread before the revocation reaches the loop
 
         async def revoke() -> None:  # what IntakeConsumer.on_partitions_revoked does first
@@ -116,7 +116,7 @@ def test_a_rebalance_waits_for_a_write_being_queued_and_a_write_waits_for_the_re
                 pass
 
         revoking = asyncio.ensure_future(revoke())
-        second = asyncio.ensure_future(write([(b"a1", b"v2", 1)]))
+        second = asyncio.ensure_future(write([[(b"a1", b"v2", 1)]]))
         await asyncio.sleep(0.05)
         assert not revoking.done() and not second.done()  # the first write is still being queued
         producer.gate.set()
@@ -128,3 +128,65 @@ def test_a_rebalance_waits_for_a_write_being_queued_and_a_write_waits_for_the_re
         assert producer.sent == [[b"a0"], [b"a1"]]
 
     asyncio.run(run())
+
+
+class HeldAcksProducer(GatedProducer):
+    """Takes every batch at once; acknowledges it only when the test resolves its future in ``acks``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()
+        self.acks: list[asyncio.Future[None]] = []
+
+    async def send_batch(self, batch: FakeBatch, topic: str, partition: int) -> asyncio.Future[None]:
+        self.sent.append([key for key, _ in batch.records])
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+
+def test_a_phase_is_sent_only_once_the_one_before_is_acknowledged() -> None:
+    """A main record must never be stored without its chunks: the producer is not idempotent, and a
+    batch it loses does not stop the later batches of its partition."""
+
+    async def run() -> None:
+        producer = HeldAcksProducer()
+        app, write = writer_of(producer)
+        chunks = [(b"\xffchunk0", b"[1", 0), (b"\xffchunk1", b",2]", 0)]
+        phases = [chunks, [(b"main", b"{}", 0)], [(b"\xffold", None, 0)]]
+        written = await asyncio.wait_for(write(phases), 5)
+        await asyncio.sleep(0.05)
+        assert producer.sent == [[b"\xffchunk0"], [b"\xffchunk1"]]  # the chunks (the last record alone)
+        assert app.changelog_lock.locked()  # the write is not queued whole yet
+        for ack in producer.acks:
+            ack.set_result(None)
+        await asyncio.sleep(0.05)
+        assert producer.sent[2:] == [[b"main"]]  # the main records, once the chunks are stored
+        producer.acks[-1].set_result(None)
+        await asyncio.sleep(0.05)
+        assert producer.sent[3:] == [[b"\xffold"]]
+        assert not app.changelog_lock.locked()
+        producer.acks[-1].set_result(None)
+        await asyncio.wait_for(written, 5)
+
+    asyncio.run(run())
+
+
+def test_a_lost_chunk_stops_the_write_before_its_main_record_and_ends_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exits: list[tuple[str, BaseException | None]] = []
+    monkeypatch.setattr("pipeline.worker.exit_without_committing", lambda what, exc=None: exits.append((what, exc)))
+
+    async def run() -> None:
+        producer = HeldAcksProducer()
+        app, write = writer_of(producer)
+        written = await asyncio.wait_for(write([[(b"\xffchunk", b"[]", 0)], [(b"main", b"{}", 0)]]), 5)
+        await asyncio.sleep(0.05)
+        producer.acks[0].set_exception(RuntimeError("the batch expired"))
+        with pytest.raises(RuntimeError, match="expired"):
+            await asyncio.wait_for(written, 5)
+        assert producer.sent == [[b"\xffchunk"]]  # the main record was never sent
+        assert not app.changelog_lock.locked()
+
+    asyncio.run(run())
+    assert [str(exc) for _, exc in exits] == ["the batch expired"]

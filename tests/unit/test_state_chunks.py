@@ -28,12 +28,17 @@ CHUNK = 10
 
 def commit(store: StagedStore, states: dict[str, bytes]) -> list[Record]:
     """Stage and commit ``states``; returns the records the changelog received, in order."""
-    received: list[Record] = []
+    return [record for phase in commit_phases(store, states) for record in phase]
+
+
+def commit_phases(store: StagedStore, states: dict[str, bytes]) -> list[list[Record]]:
+    """Stage and commit ``states``; returns the phases the changelog received."""
+    received: list[list[Record]] = []
     table = store.table
 
-    async def changelog(records: list[Record]) -> Any:
-        received.extend(records)
-        for key, value, _ in records:
+    async def changelog(phases: list[list[Record]]) -> Any:
+        received.extend(phases)
+        for key, value, _ in (record for phase in phases for record in phase):
             if value is None:
                 table.pop(key, None)
             else:
@@ -54,7 +59,9 @@ def commit(store: StagedStore, states: dict[str, bytes]) -> list[Record]:
 def test_a_small_state_is_one_record_as_before_and_a_large_one_is_chunked() -> None:
     table = FakeTable()
     store = StagedStore(table, chunk_bytes=CHUNK)
-    records = commit(store, {"small": b"[1,2]", "big": b"[" + b"7" * 24 + b"]"})
+    phases = commit_phases(store, {"small": b"[1,2]", "big": b"[" + b"7" * 24 + b"]"})
+    assert [[k for k, _, _ in phase] for phase in phases][1] == [b"small", b"big"]  # chunks, then main records
+    records = [record for phase in phases for record in phase]
     assert [(k, v) for k, v, _ in records if k == b"small"] == [(b"small", b"[1,2]")]
     chunks = [(k, v) for k, v, _ in records if is_chunk_key(k)]
     assert [v for _, v in chunks] == [b"[777777777", b"7777777777", b"77777]"]
@@ -105,8 +112,8 @@ def test_a_write_cut_short_anywhere_leaves_the_old_state_or_the_new_one_and_its_
         recovered = StagedStore(survived, chunk_bytes=CHUNK)
         assert recovered.get("acct") in (before, after), cut
         state = recovered.get("acct")
-        swept = recovered.sweep({0})
-        commit(recovered, {})  # the next write deletes the orphans
+        recovered.sweep({0})
+        swept = sum(1 for _, value, _ in commit(recovered, {}) if value is None)  # the next write deletes orphans
         named = {
             chunk
             for account in (b"acct", b"other")
@@ -135,8 +142,28 @@ def test_generations_increase_and_pass_the_one_replaced() -> None:
         501,
         502,
     ]
-    records = layout([(b"a", b"q" * 25, 3)], {}, Generations(now_ns=lambda: 7), chunk_bytes=CHUNK)
-    assert {p for _, _, p in records} == {3}  # every record of an account in its partition
+    phases = layout([(b"a", b"q" * 25, 3)], {}, Generations(now_ns=lambda: 7), chunk_bytes=CHUNK)
+    assert {p for phase in phases for _, _, p in phase} == {3}  # every record of an account in its partition
+
+
+def test_orphans_are_looked_for_only_in_a_settled_table_and_only_in_the_partitions_swept() -> None:
+    """In the middle of a recovery a write's chunks may be in the table before the record naming them:
+    they are taken for orphans only once the table is settled."""
+    owner = {"mine": 0, "theirs": 1}
+    table = FakeTable()
+    writer = StagedStore(table, partition_of=owner.__getitem__, chunk_bytes=CHUNK)
+    commit(writer, {"mine": b"m" * 25, "theirs": b"t" * 25})
+    for account in (b"mine", b"theirs"):
+        del table[account]  # as if cut short before the main records: every chunk an orphan
+    settled = False
+    store = StagedStore(table, partition_of=owner.__getitem__, chunk_bytes=CHUNK, settled=lambda: settled)
+    store.sweep({0})
+    assert not [r for r in commit(store, {}) if r[1] is None]  # recovering: nothing taken for an orphan
+    settled = True
+    deleted = [key for key, value, _ in commit(store, {}) if value is None]
+    assert {parse_chunk_key(k)[2] for k in deleted} == {b"mine"} and len(deleted) == 3
+    assert not [r for r in commit(store, {}) if r[1] is None]  # once per sweep
+    assert {parse_chunk_key(k)[2] for k in table if is_chunk_key(k)} == {b"theirs"}  # their owner sweeps those
 
 
 def run_stream(chunk_bytes: int | None) -> tuple[list[tuple[Any, ...]], bool]:
