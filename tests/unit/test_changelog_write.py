@@ -39,6 +39,14 @@ class GatedProducer:
         return future
 
 
+@pytest.fixture
+def exits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, BaseException | None]]:
+    """The worker's exits (what failed, the exception), recorded instead of ending the test process."""
+    recorded: list[tuple[str, BaseException | None]] = []
+    monkeypatch.setattr("pipeline.worker.exit_without_committing", lambda what, exc=None: recorded.append((what, exc)))
+    return recorded
+
+
 def writer_of(producer: GatedProducer) -> tuple[Any, Any]:
     app, processor = create_app(Settings(app_id="engagement-test", partitions=2), warehouse=object())  # type: ignore[arg-type]
     app.producer._ensure_producer = lambda: producer  # type: ignore[attr-defined]
@@ -82,11 +90,8 @@ def test_a_deletion_leaves_the_local_table_and_reaches_the_changelog_as_a_tombst
 
 
 def test_a_write_that_cannot_be_queued_ends_the_worker_fails_whoever_awaits_it_and_frees_the_lock(
-    monkeypatch: pytest.MonkeyPatch,
+    exits: list[tuple[str, BaseException | None]],
 ) -> None:
-    exits: list[tuple[str, BaseException | None]] = []
-    monkeypatch.setattr("pipeline.worker.exit_without_committing", lambda what, exc=None: exits.append((what, exc)))
-
     async def run() -> None:
         producer = GatedProducer()
         producer.fail = True
@@ -172,11 +177,8 @@ def test_a_phase_is_sent_only_once_the_one_before_is_acknowledged() -> None:
 
 
 def test_a_lost_chunk_stops_the_write_before_its_main_record_and_ends_the_worker(
-    monkeypatch: pytest.MonkeyPatch,
+    exits: list[tuple[str, BaseException | None]],
 ) -> None:
-    exits: list[tuple[str, BaseException | None]] = []
-    monkeypatch.setattr("pipeline.worker.exit_without_committing", lambda what, exc=None: exits.append((what, exc)))
-
     async def run() -> None:
         producer = HeldAcksProducer()
         app, write = writer_of(producer)
