@@ -36,6 +36,7 @@ from faust.types import TP, Message
 from faust.types.tuples import ack_lock
 
 from pipeline import metrics
+from pipeline.fetch_holes import HOLES, install
 from pipeline.settings import Settings
 
 
@@ -127,7 +128,10 @@ class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     """
 
     def _create_worker_consumer(self, transport: Any) -> Any:
+        install()  # aiokafka notes the offsets it skips (pipeline.fetch_holes)
         consumer = super()._create_worker_consumer(transport)
+        # Records of aborted transactions are not input; the fetch then stops at the last stable offset.
+        consumer._isolation_level = "read_committed"  # read when the consumer starts its fetcher
         wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
@@ -189,6 +193,10 @@ class ReadOrder:
             self._next.pop(tp, None)
         else:
             self._next[tp] = offset
+
+    def next_due(self, tp: Any) -> int | None:
+        """The offset due next from ``tp`` (None: unknown, or a seek runs)."""
+        return None if self._suspended else self._next.get(tp)
 
     def forget(self, tps: Iterable[Any]) -> None:
         self.epoch += 1
@@ -386,6 +394,51 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         # dropped at the next commit (_new_offset).
         self._committed_offset[tp] = earliest
 
+    def _pass_hole(self, tp: TP, offset: int) -> bool:
+        """Whether the record at ``offset``, not the one due, comes after offsets the fetch skipped on
+        purpose (:mod:`pipeline.fetch_holes`: transaction markers, aborted transactions, compaction):
+        then those offsets are passed over (committable without a record) and the record is due."""
+        due = self._order.next_due(tp)
+        if due is None or offset <= due:
+            return False
+        if HOLES.take(tp.topic, tp.partition, due, until=offset) < offset:
+            return False
+        self._passed(tp, due, offset)
+        return self._order.due(tp, offset)
+
+    def _pass_trailing_holes(self, topics: frozenset[str]) -> None:
+        """Pass over the offsets skipped on purpose right after the last record of each partition of
+        ``topics`` (a transaction's commit marker at the end of a partition): else its commits would stop
+        before them."""
+        order = self._order
+        for tp in self.assignment():
+            if tp.topic not in topics:
+                continue
+            due = order.next_due(tp)
+            if due is None:
+                continue
+            end = HOLES.take(tp.topic, tp.partition, due)
+            if end > due:
+                self._passed(tp, due, end)
+
+    def _passed(self, tp: TP, start: int, end: int) -> None:
+        """Offsets ``start``..``end - 1`` of ``tp`` hold no record: expect ``end`` next, and let commits pass
+        them (as a gap of Faust's, which :meth:`_new_offset` reads)."""
+        self._order.expect(tp, end)
+        gaps = self._gap[tp]
+        gaps.addi(start, end)
+        gaps.merge_overlaps()
+        metrics.OFFSETS_WITHOUT_RECORDS.labels(tp.topic).inc(end - start)
+
+    def _past_gaps(self, tp: TP, offset: int) -> int:
+        """The end of the run of gaps (offsets without records) that starts at ``offset``; ``offset`` if none."""
+        gaps = self._gap[tp]
+        while True:
+            covering = gaps.at(offset)
+            if not covering:
+                return offset
+            offset = max(interval.end for interval in covering)
+
     async def _seek_stale_again(self) -> None:
         """Seek again the partitions whose re-read never came (:meth:`ReadOrder.stale_seeks`), or from their
         first record if the broker deleted the offset due (see :meth:`_read_again`)."""
@@ -407,27 +460,30 @@ class IntakeConsumer(aiokafka_driver.Consumer):
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit for ``tp`` (Faust's: the end of the acknowledged run from the committed
         offset), or None. For an intake partition, None as long as the lowest acknowledged offset is not
-        the committed one (or, before any commit, where the last seek started it): Faust checks that only
-        after a first commit and lets one record through, and a commit past a record never acknowledged
-        loses it. Logged (once per hole) as an error: unless the records before the lowest acknowledged one
-        are acknowledged later, they were passed over, and are read again only after a restart or a
+        the committed one (or, before any commit, where the last seek started it) or right after offsets
+        without records (transaction markers, see :meth:`_pass_hole`): Faust checks that only after a
+        first commit and lets one record through, and a commit past a record never acknowledged loses it.
+        Logged (once per hole) as an error: unless the records before the lowest acknowledged one are
+        acknowledged later, they were passed over, and are read again only after a restart or a
         rebalance; nothing is committed for the partition until then. Acknowledgements of offsets before
         the start are dropped (Faust's own rule drops them too): records committed already, or gone
-        (deleted by retention), or of an earlier ownership of the partition, acknowledged after it moved."""
+        (deleted by retention), or of an earlier ownership of the partition, acknowledged after it moved.
+        A run that ends at offsets without records commits past them."""
         intake = self._intake()
+        if intake is None or tp.topic not in intake.topics:
+            return super()._new_offset(tp)
         acked = self._acked[tp]
-        if acked and intake is not None and tp.topic in intake.topics:
-            start = self._committed_offset[tp]
-            if start is None:
-                start = self._starts.get(tp)
-            if start is None:
-                return super()._new_offset(tp)
-            if min(acked) < start:  # before the start: committed already, or gone (expired, or moved away)
-                self._forget_acks(tp, start)
-                if not acked:
-                    return None
+        start = self._committed_offset[tp]
+        if start is None:
+            start = self._starts.get(tp)
+        if start is None:
+            return super()._new_offset(tp)
+        if acked and min(acked) < start:  # before the start: committed already, or gone (expired, or moved away)
+            self._forget_acks(tp, start)
+        result = None
+        if acked:
             lowest = min(acked)
-            if lowest != start:
+            if lowest > self._past_gaps(tp, start):
                 if self._holes.get(tp) != start:
                     self._holes[tp] = start
                     self.log.error(
@@ -439,7 +495,13 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                         lowest,
                     )
                 return None
-        return super()._new_offset(tp)
+            result = super()._new_offset(tp)  # takes the gaps before the last acknowledgement as acknowledged
+        reached = start if result is None else result
+        beyond = self._past_gaps(tp, reached)
+        if beyond > reached:
+            self._gap[tp].chop(0, beyond)
+            return beyond
+        return result
 
     def _forget_acks(self, tp: TP, below: int) -> None:
         """Drop the acknowledgements of ``tp`` for offsets before ``below``: nothing is committed for them."""
@@ -503,7 +565,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                             # is due next) sees it either not taken, or taken and dropped.
                             if message.generation_id != app.consumer_generation_id:
                                 continue
-                            if not order.due(tp, offset):
+                            if not order.due(tp, offset) and not self._pass_hole(tp, offset):
                                 await self._read_again(tp, offset)  # a hole before it: never pass records over
                                 continue
                             set_read_offset(tp, offset)
@@ -523,6 +585,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                                 await self.commit()
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
+                    self._pass_trailing_holes(intake_topics)
                     await self._seek_stale_again()
                     self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:

@@ -21,6 +21,13 @@ MESSAGES_CONSUMED = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+OFFSETS_WITHOUT_RECORDS = Counter(
+    "engagement_offsets_without_records_total",
+    "Offsets of a source or re-key topic that hold no record for the workers, passed over, by topic: "
+    "transaction markers, records of aborted transactions, records removed by compaction.",
+    ["topic"],
+    registry=REGISTRY,
+)
 RECORDS_EXPIRED = Counter(
     "engagement_records_expired_total",
     "Records of a source or re-key topic the broker deleted (retention) before the consumer group read "

@@ -497,6 +497,7 @@ def test_the_fetch_loop_takes_no_record_of_an_earlier_generation_and_commits_aft
         sleep=nothing,
         diag=SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None),
         _seek_stale_again=nothing,
+        assignment=lambda: {tp},
     )
     consumer._order.expect(tp, 4)
     asyncio.run(consumer._drain_messages(SimpleNamespace(_stopped=fetcher_stopped)))
