@@ -10,58 +10,68 @@ them here, as it unpacks each fetch response, in :data:`HOLES`.
 
 A hole noted here is a fact about the log (those offsets will never deliver a record to this consumer),
 whenever and by whichever fetch it was seen; the intake takes it as read (:meth:`FetchHoles.take`).
-Notes are made on the consumer's thread and taken on the event loop's: each is one dict operation.
+Notes are made on the consumer's thread and taken on the event loop's (under a lock).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiokafka.consumer import fetcher
 
-# Holes noted per partition and not taken yet; beyond this many, the oldest half is forgotten (a hole
-# forgotten is read again from its start, which notes it again).
+# Holes noted per partition and not taken yet; beyond this many, the oldest half is forgotten (notes of
+# offsets already read past, or a hole forgotten, which a read from its start notes again).
 MAX_HOLES_PER_PARTITION = 10_000
-PRUNE_ABOVE = 1_000  # holes noted per partition above which those before the offset taken are dropped
 
 
 class FetchHoles:
-    """Per partition ``(topic, partition)``: hole start offset -> end offset (exclusive)."""
+    """Per partition ``(topic, partition)`` of the topics watched: hole start offset -> end (exclusive).
+    Thread-safe (notes come from the consumer's thread)."""
 
     def __init__(self) -> None:
         self._holes: dict[tuple[str, int], dict[int, int]] = {}
+        self._topics: frozenset[str] | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, topics: Iterable[str]) -> None:
+        """Note holes of ``topics`` only (the intake's; compacted changelogs have holes nobody takes)."""
+        self._topics = frozenset(topics)
 
     def note(self, topic: str, partition: int, start: int, end: int) -> None:
         """Offsets ``start``..``end - 1`` of the partition hold no record for this consumer."""
-        holes = self._holes.setdefault((topic, partition), {})
-        if len(holes) >= MAX_HOLES_PER_PARTITION:
-            for old in sorted(holes)[: MAX_HOLES_PER_PARTITION // 2]:
-                holes.pop(old, None)
-        if end > holes.get(start, start):
-            holes[start] = end
+        if self._topics is not None and topic not in self._topics:
+            return
+        with self._lock:
+            holes = self._holes.setdefault((topic, partition), {})
+            if len(holes) >= MAX_HOLES_PER_PARTITION:
+                for old in sorted(holes)[: MAX_HOLES_PER_PARTITION // 2]:
+                    del holes[old]
+            if end > holes.get(start, start):
+                holes[start] = end
 
     def take(self, topic: str, partition: int, start: int, until: int | None = None) -> int:
         """The end of the run of noted holes from ``start`` (``start`` itself if none starts there), taking
         them. With ``until``: only if the run reaches at least ``until``, else ``start`` (nothing taken)."""
-        holes = self._holes.get((topic, partition))
-        if not holes:
-            return start
-        if len(holes) > PRUNE_ABOVE:  # holes before the offset due were passed already (or read again)
-            for old in [offset for offset in holes if offset < start]:
-                del holes[old]
-        end, run = start, []
-        while end in holes and (until is None or end < until):
-            run.append(end)
-            end = holes[end]
-        if until is not None and end < until:
-            return start
-        for offset in run:
-            holes.pop(offset, None)
-        return end
+        with self._lock:
+            holes = self._holes.get((topic, partition))
+            if not holes:
+                return start
+            end, run = start, []
+            while end in holes and (until is None or end < until):
+                run.append(end)
+                end = holes[end]
+            if until is not None and end < until:
+                return start
+            for offset in run:
+                del holes[offset]
+            return end
 
     def clear(self) -> None:
-        self._holes.clear()
+        with self._lock:
+            self._holes.clear()
+        self._topics = None
 
 
 HOLES = FetchHoles()

@@ -129,6 +129,9 @@ class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         install()  # aiokafka notes the offsets it skips (pipeline.fetch_holes)
+        intake = getattr(self.app, "intake", None)
+        if intake is not None:
+            HOLES.watch(intake.topics)
         consumer = super()._create_worker_consumer(transport)
         # Records of aborted transactions are not input; the fetch then stops at the last stable offset.
         consumer._isolation_level = "read_committed"  # read when the consumer starts its fetcher
@@ -193,6 +196,14 @@ class ReadOrder:
             self._next.pop(tp, None)
         else:
             self._next[tp] = offset
+
+    def pass_to(self, tp: Any, offset: int) -> None:
+        """The offsets from the one due up to ``offset`` hold no record: ``offset`` is due next. A re-read
+        still to come (records after them were dropped) is re-pointed there, not cancelled."""
+        self._next[tp] = offset
+        sought = self._seeking.get(tp)
+        if sought is not None:
+            self._seeking[tp] = (offset, sought[1])
 
     def next_due(self, tp: Any) -> int | None:
         """The offset due next from ``tp`` (None: unknown, or a seek runs)."""
@@ -420,14 +431,31 @@ class IntakeConsumer(aiokafka_driver.Consumer):
             end = HOLES.take(tp.topic, tp.partition, due)
             if end > due:
                 self._passed(tp, due, end)
+                self._trailing[tp] = (due, end)
+
+    @cached_property
+    def _trailing(self) -> dict[TP, tuple[int, int]]:
+        """Per partition, the last run of offsets without records passed after its last record."""
+        return {}
+
+    def records_end(self, tp: TP, highwater: int) -> int:
+        """``highwater`` (the partition's log end), or, when the log ends with offsets without records that
+        were passed after its last record (a transaction's marker), the offset after that record: where
+        a reader of every record stands once it read them all."""
+        trailing = self._trailing.get(tp)
+        if trailing is not None and trailing[1] == highwater:
+            return trailing[0]
+        return highwater
 
     def _passed(self, tp: TP, start: int, end: int) -> None:
         """Offsets ``start``..``end - 1`` of ``tp`` hold no record: expect ``end`` next, and let commits pass
-        them (as a gap of Faust's, which :meth:`_new_offset` reads)."""
-        self._order.expect(tp, end)
+        them (as a gap of Faust's, which :meth:`_new_offset` reads; the partition is listed among those
+        with acknowledgements, the only ones Faust commits)."""
+        self._order.pass_to(tp, end)
         gaps = self._gap[tp]
         gaps.addi(start, end)
         gaps.merge_overlaps()
+        self._acked.setdefault(tp, [])
         metrics.OFFSETS_WITHOUT_RECORDS.labels(tp.topic).inc(end - start)
 
     def _past_gaps(self, tp: TP, offset: int) -> int:

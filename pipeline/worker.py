@@ -252,11 +252,13 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         metrics.RECORDS_EXPIRED.labels(topic)
 
     def highwater(topic: str, partition: int) -> int | None:
+        """The partition's log end, short of a transaction marker after its last record."""
+        tp = faust.types.TP(topic, partition)
         try:
-            value = app.consumer.highwater(faust.types.TP(topic, partition))
+            value = app.consumer.highwater(tp)
         except Exception:
             return None
-        return int(value) if value is not None else None
+        return cast(IntakeConsumer, app.consumer).records_end(tp, int(value)) if value is not None else None
 
     def fetched_at(topic: str, partition: int) -> int | None:
         """Wall-clock ms of the consumer's last fetch of the partition (when its highwater was read)."""

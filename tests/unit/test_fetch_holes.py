@@ -5,7 +5,9 @@ offsets without records, a partition's trailing marker included, and never a rec
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 
+import pytest
 from aiokafka.consumer import fetcher
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
@@ -15,6 +17,14 @@ from faust.types import TP
 from pipeline import fetch_holes, metrics
 from pipeline.fetch_holes import FetchHoles, HoleNotingRecords
 from tests.unit.test_intake import committing_consumer
+
+
+@pytest.fixture(autouse=True)
+def no_notes_left() -> Iterator[None]:
+    """The registry is the process's: each test starts and leaves it empty."""
+    fetch_holes.HOLES.clear()
+    yield
+    fetch_holes.HOLES.clear()
 
 
 def records_at(*offsets: int) -> MemoryRecords:
@@ -46,11 +56,14 @@ def test_holes_before_between_and_after_the_records_of_a_fetch_are_noted() -> No
 
 def test_a_run_of_holes_is_taken_whole_or_not_at_all() -> None:
     holes = FetchHoles()
+    holes.watch({"t"})
     holes.note("t", 0, 10, 11)
     holes.note("t", 0, 11, 13)
+    holes.note("changelog", 0, 13, 20)  # not watched: not noted
     assert holes.take("t", 0, 10, until=14) == 10  # the run ends at 13: 13 itself may be a record
     assert holes.take("t", 0, 10, until=13) == 13
     assert holes.take("t", 0, 10, until=13) == 10  # taken
+    assert holes.take("changelog", 0, 13) == 13
 
 
 def test_aiokafka_builds_its_partition_records_by_the_name_install_replaces() -> None:
@@ -97,3 +110,37 @@ def test_commits_pass_a_trailing_marker_and_never_a_record_not_acknowledged() ->
     consumer._committed_offset[tp] = 13
     consumer._acked[other] = [11]  # 10 was never acknowledged: no gap explains it
     assert consumer._new_offset(other) is None and "offsets 10..10 are not acknowledged" in logged[0]
+
+
+def test_passing_offsets_without_records_re_points_a_re_read_still_to_come() -> None:
+    """Records after a hole were dropped while a seek ran, so a re-read from the offset due is pending;
+    passing the hole must move that re-read past it, not cancel it (the dropped records would wait for
+    new input to be read again)."""
+    tp = TP("likes", 0)
+    consumer = committing_consumer("likes", {tp: 40}, [], assignment=lambda: {tp})
+    order = consumer._order
+    order.expect(tp, 40)
+    order.suspend()
+    assert not order.due(tp, 41)  # fetched after the marker at 40, dropped: the seek is running
+    order.resume()
+    fetch_holes.HOLES.note("likes", 0, 40, 41)
+    consumer._pass_trailing_holes(frozenset({"likes"}))
+    assert order.next_due(tp) == 41
+    order.SEEK_AGAIN_AFTER = 0.0
+    assert order.stale_seeks() == [(tp, 41)]  # read again from the record after the marker
+
+
+def test_a_partition_whose_only_news_is_a_marker_is_committed_past_it_and_counts_as_read_to_its_end() -> None:
+    """A partition assigned with only a commit marker after its committed offset has no acknowledgement
+    at all: Faust commits only partitions listed among the acknowledged, so passing the marker lists it.
+    And the processor, which compares the offsets it processed with the log end, must not see the marker
+    as a record still unread (else the partition holds event time back forever)."""
+    tp = TP("likes", 0)
+    consumer = committing_consumer("likes", {tp: 40}, [], assignment=lambda: {tp})
+    consumer._order.expect(tp, 40)
+    fetch_holes.HOLES.note("likes", 0, 40, 41)
+    consumer._pass_trailing_holes(frozenset({"likes"}))
+    assert tp in list(consumer._filter_tps_with_pending_acks())
+    assert consumer._new_offset(tp) == 41
+    assert consumer.records_end(tp, 41) == 40  # nothing after the last record but the marker
+    assert consumer.records_end(tp, 45) == 45  # records came since
