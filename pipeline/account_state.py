@@ -1,12 +1,21 @@
 """The aggregation state of one account, and its compact serialized form (stored in a Faust table).
 
-Contract: ``AccountState.loads(state.dumps())`` equals ``state`` (minus the transient ``dirty`` marks).
+Contract: ``AccountState.loads(state.dumps())`` equals ``state`` (minus the transient ``dirty`` marks), and
+so does ``AccountState.loads(records.main, segment)`` of ``records = state.store_records(...)``, where
+``segment`` reads the segment records written with it or before.
+
+An account's conversations (7 days of inbound replies and mentions, for matching responses) grow with its
+history, not with what changed since it was last stored. Above :data:`SEGMENT_FROM` of them they are kept
+in *segment records* of their own (at most :data:`SEGMENT_SIZE` each, in the order they came): a store of
+the state rewrites only the segments that changed (the newest, and those that lost conversations to age),
+and its main record names the segments by generation (``pipeline.state_records`` writes and deletes them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -39,6 +48,41 @@ class WindowCounts:
     response_ids: set[str] = field(default_factory=set)
 
 
+# More conversations than this: they go to segment records (see the module docstring); fewer than
+# SEGMENT_FROM // 4 again: back into the main record.
+SEGMENT_FROM = 4_000
+SEGMENT_SIZE = 2_000  # conversations per segment record: ~290 KB with the longest event ids
+_NEVER = 2**63 - 1
+
+
+@dataclass
+class Segment:
+    """Conversations of a segmented state, in the order they came. ``generation``: of its stored record;
+    0 while it changed since (it is written at the next store). ``oldest``: the earliest time among them
+    (no later than it: a pruning looks only at segments it may shorten)."""
+
+    ids: list[str]
+    generation: int = 0
+    oldest: int = _NEVER
+
+
+class GenerationSource(Protocol):
+    def next(self, above: int = 0) -> int: ...
+
+
+class StoredRecords(NamedTuple):
+    """What one store of a state writes: its main record, its new segment records (generation, value),
+    and the generations of the segment records it no longer names (to delete once the main is stored)."""
+
+    main: bytes
+    segments: list[tuple[int, bytes]]
+    replaced: list[int]
+
+
+def no_segments(generation: int) -> bytes:
+    raise ValueError(f"a segmented state names segment {generation}, and no segment reader was given")
+
+
 @dataclass
 class AccountState:
     """Everything the stream keeps for one account.
@@ -68,6 +112,73 @@ class AccountState:
     applying: dict[str, int] = field(default_factory=dict)
     drop: DropState | None = None
     dirty: set[int] = field(default_factory=set)
+    # Segmented conversations (None: kept in the main record), and the generations of segment records no
+    # longer named (deleted with the next store). How the state is stored, not what it holds: not compared.
+    segments: list[Segment] | None = field(default=None, compare=False)
+    replaced: list[int] = field(default_factory=list, compare=False)
+
+    def note_conversation(self, event_id: str, ts: int) -> None:
+        """Call after ``conversations[event_id] = ts`` on a segmented state: it joins the newest segment."""
+        segments = self.segments
+        assert segments is not None
+        newest = segments[-1] if segments else None
+        if newest is None or len(newest.ids) >= SEGMENT_SIZE:
+            newest = Segment([])
+            segments.append(newest)
+        elif newest.generation:
+            self.replaced.append(newest.generation)
+            newest.generation = 0
+        newest.ids.append(event_id)
+        if ts < newest.oldest:
+            newest.oldest = ts
+
+    def prune_segments(self, oldest_useful: int) -> None:
+        """Call after conversations older than ``oldest_useful`` were dropped from a segmented state: the
+        segments that held some are rewritten, or deleted once empty."""
+        segments = self.segments
+        assert segments is not None
+        conversations = self.conversations
+        kept: list[Segment] = []
+        for segment in segments:
+            if segment.oldest < oldest_useful:
+                ids = [i for i in segment.ids if i in conversations]
+                if len(ids) != len(segment.ids):
+                    if segment.generation:
+                        self.replaced.append(segment.generation)
+                    segment.ids, segment.generation = ids, 0
+                segment.oldest = min((conversations[i] for i in ids), default=_NEVER)
+            if segment.ids:
+                kept.append(segment)
+            elif segment.generation:
+                self.replaced.append(segment.generation)
+        self.segments = kept
+
+    def store_records(self, generations: GenerationSource) -> StoredRecords:
+        """The records that store this state now (see :class:`StoredRecords`); marks its segments stored.
+        Segments the conversations when there are more than :data:`SEGMENT_FROM` of them, and keeps them in
+        the main record again when fewer than a quarter of that remain."""
+        conversations = self.conversations
+        segments = self.segments
+        if segments is None and len(conversations) > SEGMENT_FROM:
+            ids = list(conversations)
+            segments = self.segments = [
+                Segment(ids[i : i + SEGMENT_SIZE], 0, min(conversations[c] for c in ids[i : i + SEGMENT_SIZE]))
+                for i in range(0, len(ids), SEGMENT_SIZE)
+            ]
+        elif segments is not None and len(conversations) < SEGMENT_FROM // 4:
+            self.replaced += [segment.generation for segment in segments if segment.generation]
+            segments = self.segments = None
+        replaced, self.replaced = self.replaced, []
+        if segments is None:
+            return StoredRecords(self.dumps(), [], replaced)
+        written = []
+        for segment in segments:
+            if not segment.generation:
+                segment.generation = generations.next()
+                value = orjson.dumps({i: conversations[i] for i in segment.ids if i in conversations})
+                written.append((segment.generation, exact_bytes(value)))
+        main = self.dumps(conversations={}, listing=[segment.generation for segment in segments])
+        return StoredRecords(main, written, replaced)
 
     def fold_applied(self) -> None:
         """Record the inputs applied since the state was last stored as stored (call right before
@@ -78,49 +189,60 @@ class AccountState:
                 applied[origin] = position
         self.applying.clear()
 
-    def dumps(self) -> bytes:
+    def dumps(self, conversations: dict[str, int] | None = None, listing: list[int] | None = None) -> bytes:
         """Compact JSON: ``[windows, final_through, conversations, pending, ledger base, folded_until,
-        ledger entries, applied, drop]``, each window as ``[start, likes, replies, mentions, follows, unfollows,
-        responses, engagers, ids, response_ids]`` (a positional layout: no key strings to write or read)."""
+        ledger entries, applied, drop, decay]`` and, for segmented conversations, ``listing`` (the
+        generations of their segment records; ``conversations`` is then empty), each window as ``[start,
+        likes, replies, mentions, follows, unfollows, responses, engagers, ids, response_ids]`` (a
+        positional layout: no key strings to write or read). Without arguments: the whole state, its
+        conversations included, in one record."""
         ledger = self.ledger
-        return exact_bytes(
-            orjson.dumps(
+        fields = [
+            [
                 [
-                    [
-                        [
-                            s,
-                            w.likes,
-                            w.replies,
-                            w.mentions,
-                            w.follows,
-                            w.unfollows,
-                            w.responses,
-                            list(w.engagers),
-                            list(w.ids),
-                            list(w.response_ids),
-                        ]
-                        for s, w in self.windows.items()
-                    ],
-                    self.final_through,
-                    self.conversations,
-                    self.pending,
-                    ledger.base,
-                    ledger.folded_until,
-                    ledger.entries,
-                    self.applied,
-                    None if self.drop is None else self.drop.to_list(),
-                    0 if self.drop is None else self.drop.decay,  # apart from it: older readers take 6 fields
+                    s,
+                    w.likes,
+                    w.replies,
+                    w.mentions,
+                    w.follows,
+                    w.unfollows,
+                    w.responses,
+                    list(w.engagers),
+                    list(w.ids),
+                    list(w.response_ids),
                 ]
-            )
-        )
+                for s, w in self.windows.items()
+            ],
+            self.final_through,
+            self.conversations if conversations is None else conversations,
+            self.pending,
+            ledger.base,
+            ledger.folded_until,
+            ledger.entries,
+            self.applied,
+            None if self.drop is None else self.drop.to_list(),
+            0 if self.drop is None else self.drop.decay,  # apart from it: older readers take 6 fields
+        ]
+        if listing is not None:
+            fields.append(listing)
+        return exact_bytes(orjson.dumps(fields))
 
     @classmethod
-    def loads(cls, raw: bytes) -> AccountState:
+    def loads(cls, raw: bytes, segment: Callable[[int], bytes] = no_segments) -> AccountState:
+        """The state stored as ``raw`` (a main record); ``segment`` reads the segment record of a
+        generation that a segmented state names."""
         fields = orjson.loads(raw)
         windows, final_through, conversations, pending, base, folded_until, entries = fields[:7]
         applied = fields[7] if len(fields) > 7 else {}  # states stored by earlier versions have none
         drop = fields[8] if len(fields) > 8 else None
         decay = fields[9] if len(fields) > 9 else 0
+        segments = None
+        if len(fields) > 10:  # segmented: later segments hold the later time of a conversation seen twice
+            segments = []
+            for generation in fields[10]:
+                part: dict[str, int] = orjson.loads(segment(generation))
+                conversations.update(part)
+                segments.append(Segment(list(part), generation, min(part.values(), default=_NEVER)))
         return cls(
             windows={
                 w[0]: WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9])) for w in windows
@@ -131,6 +253,7 @@ class AccountState:
             ledger=FollowerLedger(base, folded_until, [(e[0], e[1], e[2], e[3]) for e in entries]),
             applied=applied,
             drop=None if drop is None else DropState.from_list(drop, decay),
+            segments=segments,
         )
 
 

@@ -24,17 +24,18 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
-from pipeline.account_state import AccountState, WindowCounts
+from pipeline.account_state import SEGMENT_FROM, AccountState, WindowCounts
 from pipeline.drops import Alert, DropDetector, DropState
 from pipeline.events import FOLLOW, FOLLOWERS, LIKE, MENTION, REPLY, UNFOLLOW, Event
 from pipeline.followers import FOLLOW as LEDGER_FOLLOW
 from pipeline.followers import SNAPSHOT as LEDGER_SNAPSHOT
 from pipeline.followers import UNFOLLOW as LEDGER_UNFOLLOW
+from pipeline.state_records import Generations, StateCorrupted
 
 NO_FRONTIER = -(2**62)
 
@@ -116,11 +117,19 @@ class Outcome(Enum):
 
 
 class StateStore(Protocol):
-    """Where account states live between batches (a Faust table in the worker, a dict in tests)."""
+    """Where account states live between batches (a Faust table in the worker, a dict in tests).
+
+    ``put`` stores a state's main record with its new segment records (generation, value) and drops the
+    segment records of the ``replaced`` generations (:class:`~pipeline.account_state.StoredRecords`);
+    ``get_segment`` raises :class:`~pipeline.state_records.StateCorrupted` for a segment it does not hold."""
 
     def get(self, account_id: str) -> bytes | None: ...
 
-    def put(self, account_id: str, value: bytes) -> None: ...
+    def get_segment(self, account_id: str, generation: int) -> bytes: ...
+
+    def put(
+        self, account_id: str, value: bytes, segments: Sequence[tuple[int, bytes]] = (), replaced: Sequence[int] = ()
+    ) -> None: ...
 
     def accounts(self) -> Iterable[str]: ...
 
@@ -130,15 +139,33 @@ class DictStore:
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
+        self.segments: dict[tuple[str, int], bytes] = {}
 
     def get(self, account_id: str) -> bytes | None:
         return self.data.get(account_id)
 
-    def put(self, account_id: str, value: bytes) -> None:
+    def get_segment(self, account_id: str, generation: int) -> bytes:
+        value = self.segments.get((account_id, generation))
+        if value is None:
+            raise StateCorrupted(f"the state of account {account_id!r} names segment {generation}, which is missing")
+        return value
+
+    def put(
+        self, account_id: str, value: bytes, segments: Sequence[tuple[int, bytes]] = (), replaced: Sequence[int] = ()
+    ) -> None:
         self.data[account_id] = value
+        for generation in replaced:
+            self.segments.pop((account_id, generation), None)
+        for generation, segment in segments:
+            self.segments[(account_id, generation)] = segment
 
     def accounts(self) -> Iterable[str]:
         return list(self.data)
+
+
+def _unread(generation: int) -> bytes:
+    """A segment record not read (the state loaded is not kept): no conversations."""
+    return b"{}"
 
 
 class EndIndex:
@@ -195,6 +222,7 @@ class Aggregator:
         self.store = store
         self.partition_of = partition_of
         self.clock = clock or VersionClock()
+        self.generations = Generations()  # of segment records (pipeline.account_state)
         self.upsert_interval_s = upsert_interval_s
         self._monotonic = monotonic
         # Upsert throttle: when each open window was last upserted, oldest first (an entry is dropped
@@ -247,7 +275,9 @@ class Aggregator:
 
     def _load(self, account_id: str) -> AccountState:
         raw = self.store.get(account_id)
-        return AccountState.loads(raw) if raw is not None else AccountState()
+        if raw is None:
+            return AccountState()
+        return AccountState.loads(raw, lambda generation: self.store.get_segment(account_id, generation))
 
     def _window(self, account_id: str, state: AccountState, start: int, partition: int) -> WindowCounts:
         """The window of ``account_id`` (owned by ``partition``) starting at ``start``, opened if new;
@@ -306,6 +336,8 @@ class Aggregator:
                 window.mentions += 1
             window.engagers.add(event.actor_id)
             state.conversations[event.event_id] = ts
+            if state.segments is not None:
+                state.note_conversation(event.event_id, ts)
             if state.pending:
                 self._match_pending(account_id, state, event.event_id, ts, partition)
         else:
@@ -477,6 +509,8 @@ class Aggregator:
         oldest_useful = through - self.config.conversation_horizon_ms
         if state.conversations:
             state.conversations = {k: v for k, v in state.conversations.items() if v >= oldest_useful}
+            if state.segments is not None:
+                state.prune_segments(oldest_useful)
         if state.pending:
             window_ms = self.config.window_ms
             kept: dict[str, list[list[Any]]] = {}
@@ -512,7 +546,7 @@ class Aggregator:
             raw = self.store.get(account_id)
             if raw is None:
                 continue
-            state = AccountState.loads(raw)
+            state = AccountState.loads(raw, _unread)  # read for its windows and drop state only, then dropped
             for start in state.windows:
                 self._index(partition, account_id, start + self.config.window_ms)
             drop = state.drop
@@ -609,11 +643,15 @@ class Aggregator:
         With ``partitions``, states of accounts owned by other partitions are dropped instead (they were
         revoked: whatever changed them was not acknowledged and is replayed by their new owner)."""
         put = self.store.put
+        generations = self.generations
         for account_id, state in self._touched.items():
             if partitions is None or self.partition_of(account_id) in partitions:
                 if state.applying:
                     state.fold_applied()
-                put(account_id, state.dumps())
+                if state.segments is None and len(state.conversations) <= SEGMENT_FROM:
+                    put(account_id, state.dumps())  # the common case: one record
+                else:
+                    put(account_id, *state.store_records(generations))
         # States changed since the last take_rows stay touched: their next changes skip _state().
         self._touched = dict(self._fresh)
         while len(self._live) > self.cache_accounts:  # everything live is persisted: evict the coldest

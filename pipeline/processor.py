@@ -80,11 +80,13 @@ from pipeline.state_records import (
     CHUNK_BYTES,
     Generations,
     Record,
+    StateCorrupted,
     assemble,
     is_chunk_key,
     layout,
     orphans,
     parse_chunk_key,
+    segment_key,
 )
 
 # How old a partition's highwater may be for the partition to count as caught up (see _caught_up).
@@ -173,6 +175,8 @@ class StagedStore:
         self.chunk_bytes = chunk_bytes
         self.settled = settled
         self.staged: dict[str, bytes] = {}
+        self.staged_segments: dict[str, dict[int, bytes]] = {}  # account -> new segment records
+        self.staged_replaced: dict[str, set[int]] = {}  # account -> stored segment records to delete
         self.generations = Generations()
         self._sweep: frozenset[int] | None = None  # partitions whose orphans to look for at the next commit
         self._large: set[str] = set()  # accounts whose large state was logged
@@ -206,12 +210,34 @@ class StagedStore:
         value = self._stored(key)
         return assemble(key, value, self._stored) if value is not None else None
 
-    def put(self, account_id: str, value: bytes) -> None:
+    def get_segment(self, account_id: str, generation: int) -> bytes:
+        """A segment record of the account's conversations: staged, else stored. Raises
+        :class:`~pipeline.state_records.StateCorrupted` when it is neither."""
+        staged = self.staged_segments.get(account_id)
+        value = staged.get(generation) if staged else None
+        if value is None:
+            value = self._stored(segment_key(generation, account_id.encode("utf-8")))
+        if value is None:
+            raise StateCorrupted(f"the state of account {account_id!r} names segment {generation}, which is missing")
+        return value
+
+    def put(
+        self, account_id: str, value: bytes, segments: Sequence[tuple[int, bytes]] = (), replaced: Sequence[int] = ()
+    ) -> None:
         self.staged[account_id] = value
+        if not segments and not replaced:
+            return
+        written = self.staged_segments.setdefault(account_id, {})
+        for generation in replaced:
+            if written.pop(generation, None) is None:  # a record stored: delete it; one only staged: drop it
+                self.staged_replaced.setdefault(account_id, set()).add(generation)
+        written.update(segments)
 
     def keep(self, wanted: Callable[[str], bool]) -> None:
         """Drop the staged changes of accounts that are not ``wanted``."""
         self.staged = {a: v for a, v in self.staged.items() if wanted(a)}
+        self.staged_segments = {a: v for a, v in self.staged_segments.items() if wanted(a)}
+        self.staged_replaced = {a: v for a, v in self.staged_replaced.items() if wanted(a)}
 
     def accounts(self) -> Iterable[str]:
         stored = [k for k in list(self.contents) if not is_chunk_key(k)]
@@ -248,11 +274,19 @@ class StagedStore:
         if staged:
             self._watch_sizes(staged)
         owner = self.partition_of
+        segments, self.staged_segments = self.staged_segments, {}
+        replaced, self.staged_replaced = self.staged_replaced, {}
         phases = layout(
             [(a.encode("utf-8"), value, owner(a)) for a, value in staged.items()],
             self.contents,
             self.generations,
             self.chunk_bytes,
+            before=[
+                (segment_key(g, a.encode("utf-8")), value, owner(a))
+                for a, written in segments.items()
+                for g, value in written.items()
+            ],
+            after=[(segment_key(g, a.encode("utf-8")), None, owner(a)) for a, gone in replaced.items() for g in gone],
         )
         orphaned = self._orphans()  # before this write: none of its chunks is taken for one
         if orphaned:

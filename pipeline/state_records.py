@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -64,6 +64,21 @@ class Chunks:
 
 def chunk_key(generation: int, index: int, account_key: bytes) -> bytes:
     return CHUNK_PREFIX + _CHUNK_HEAD.pack(generation, index) + account_key
+
+
+# A segment record (pipeline.account_state: an account's conversations, in parts) is keyed as a chunk of
+# its generation with this index.
+SEGMENT_INDEX = 0xFFFFFFFF
+
+
+def segment_key(generation: int, account_key: bytes) -> bytes:
+    return chunk_key(generation, SEGMENT_INDEX, account_key)
+
+
+def segment_listing(state: bytes) -> frozenset[int]:
+    """The generations of the segment records a serialized state names (its 11th field)."""
+    fields = orjson.loads(state)
+    return frozenset(fields[10]) if len(fields) > 10 else frozenset()
 
 
 def is_chunk_key(key: bytes) -> bool:
@@ -107,10 +122,13 @@ def layout(
     stored: Mapping[bytes, bytes],
     generations: Generations,
     chunk_bytes: int = CHUNK_BYTES,
+    before: Sequence[Record] = (),
+    after: Sequence[Record] = (),
 ) -> list[list[Record]]:
     """The records that store ``states`` (account key, serialized state, partition) over what the table
-    holds now (``stored``: its records), as the phases of the write: new chunks, main records, deletions
-    of the chunks replaced (empty phases left out; most writes are the one phase of main records). Each
+    holds now (``stored``: its records), as the phases of the write: new chunks (and ``before``: new
+    segment records), main records, deletions of the chunks replaced (and ``after``: of the segment
+    records replaced); empty phases left out, most writes are the one phase of main records. Each
     phase must be acknowledged by the broker before the next is sent: a producer that is not idempotent
     may lose a record batch and still store the ones after it."""
     chunks: list[Record] = []
@@ -132,7 +150,7 @@ def layout(
             mains.append(state)
         if old is not None:
             deletions += [(chunk, None, partition) for chunk in old.keys(key)]
-    return [phase for phase in (chunks, mains, deletions) if phase]
+    return [phase for phase in (chunks + list(before), mains, deletions + list(after)) if phase]
 
 
 def assemble(key: bytes, main_value: bytes, stored: Callable[[bytes], bytes | None]) -> bytes:
@@ -159,11 +177,24 @@ def assemble(key: bytes, main_value: bytes, stored: Callable[[bytes], bytes | No
 
 
 def orphans(keys: Iterable[bytes], stored: Callable[[bytes], bytes | None]) -> Iterator[bytes]:
-    """The chunk keys among ``keys`` that no main record names (left by a write cut short)."""
+    """The chunk and segment keys among ``keys`` that no main record names (left by a write cut short)."""
+    listings: dict[bytes, frozenset[int]] = {}
     for key in keys:
         if not is_chunk_key(key):
             continue
         generation, index, account_key = parse_chunk_key(key)
-        named = reference(stored(account_key))
+        main = stored(account_key)
+        if index == SEGMENT_INDEX:
+            listing = listings.get(account_key)
+            if listing is None:
+                try:
+                    listing = segment_listing(assemble(account_key, main, stored)) if main else frozenset()
+                except StateCorrupted:  # chunks of the main record missing: nothing is known to be unnamed
+                    continue
+                listings[account_key] = listing
+            if generation not in listing:
+                yield key
+            continue
+        named = reference(main)
         if named is None or named.generation != generation or index >= named.count:
             yield key

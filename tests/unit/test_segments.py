@@ -1,0 +1,197 @@
+"""An account with many conversations keeps them in segment records: a store rewrites only the segments
+that changed, a state loads whole from its main record and segments, results are exactly those of whole
+states across restarts, and a write cut short anywhere leaves the old state or the new one."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from pipeline import account_state, aggregator
+from pipeline.account_state import AccountState
+from pipeline.aggregator import Aggregator, DictStore, WindowConfig, response_candidate
+from pipeline.events import Event
+from pipeline.processor import StagedStore
+from pipeline.state_records import Generations, Record, is_chunk_key, parse_chunk_key, segment_listing
+from tests.unit.test_processor import FakeTable
+
+T0 = 1_767_225_600_000
+CFG = WindowConfig(window_ms=60_000, lateness_ms=60_000, conversation_horizon_ms=10 * 60_000)
+
+
+@pytest.fixture
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments from 20 conversations on, of 8 each."""
+    monkeypatch.setattr(account_state, "SEGMENT_FROM", 20)
+    monkeypatch.setattr(aggregator, "SEGMENT_FROM", 20)
+    monkeypatch.setattr(account_state, "SEGMENT_SIZE", 8)
+
+
+def conversations(n: int, start: int = 0) -> dict[str, int]:
+    return {f"q{i}": T0 + i * 1000 for i in range(start, start + n)}
+
+
+def stored(state: AccountState, store: DictStore, generations: Generations) -> tuple[int, int]:
+    """Store ``state`` as the aggregator does; returns (segment records written, deleted)."""
+    records = state.store_records(generations)
+    store.put("star", *records)
+    return len(records.segments), len(records.replaced)
+
+
+def test_a_store_rewrites_only_the_segments_that_changed(small_segments: None) -> None:
+    store, generations = DictStore(), Generations()
+    state = AccountState(conversations=conversations(30))
+    assert stored(state, store, generations) == (4, 0)  # 30 conversations: 8 + 8 + 8 + 6
+    assert orjson_fields(store.data["star"])[2] == {}  # none in the main record
+    loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
+    assert loaded == state and list(loaded.conversations) == list(state.conversations)
+    for event_id, ts in conversations(3, start=30).items():  # three more: the newest segment fills up
+        state.conversations[event_id] = ts
+        state.note_conversation(event_id, ts)
+    assert stored(state, store, generations) == (2, 1)  # the newest, rewritten (8), and a new one (1)
+    state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 10_000}
+    state.prune_segments(T0 + 10_000)  # the first 10 age out: the first segment goes, the second shrinks
+    assert stored(state, store, generations) == (1, 2)
+    assert len(store.segments) == 4 and sum(len(s.ids) for s in state.segments or []) == 23
+    reloaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
+    assert reloaded == state
+    state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 29_000}
+    state.prune_segments(T0 + 29_000)  # 4 left, under a quarter of 20: back into the main record
+    assert stored(state, store, generations) == (0, 4) and state.segments is None
+    assert not store.segments and orjson_fields(store.data["star"])[2] == state.conversations
+
+
+def orjson_fields(raw: bytes) -> list[Any]:
+    import orjson
+
+    return list(orjson.loads(raw))
+
+
+def stream(seed: int = 7) -> list[Event]:
+    """An hour of a popular account: fans mention it and reply to it, it answers some of them later,
+    others like it; a little disorder in time."""
+    rnd = random.Random(seed)
+    events: list[Event] = []
+    asked: list[str] = []
+    for n in range(2400):
+        ts = T0 + n * 1500 + rnd.randint(0, 800)
+        roll = rnd.random()
+        if roll < 0.5:
+            kind = rnd.choice(["mention", "reply"])
+            event_id = f"{kind}{n}"
+            asked.append(event_id)
+            in_reply_to = "post" if kind == "reply" else None
+            events.append(Event(event_id, kind, ts, f"fan{n % 97}", "star", in_reply_to=in_reply_to))
+        elif roll < 0.7 and asked:
+            answered = asked[rnd.randrange(max(0, len(asked) - 300), len(asked))]
+            events.append(Event(f"answer{n}", "reply", ts, "star", f"fan{n % 97}", in_reply_to=answered))
+        else:
+            events.append(Event(f"like{n}", "like", ts, f"u{n % 31}", "star"))
+    return events
+
+
+def run(events: list[Event], restart_every: int = 9) -> tuple[list[tuple[Any, ...]], DictStore, int]:
+    """The worker's way over ``events`` (batches of 25, responses forwarded a batch later, a restart from
+    the store every ``restart_every`` batches); returns the final rows, the store, and the most segment
+    records it held at once."""
+    store = DictStore()
+    agg = Aggregator(CFG, store, lambda a: 0)
+    agg.assign({0})
+    rows = []
+    forwards: list[Any] = []
+    most = 0
+    frontier = 0
+    for number, first in enumerate(range(0, len(events), 25)):
+        if number % restart_every == restart_every - 1:  # a new process recovering the same table
+            agg = Aggregator(CFG, store, lambda a: 0)
+            agg.assign({0})
+            agg.advance(0, frontier)
+        for candidate in forwards:
+            agg.apply_response(candidate, 0)
+        forwards = []
+        for event in events[first : first + 25]:
+            agg.apply_event(event, 0)
+            candidate = response_candidate(event)
+            if candidate is not None:
+                forwards.append(candidate)
+            frontier = max(frontier, event.ts_ms)
+        agg.advance(0, frontier)
+        rows += agg.end_batch()
+        most = max(most, len(store.segments))
+    for candidate in forwards:
+        agg.apply_response(candidate, 0)
+    agg.flush()
+    rows += agg.end_batch()
+    final = sorted(row.values() for row in rows if row.final)
+    return final, store, most
+
+
+def test_segmented_conversations_count_exactly_as_whole_ones_across_restarts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = stream()
+    whole, whole_store, _ = run(events)
+    monkeypatch.setattr(account_state, "SEGMENT_FROM", 40)
+    monkeypatch.setattr(aggregator, "SEGMENT_FROM", 40)
+    monkeypatch.setattr(account_state, "SEGMENT_SIZE", 16)
+    segmented, store, most = run(events)
+    assert most >= 10 and not whole_store.segments  # segments were used, and aged out along the way
+    assert segmented == whole
+    assert sum(row[10] for row in whole) > 100  # responses were matched against conversations
+    for account_id, raw in store.data.items():  # every segment record left is named by its state
+        named = segment_listing(raw)
+        assert {g for a, g in store.segments if a == account_id} == named
+
+
+def test_a_segmented_write_cut_short_anywhere_leaves_a_whole_state_and_no_unnamed_segment(
+    small_segments: None,
+) -> None:
+    """Through the worker's store: new segments go with the chunks before the main record, deletions
+    after it; every prefix of the write leaves a state that loads whole, and the sweep deletes the rest."""
+    generations = Generations()
+    state = AccountState(conversations=conversations(30))
+    table = FakeTable()
+    first = StagedStore(table)
+    first.put("star", *state.store_records(generations))
+    asyncio.run(_commit(first))
+    before = dict(table)
+    for event_id, ts in conversations(12, start=30).items():
+        state.conversations[event_id] = ts
+        state.note_conversation(event_id, ts)
+    state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 9_000}
+    state.prune_segments(T0 + 9_000)
+    received: list[Record] = []
+
+    async def changelog(phases: list[list[Record]]) -> Any:
+        received.extend(record for phase in phases for record in phase)
+        return asyncio.gather()
+
+    second = StagedStore(FakeTable(before), changelog)
+    second.put("star", *state.store_records(generations))
+    asyncio.run(_commit(second))
+    kinds = [("segment" if is_chunk_key(k) else "main") if v is not None else "delete" for k, v, _ in received]
+    assert kinds == sorted(kinds, key=["segment", "main", "delete"].index) and "delete" in kinds
+    old_state = AccountState.loads(before[b"star"], lambda g: StagedStore(FakeTable(before)).get_segment("star", g))
+    for cut in range(len(received) + 1):
+        survived = FakeTable(before)
+        for key, value, _ in received[:cut]:
+            if value is None:
+                survived.pop(key, None)
+            else:
+                survived[key] = value
+        recovered = StagedStore(survived)
+        raw = recovered.get("star")
+        assert raw is not None
+        loaded = AccountState.loads(raw, lambda g, store=recovered: store.get_segment("star", g))
+        assert loaded in (old_state, state), cut
+        recovered.sweep({0})
+        asyncio.run(_commit(recovered))
+        named = segment_listing(survived[b"star"])
+        assert {parse_chunk_key(k)[0] for k in survived if is_chunk_key(k)} == named, cut
+
+
+async def _commit(store: StagedStore) -> None:
+    await (await store.commit())
