@@ -1,6 +1,7 @@
 """An account whose state outgrows Kafka's record limit (1 MiB by default) is stored in chunks on the real
-broker; a restarted worker recovers it whole from the changelog: re-delivered events do not count twice,
-and a reply matches a conversation that only the chunks held. (The embedded broker takes records of any size,
+broker, and its 12,000 conversations in segment records; a restarted worker recovers it whole from the
+changelog: re-delivered events do not count twice, and a reply matches a conversation that only a segment
+held. (The embedded broker takes records of any size,
 unlike Kafka: so the test checks that no record of the changelog is larger than a chunk.)"""
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from pipeline.account_state import SEGMENT_SIZE
 from pipeline.query_client import run_query
 from pipeline.settings import Settings
-from pipeline.state_records import CHUNK_BYTES, is_chunk_key
+from pipeline.state_records import CHUNK_BYTES, SEGMENT_INDEX, is_chunk_key, parse_chunk_key
 from pipeline.worker import ACCOUNT_STATE_TABLE
 from tests.integration.helpers import running_worker, wait_processed
 
 pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000
-MENTIONS = 12_000  # ids of 100 characters, kept twice (window ids, conversations): a state of ~2.6 MB
+MENTIONS = 12_000  # ids of 100 characters, kept twice (window ids, conversations): ~2.6 MB in all
 PAD = "m" * 94
 
 
@@ -57,8 +59,11 @@ def test_a_state_over_the_record_limit_is_stored_in_chunks_and_recovered_whole(l
     with running_worker(settings):
         wait_processed(settings)
     records = changelog_records(settings)
-    chunks = [value for key, value in records if is_chunk_key(key) and value is not None]
-    assert len(chunks) >= 4, [len(v or b"") for _, v in records]
+    stored = [(parse_chunk_key(key)[1], value) for key, value in records if is_chunk_key(key) and value is not None]
+    segments = [value for index, value in stored if index == SEGMENT_INDEX]
+    chunks = [value for index, value in stored if index != SEGMENT_INDEX]
+    assert len(segments) >= MENTIONS // SEGMENT_SIZE  # the conversations, in segments of their own
+    assert len(chunks) >= 2, [len(v or b"") for _, v in records]  # the open window's ids: a state of ~1.3 MB
     assert max(len(v or b"") for _, v in records) <= CHUNK_BYTES  # no record near the broker's limit
 
     # After the restart: the first 1,000 mentions again (replayed, not counted), and A answers the first one.
