@@ -51,8 +51,17 @@ class WindowCounts:
 # More conversations than this: they go to segment records (see the module docstring); fewer than
 # SEGMENT_FROM // 4 again: back into the main record.
 SEGMENT_FROM = 4_000
-SEGMENT_SIZE = 2_000  # conversations per segment record: ~290 KB with the longest event ids
+SEGMENT_SIZE = 2_000  # conversations per segment record at most
+# ...and encoded bytes at most (plus one conversation): an event id's 128 characters take up to 768 bytes
+# in JSON (escaped control characters), so a count alone does not keep a record under Kafka's limit.
+SEGMENT_BYTES = 256 * 1024
 _NEVER = 2**63 - 1
+_ENTRY_BYTES = 24  # a conversation's JSON beyond its quoted id: `:1767225600000,`
+
+
+def conversation_bytes(event_id: str) -> int:
+    """The bytes a conversation takes in a segment record (its id as JSON, quoted and escaped, and its time)."""
+    return len(orjson.dumps(event_id)) + _ENTRY_BYTES
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Segment:
     ids: list[str]
     generation: int = 0
     oldest: int = _NEVER
+    size: int = 0  # bytes of its record, at most (see SEGMENT_BYTES)
 
 
 class GenerationSource(Protocol):
@@ -117,18 +127,29 @@ class AccountState:
     segments: list[Segment] | None = field(default=None, compare=False)
     replaced: list[int] = field(default_factory=list, compare=False)
 
-    def note_conversation(self, event_id: str, ts: int) -> None:
-        """Call after ``conversations[event_id] = ts`` on a segmented state: it joins the newest segment."""
+    def note_conversation(self, event_id: str, ts: int, previous: int | None) -> None:
+        """Call on a segmented state before ``conversations[event_id] = ts`` (``previous``: its time until
+        now, None if new): it joins the newest segment, whose record then holds the new time (a later
+        segment's wins on loading). An id seen again at an earlier time lowers every segment's ``oldest``
+        (it may be in any of them): the next pruning looks at them all."""
+        if previous == ts:
+            return
         segments = self.segments
         assert segments is not None
+        if previous is not None:
+            for segment in segments:
+                if ts < segment.oldest:
+                    segment.oldest = ts
+        size = conversation_bytes(event_id)
         newest = segments[-1] if segments else None
-        if newest is None or len(newest.ids) >= SEGMENT_SIZE:
+        if newest is None or len(newest.ids) >= SEGMENT_SIZE or newest.size + size > SEGMENT_BYTES:
             newest = Segment([])
             segments.append(newest)
         elif newest.generation:
             self.replaced.append(newest.generation)
             newest.generation = 0
         newest.ids.append(event_id)
+        newest.size += size
         if ts < newest.oldest:
             newest.oldest = ts
 
@@ -153,18 +174,18 @@ class AccountState:
                 self.replaced.append(segment.generation)
         self.segments = kept
 
-    def store_records(self, generations: GenerationSource) -> StoredRecords:
+    def store_records(self, generations: GenerationSource, stored: Callable[[int], bool]) -> StoredRecords:
         """The records that store this state now (see :class:`StoredRecords`); marks its segments stored.
         Segments the conversations when there are more than :data:`SEGMENT_FROM` of them, and keeps them in
-        the main record again when fewer than a quarter of that remain."""
+        the main record again when fewer than a quarter of that remain. ``stored``: whether the store holds
+        the segment record of a generation; one it lost (a changelog write that dropped the records of a
+        partition not owned at that moment) is written again."""
         conversations = self.conversations
         segments = self.segments
         if segments is None and len(conversations) > SEGMENT_FROM:
-            ids = list(conversations)
-            segments = self.segments = [
-                Segment(ids[i : i + SEGMENT_SIZE], 0, min(conversations[c] for c in ids[i : i + SEGMENT_SIZE]))
-                for i in range(0, len(ids), SEGMENT_SIZE)
-            ]
+            segments = self.segments = []
+            for event_id, ts in conversations.items():
+                self.note_conversation(event_id, ts, None)
         elif segments is not None and len(conversations) < SEGMENT_FROM // 4:
             self.replaced += [segment.generation for segment in segments if segment.generation]
             segments = self.segments = None
@@ -173,6 +194,8 @@ class AccountState:
             return StoredRecords(self.dumps(), [], replaced)
         written = []
         for segment in segments:
+            if segment.generation and not stored(segment.generation):  # its record was lost: write it again
+                segment.generation = 0
             if not segment.generation:
                 segment.generation = generations.next()
                 value = orjson.dumps({i: conversations[i] for i in segment.ids if i in conversations})
@@ -240,9 +263,10 @@ class AccountState:
         if len(fields) > 10:  # segmented: later segments hold the later time of a conversation seen twice
             segments = []
             for generation in fields[10]:
-                part: dict[str, int] = orjson.loads(segment(generation))
+                record = segment(generation)
+                part: dict[str, int] = orjson.loads(record)
                 conversations.update(part)
-                segments.append(Segment(list(part), generation, min(part.values(), default=_NEVER)))
+                segments.append(Segment(list(part), generation, min(part.values(), default=_NEVER), len(record)))
         return cls(
             windows={
                 w[0]: WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9])) for w in windows

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from pipeline.account_state import SEGMENT_FROM, AccountState, WindowCounts
@@ -127,6 +128,8 @@ class StateStore(Protocol):
 
     def get_segment(self, account_id: str, generation: int) -> bytes: ...
 
+    def has_segment(self, account_id: str, generation: int) -> bool: ...
+
     def put(
         self, account_id: str, value: bytes, segments: Sequence[tuple[int, bytes]] = (), replaced: Sequence[int] = ()
     ) -> None: ...
@@ -149,6 +152,9 @@ class DictStore:
         if value is None:
             raise StateCorrupted(f"the state of account {account_id!r} names segment {generation}, which is missing")
         return value
+
+    def has_segment(self, account_id: str, generation: int) -> bool:
+        return (account_id, generation) in self.segments
 
     def put(
         self, account_id: str, value: bytes, segments: Sequence[tuple[int, bytes]] = (), replaced: Sequence[int] = ()
@@ -335,9 +341,9 @@ class Aggregator:
             else:
                 window.mentions += 1
             window.engagers.add(event.actor_id)
-            state.conversations[event.event_id] = ts
             if state.segments is not None:
-                state.note_conversation(event.event_id, ts)
+                state.note_conversation(event.event_id, ts, state.conversations.get(event.event_id))
+            state.conversations[event.event_id] = ts
             if state.pending:
                 self._match_pending(account_id, state, event.event_id, ts, partition)
         else:
@@ -651,7 +657,7 @@ class Aggregator:
                 if state.segments is None and len(state.conversations) <= SEGMENT_FROM:
                     put(account_id, state.dumps())  # the common case: one record
                 else:
-                    put(account_id, *state.store_records(generations))
+                    put(account_id, *state.store_records(generations, partial(self.store.has_segment, account_id)))
         # States changed since the last take_rows stay touched: their next changes skip _state().
         self._touched = dict(self._fresh)
         while len(self._live) > self.cache_accounts:  # everything live is persisted: evict the coldest

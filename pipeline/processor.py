@@ -221,6 +221,13 @@ class StagedStore:
             raise StateCorrupted(f"the state of account {account_id!r} names segment {generation}, which is missing")
         return value
 
+    def has_segment(self, account_id: str, generation: int) -> bool:
+        """Whether the segment record is staged or stored."""
+        staged = self.staged_segments.get(account_id)
+        if staged and generation in staged:
+            return True
+        return segment_key(generation, account_id.encode("utf-8")) in self.contents
+
     def put(
         self, account_id: str, value: bytes, segments: Sequence[tuple[int, bytes]] = (), replaced: Sequence[int] = ()
     ) -> None:

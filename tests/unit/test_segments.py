@@ -36,7 +36,7 @@ def conversations(n: int, start: int = 0) -> dict[str, int]:
 
 def stored(state: AccountState, store: DictStore, generations: Generations) -> tuple[int, int]:
     """Store ``state`` as the aggregator does; returns (segment records written, deleted)."""
-    records = state.store_records(generations)
+    records = state.store_records(generations, lambda g: store.has_segment("star", g))
     store.put("star", *records)
     return len(records.segments), len(records.replaced)
 
@@ -49,8 +49,8 @@ def test_a_store_rewrites_only_the_segments_that_changed(small_segments: None) -
     loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
     assert loaded == state and list(loaded.conversations) == list(state.conversations)
     for event_id, ts in conversations(3, start=30).items():  # three more: the newest segment fills up
+        state.note_conversation(event_id, ts, None)
         state.conversations[event_id] = ts
-        state.note_conversation(event_id, ts)
     assert stored(state, store, generations) == (2, 1)  # the newest, rewritten (8), and a new one (1)
     state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 10_000}
     state.prune_segments(T0 + 10_000)  # the first 10 age out: the first segment goes, the second shrinks
@@ -72,14 +72,20 @@ def orjson_fields(raw: bytes) -> list[Any]:
 
 def stream(seed: int = 7) -> list[Event]:
     """An hour of a popular account: fans mention it and reply to it, it answers some of them later,
-    others like it; a little disorder in time."""
+    others like it; a little disorder in time, and some ids sent again at another time."""
     rnd = random.Random(seed)
     events: list[Event] = []
     asked: list[str] = []
     for n in range(2400):
         ts = T0 + n * 1500 + rnd.randint(0, 800)
         roll = rnd.random()
-        if roll < 0.5:
+        if roll < 0.03 and asked:  # an id seen again, at another time (another window): earlier or later
+            event_id = asked[rnd.randrange(len(asked))]
+            kind = "mention" if event_id.startswith("mention") else "reply"
+            in_reply_to = "post" if kind == "reply" else None
+            shifted = ts - rnd.randint(60_000, 400_000) if rnd.random() < 0.7 else ts + rnd.randint(60_000, 120_000)
+            events.append(Event(event_id, kind, shifted, f"fan{n % 97}", "star", in_reply_to=in_reply_to))
+        elif roll < 0.5:
             kind = rnd.choice(["mention", "reply"])
             event_id = f"{kind}{n}"
             asked.append(event_id)
@@ -155,12 +161,12 @@ def test_a_segmented_write_cut_short_anywhere_leaves_a_whole_state_and_no_unname
     state = AccountState(conversations=conversations(30))
     table = FakeTable()
     first = StagedStore(table)
-    first.put("star", *state.store_records(generations))
+    first.put("star", *state.store_records(generations, lambda g: first.has_segment("star", g)))
     asyncio.run(_commit(first))
     before = dict(table)
     for event_id, ts in conversations(12, start=30).items():
+        state.note_conversation(event_id, ts, None)
         state.conversations[event_id] = ts
-        state.note_conversation(event_id, ts)
     state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 9_000}
     state.prune_segments(T0 + 9_000)
     received: list[Record] = []
@@ -170,7 +176,7 @@ def test_a_segmented_write_cut_short_anywhere_leaves_a_whole_state_and_no_unname
         return asyncio.gather()
 
     second = StagedStore(FakeTable(before), changelog)
-    second.put("star", *state.store_records(generations))
+    second.put("star", *state.store_records(generations, lambda g: second.has_segment("star", g)))
     asyncio.run(_commit(second))
     kinds = [("segment" if is_chunk_key(k) else "main") if v is not None else "delete" for k, v, _ in received]
     assert kinds == sorted(kinds, key=["segment", "main", "delete"].index) and "delete" in kinds
@@ -195,3 +201,54 @@ def test_a_segmented_write_cut_short_anywhere_leaves_a_whole_state_and_no_unname
 
 async def _commit(store: StagedStore) -> None:
     await (await store.commit())
+
+
+def test_a_segment_record_stays_far_under_the_record_limit_whatever_its_ids(small_segments: None) -> None:
+    """Ids of 128 characters that JSON escapes (control characters, 6 bytes each) would make 2,000 of them
+    1.5 MB: a segment also closes at SEGMENT_BYTES."""
+    store, generations = DictStore(), Generations()
+    state = AccountState(conversations={f"{i:04d}" + "\x01" * 124: T0 + i for i in range(2_000)})
+    monkey_from = account_state.SEGMENT_SIZE
+    assert monkey_from == 8
+    account_state.SEGMENT_SIZE = 2_000
+    try:
+        stored(state, store, generations)
+    finally:
+        account_state.SEGMENT_SIZE = monkey_from
+    sizes = [len(v) for v in store.segments.values()]
+    assert len(sizes) >= 3 and max(sizes) <= account_state.SEGMENT_BYTES + 1_000
+    loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
+    assert loaded.conversations == state.conversations
+
+
+def test_a_segment_record_the_store_lost_is_written_again(small_segments: None) -> None:
+    """A changelog write drops the records of a partition not owned at that moment; if the partition comes
+    back before the worker notices, its states believe their segments stored. The next store writes any
+    segment the store does not hold, so the main record never names a missing one."""
+    store, generations = DictStore(), Generations()
+    state = AccountState(conversations=conversations(30))
+    stored(state, store, generations)
+    lost = next(iter(store.segments))
+    del store.segments[lost]
+    state.note_conversation("q99", T0 + 99_000, None)
+    state.conversations["q99"] = T0 + 99_000
+    assert stored(state, store, generations) == (2, 1)  # the lost one again, and the newest
+    loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
+    assert loaded == state
+
+
+def test_an_id_seen_again_earlier_is_pruned_from_every_segment_that_holds_it(small_segments: None) -> None:
+    """An event id already in a stored segment comes again with an earlier time (another window): once that
+    time ages out, no segment record may bring the id back at its first time after a reload."""
+    store, generations = DictStore(), Generations()
+    state = AccountState(conversations=conversations(30))  # q20 (T0 + 20 s) in the third segment
+    stored(state, store, generations)
+    earlier = T0 - 50_000
+    state.note_conversation("q20", earlier, state.conversations["q20"])
+    state.conversations["q20"] = earlier
+    stored(state, store, generations)
+    state.conversations = {k: v for k, v in state.conversations.items() if v >= T0}
+    state.prune_segments(T0)
+    stored(state, store, generations)
+    loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
+    assert "q20" not in loaded.conversations and loaded == state
