@@ -150,7 +150,8 @@ class StagedStore:
 
     The aggregator writes states at the end of its batch; they reach the table (and its changelog) only
     when the processor commits them, after ClickHouse has the rows. A state is laid out as one record or,
-    when large, as chunks (:mod:`pipeline.state_records`). With ``changelog``, :meth:`commit` hands all
+    when large, as chunks (:mod:`pipeline.state_records`), with the segment records of its conversations
+    (:mod:`pipeline.account_state`) that ``put`` was given. With ``changelog``, :meth:`commit` hands all
     records of the batch to it at once, in phases, each record with its account's partition from
     ``partition_of``; without, it applies them to ``table`` one by one. ``contents``: the table's records
     as a plain mapping, read instead of ``table`` (Faust's table runs hooks on every read: 0.7 µs, against
@@ -296,8 +297,8 @@ class StagedStore:
             after=[(segment_key(g, a.encode("utf-8")), None, owner(a)) for a, gone in replaced.items() for g in gone],
         )
         orphaned = self._orphans()  # before this write: none of its chunks is taken for one
-        if orphaned:
-            phases.append(orphaned)
+        if orphaned:  # named by nothing: deleted with the last phase, in any order
+            phases = [*phases[:-1], phases[-1] + orphaned] if phases else [orphaned]
         if self.changelog is not None:
             return await self.changelog(phases)
         for key, value, _ in (record for phase in phases for record in phase):
