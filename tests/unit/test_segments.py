@@ -17,6 +17,7 @@ from pipeline.events import Event
 from pipeline.processor import StagedStore
 from pipeline.state_records import Generations, Record, is_chunk_key, parse_chunk_key, segment_listing
 from tests.unit.test_processor import FakeTable
+from tests.unit.test_state_chunks import replayed
 
 T0 = 1_767_225_600_000
 CFG = WindowConfig(window_ms=60_000, lateness_ms=60_000, conversation_horizon_ms=10 * 60_000)
@@ -182,12 +183,7 @@ def test_a_segmented_write_cut_short_anywhere_leaves_a_whole_state_and_no_unname
     assert kinds == sorted(kinds, key=["segment", "main", "delete"].index) and "delete" in kinds
     old_state = AccountState.loads(before[b"star"], lambda g: StagedStore(FakeTable(before)).get_segment("star", g))
     for cut in range(len(received) + 1):
-        survived = FakeTable(before)
-        for key, value, _ in received[:cut]:
-            if value is None:
-                survived.pop(key, None)
-            else:
-                survived[key] = value
+        survived = replayed(before, received[:cut])
         recovered = StagedStore(survived)
         raw = recovered.get("star")
         assert raw is not None

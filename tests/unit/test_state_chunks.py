@@ -56,6 +56,17 @@ def commit_phases(store: StagedStore, states: dict[str, bytes]) -> list[list[Rec
     return received
 
 
+def replayed(start: dict[bytes, bytes], records: list[Record]) -> FakeTable:
+    """The table a recovery builds from ``start`` and then ``records`` (a value None deletes its key)."""
+    table = FakeTable(start)
+    for key, value, _ in records:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return table
+
+
 def test_a_small_state_is_one_record_as_before_and_a_large_one_is_chunked() -> None:
     table = FakeTable()
     store = StagedStore(table, chunk_bytes=CHUNK)
@@ -103,12 +114,7 @@ def test_a_write_cut_short_anywhere_leaves_the_old_state_or_the_new_one_and_its_
     start = dict(table)
     records = commit(StagedStore(FakeTable(start), chunk_bytes=CHUNK), {"acct": after, "other": b"[x]"})
     for cut in range(len(records) + 1):  # the changelog got the first `cut` records, then the worker died
-        survived = FakeTable(start)
-        for key, value, _ in records[:cut]:
-            if value is None:
-                survived.pop(key, None)
-            else:
-                survived[key] = value
+        survived = replayed(start, records[:cut])
         recovered = StagedStore(survived, chunk_bytes=CHUNK)
         assert recovered.get("acct") in (before, after), cut
         state = recovered.get("acct")
