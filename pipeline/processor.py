@@ -365,6 +365,7 @@ class BatchProcessor:
         self.brake = DeadLetterBrake(settings.dead_letter_brake_share, settings.dead_letter_brake_messages)
         self.lock = asyncio.Lock()
         self.owned: frozenset[int] = frozenset()
+        self._generation: int | None = None  # the consumer generation of the assignment owned
         self.source_kinds = {settings.topic(t): t for t in SOURCE_TOPICS}
         self.rekey_topic = settings.topic(REKEY_TOPIC)
         self.dead_letter_topic = settings.topic(DEAD_LETTER_TOPIC)
@@ -387,17 +388,32 @@ class BatchProcessor:
 
     # -- ownership --------------------------------------------------------------------------------
 
-    def on_assignment(self, partitions: set[int]) -> None:
-        """Own exactly these partitions (called when the consumer's assignment changed)."""
-        if frozenset(partitions) == self.owned:
+    def on_assignment(self, partitions: set[int], generation: int | None = None) -> None:
+        """Own exactly these partitions, the consumer's assignment in group ``generation`` (None: not
+        known, as in tests and tools; an observation older than one already taken is ignored).
+
+        Changes not persisted yet are kept (staged; the aggregator rebuilds from the store) for the
+        partitions kept from one generation to the next, and dropped for those revoked: their batches
+        are never acknowledged, the new owner replays them, and a late write of ours to their changelog
+        could overwrite its newer states. When a generation went by unseen (the assignment was taken
+        while a batch held the processor, say), a partition may have been another worker's meanwhile and
+        come back: then nothing unpersisted is kept, and every state is read again from the table (the
+        batches not acknowledged are read again and applied to it)."""
+        known = self._generation
+        gap = generation - known if generation is not None and known is not None else 0
+        if gap < 0:
+            return  # taken before one already applied
+        if generation is not None:
+            self._generation = generation
+        if frozenset(partitions) == self.owned and gap <= 1:
             return
+        kept = set() if gap > 1 else set(partitions)
+        if gap > 1:
+            log.warning("%d consumer generation(s) went by unseen: reading every state again", gap - 1)
         self.owned = frozenset(partitions)
         self._announced.clear()
-        # Changes not persisted yet: kept (staged; assign() rebuilds from the store) for the partitions we
-        # keep, dropped for those revoked — their batches are never acknowledged, the new owner replays
-        # them, and a late write of ours to their changelog could overwrite its newer states.
-        self.aggregator.persist(partitions)
-        self.store.keep(lambda account_id: self.partition_of(account_id) in partitions)
+        self.aggregator.persist(kept)
+        self.store.keep(lambda account_id: self.partition_of(account_id) in kept)
         self.store.sweep(partitions)
         self.aggregator.assign(set(partitions))
         metrics.ACCOUNTS_IN_DROP.set(self.aggregator.accounts_in_drop)
@@ -950,16 +966,18 @@ class BatchProcessor:
         constraints.extend(v for v in announced.values() if v is not None)
         return min(constraints) if constraints else NO_FRONTIER
 
-    async def announce_watermarks(self, owned: set[int] | None = None, every: float = 10.0) -> None:
+    async def announce_watermarks(
+        self, owned: set[int] | None = None, every: float = 10.0, generation: int | None = None
+    ) -> None:
         """Announce owned partitions' source frontiers on all re-key partitions where they changed, and all
         of them every ``every`` seconds (a timer calls this: idle partitions still let time pass downstream,
         and a new owner of a re-key partition learns every upstream frontier). ``owned``: the consumer's
-        current assignment, taken over first."""
+        assignment in ``generation`` (see :meth:`on_assignment`), taken over first."""
         async with self.lock:
             self._check_usable()
             await self._land_in_flight()  # its re-keyed messages must be acknowledged before we announce
             if owned is not None:
-                self.on_assignment(owned)
+                self.on_assignment(owned, generation)
             now = time.monotonic()
             if now - self._announced_at >= every:
                 self._announced.clear()

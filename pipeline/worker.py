@@ -430,7 +430,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         while True:
             batch = await app.take_batch()
             try:
-                processor.on_assignment(owned_partitions())
+                processor.on_assignment(owned_partitions(), app.consumer_generation_id)
                 await processor.process(batch, persist=False)  # Faust's messages, as they are
                 unacked.append(batch)
                 if persist_due():
@@ -481,7 +481,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         if halted.is_set():  # a tripped brake: the states of the batch it stopped must never be persisted
             return
         try:
-            await processor.announce_watermarks(owned_partitions())
+            await processor.announce_watermarks(owned_partitions(), generation=app.consumer_generation_id)
             await processor.write_deferred()
             if unacked and persist_due():
                 await settle()
@@ -543,7 +543,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 await asyncio.sleep(0.1)
             else:
                 return self.json({"error": "the worker is rebalancing: try again"}, status=503)
-            processor.on_assignment(owned_partitions())
+            processor.on_assignment(owned_partitions(), app.consumer_generation_id)
             try:
                 rows = await processor.flush()
             except BatchFailed as exc:  # the brake tripped while this waited

@@ -528,3 +528,42 @@ def test_a_followers_snapshot_naming_the_account_as_actor_still_counts() -> None
     asyncio.run(processor.flush())
     (window,) = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1]
     assert (window["followers"], window["engagers"]) == (40, 1)
+
+
+def test_a_generation_gone_by_unseen_keeps_nothing_unpersisted_and_reads_the_states_again() -> None:
+    """Partition 0 went to another worker and came back while this one was busy (it saw generation 1,
+    then 3): the other worker replayed what this one had not persisted, went on, and stored its states.
+    Keeping ours (and persisting them later) would overwrite the other's newer state."""
+    processor, _, warehouse, table, _ = make()
+    account = owned_by(0)
+    second = Message("likes", 0, 1, orjson.dumps(like("e2", account, actor="u2")))
+    third = Message("likes", 0, 2, orjson.dumps(like("e3", account, actor="u3")))
+
+    async def run() -> None:
+        processor.on_assignment({0, 1}, generation=1)
+        await processor.process([Message("likes", 0, 0, orjson.dumps(like("e1", account)))])
+        await processor.process([second], persist=False)
+        other, _, _, _, _ = make(table=table)  # generation 2: the other worker, from the committed offset 1
+        await other.process([second, third])
+        processor.on_assignment({0, 1}, generation=3)
+        await processor.flush()
+
+    asyncio.run(run())
+    final = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1]
+    assert [(r["likes"], r["engagers"]) for r in final] == [(3, 3)]
+
+
+def test_an_assignment_seen_late_is_ignored_and_the_next_generation_keeps_unpersisted_changes() -> None:
+    processor, _, _, table, _ = make()
+    account = owned_by(0)
+
+    async def run() -> None:
+        processor.on_assignment({0, 1}, generation=4)
+        await processor.process([Message("likes", 0, 0, orjson.dumps(like("e1", account)))], persist=False)
+        processor.on_assignment({0}, generation=3)  # an observation older than the one applied: ignored
+        assert processor.owned == {0, 1}
+        processor.on_assignment({0}, generation=5)  # the next generation: partition 0 was kept throughout
+        await (await processor.persist())
+
+    asyncio.run(run())
+    assert account.encode() in table
