@@ -405,10 +405,11 @@ class BatchProcessor:
             return  # taken before one already applied
         if generation is not None:
             self._generation = generation
-        if frozenset(partitions) == self.owned and gap <= 1:
+        unseen = gap > 1 and bool(self.owned)  # owning nothing (a worker joining a group), nothing is stale
+        if frozenset(partitions) == self.owned and not unseen:
             return
-        kept = set() if gap > 1 else set(partitions)
-        if gap > 1:
+        kept = set() if unseen else set(partitions)
+        if unseen:
             log.warning("%d consumer generation(s) went by unseen: reading every state again", gap - 1)
         self.owned = frozenset(partitions)
         self._announced.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -553,7 +554,9 @@ def test_a_generation_gone_by_unseen_keeps_nothing_unpersisted_and_reads_the_sta
     assert [(r["likes"], r["engagers"]) for r in final] == [(3, 3)]
 
 
-def test_an_assignment_seen_late_is_ignored_and_the_next_generation_keeps_unpersisted_changes() -> None:
+def test_an_assignment_seen_late_is_ignored_and_the_next_generation_keeps_unpersisted_changes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     processor, _, _, table, _ = make()
     account = owned_by(0)
 
@@ -567,3 +570,8 @@ def test_an_assignment_seen_late_is_ignored_and_the_next_generation_keeps_unpers
 
     asyncio.run(run())
     assert account.encode() in table
+    joining, _, _, _, _ = make()
+    joining.on_assignment(set(), generation=0)  # before its group took it in
+    with caplog.at_level(logging.WARNING, logger="pipeline.processor"):
+        joining.on_assignment({1}, generation=57)  # a group well past its first generation
+    assert not caplog.records and joining.owned == {1}
