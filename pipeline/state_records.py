@@ -3,14 +3,17 @@
 Kafka refuses a record larger than the topic's ``max.message.bytes`` (1 MiB by default), and an account's
 state is one record: an account with ~15,000 inbound replies and mentions in a week (kept for matching
 responses), or some thousands of events a minute, would pass it, and a worker whose changelog write is
-refused exits. So a state larger than :data:`CHUNK_BYTES` is
-stored as *chunks*, records of at most that size, plus a small *main* record that names them:
+refused exits. So a state larger than :data:`CHUNK_BYTES` is stored as *chunks*, records of at most that
+size, plus a small *main* record that names them:
 
 - main record: key = the account id (UTF-8); value = the serialized state (it starts with ``[``), or for a
   chunked state a reference ``{"chunks": [generation, count, length]}``;
 - chunk record: key = ``0xFF`` + generation (8 bytes, big-endian) + index (4 bytes) + the account id
   (UTF-8); value = one slice of the serialized state. No UTF-8 text holds the byte 0xFF, so no account's
-  key is a chunk's key.
+  key is a chunk's key;
+- segment record (an account's conversations in parts, :mod:`pipeline.account_state`): keyed as a chunk
+  with index :data:`SEGMENT_INDEX`; the serialized state names its segments' generations. New segment
+  records go in the chunks' phase of a write, the deletions of those replaced in the last.
 
 A state rewritten in chunks gets a new generation (keys never reused). :func:`layout` makes one write three
 phases: the new chunks, then the main records, then the deletions (tombstones) of the chunks the old main
@@ -100,9 +103,9 @@ def reference(main_value: bytes | None) -> Chunks | None:
 
 
 class Generations:
-    """Chunk generations: from the wall clock in nanoseconds, strictly increasing in this process, and
-    above the generation being replaced (so a key is never written twice, even by another worker whose
-    clock is behind)."""
+    """Generations of chunk and segment records: from the wall clock in nanoseconds, strictly increasing
+    in this process, and, for chunks, above the generation being replaced (so a key is never written
+    twice, even by another worker whose clock is behind)."""
 
     def __init__(self, now_ns: Callable[[], int] = time.time_ns) -> None:
         self._now_ns = now_ns
