@@ -28,6 +28,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
+from itertools import islice
 from typing import Any, NamedTuple, Protocol
 
 from pipeline.account_state import SEGMENT_FROM, AccountState, WindowCounts
@@ -241,6 +242,9 @@ class Aggregator:
         self._live: OrderedDict[str, AccountState] = OrderedDict()
         self._touched: dict[str, AccountState] = {}
         self._fresh: dict[str, AccountState] = {}
+        # Touches are numbered in the order they made a state touched (its first change since it was
+        # last stored): ``_touched`` holds touches ``_done`` to ``touch_position - 1``, oldest first.
+        self._done = 0
         self.cache_accounts = cache_accounts
         # The finalization index, per partition: accounts by the ends of their open windows.
         self._ending: dict[int, EndIndex] = {}
@@ -533,6 +537,7 @@ class Aggregator:
     def assign(self, partitions: set[int]) -> None:
         """Own exactly ``partitions``: drop the rest, rebuild the finalization and silence indexes and the
         count of accounts in a drop from the store."""
+        self._done += len(self._touched)
         self._touched.clear()
         self._fresh.clear()
         self._live.clear()
@@ -588,8 +593,23 @@ class Aggregator:
 
     @property
     def touched_accounts(self) -> int:
-        """Accounts changed since the last :meth:`persist` (their states are held until then)."""
+        """Accounts changed since their state was last stored (their states are held until then)."""
         return len(self._touched)
+
+    @property
+    def touch_position(self) -> int:
+        """The number of the next touch (see :attr:`stored_position`): every change made so far belongs
+        to a touch before it."""
+        return self._done + len(self._touched)
+
+    @property
+    def stored_position(self) -> int:
+        """Every change of a touch numbered before this is in the store (or was dropped with its
+        partition). A touch is an account's first change since its state was last stored, numbered in
+        the order they came; a later change of the same state belongs to that touch until the state is
+        stored again. So once ``stored_position`` reaches the :attr:`touch_position` read after some
+        input was applied, every state that input changed is in the store."""
+        return self._done
 
     @property
     def has_deferred_upserts(self) -> bool:
@@ -648,17 +668,49 @@ class Aggregator:
 
         With ``partitions``, states of accounts owned by other partitions are dropped instead (they were
         revoked: whatever changed them was not acknowledged and is replayed by their new owner)."""
-        put = self.store.put
-        generations = self.generations
+        store = self._store
         for account_id, state in self._touched.items():
             if partitions is None or self.partition_of(account_id) in partitions:
-                if state.applying:
-                    state.fold_applied()
-                if state.segments is None and len(state.conversations) <= SEGMENT_FROM:
-                    put(account_id, state.dumps())  # the common case: one record
-                else:
-                    put(account_id, *state.store_records(generations, partial(self.store.has_segment, account_id)))
+                store(account_id, state)
+        self._done += len(self._touched)
         # States changed since the last take_rows stay touched: their next changes skip _state().
         self._touched = dict(self._fresh)
-        while len(self._live) > self.cache_accounts:  # everything live is persisted: evict the coldest
+        self._evict()
+
+    def persist_oldest(self, count: int) -> None:
+        """Write the states of the ``count`` oldest touches (see :attr:`stored_position`) to the store,
+        as :meth:`persist` writes all of them: a persist in slices, so that no single one holds up the
+        batches for long. Call, like :meth:`persist`, once the rows of everything applied so far are
+        durable, or stage what it writes and commit it only then."""
+        if count >= len(self._touched):
+            self.persist()
+            return
+        touched = self._touched
+        oldest = list(islice(touched.items(), count))
+        store = self._store
+        for account_id, state in oldest:
+            store(account_id, state)
+        rest = dict(islice(touched.items(), count, None))
+        fresh = self._fresh
+        for account_id, state in oldest:  # changed since the last take_rows: its next changes skip _state()
+            if account_id in fresh:
+                rest[account_id] = state
+        self._touched = rest
+        self._done += count
+        self._evict()
+
+    def _store(self, account_id: str, state: AccountState) -> None:
+        if state.applying:
+            state.fold_applied()
+        if state.segments is None and len(state.conversations) <= SEGMENT_FROM:
+            self.store.put(account_id, state.dumps())  # the common case: one record
+        else:
+            self.store.put(
+                account_id, *state.store_records(self.generations, partial(self.store.has_segment, account_id))
+            )
+
+    def _evict(self) -> None:
+        """Bound the live cache: evict the least recently used states. One still touched stays held by
+        ``_touched`` (read from there first) until it is stored."""
+        while len(self._live) > self.cache_accounts:
             self._live.popitem(last=False)

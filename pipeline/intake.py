@@ -39,6 +39,10 @@ from pipeline import metrics
 from pipeline.fetch_holes import HOLES, install
 from pipeline.settings import Settings
 
+# After a batch that took the worker ``within`` or longer, how long it lets the fetch loop put the messages
+# it holds before it takes them (the loop runs only while the worker awaits).
+CATCH_UP_SECONDS = 0.02
+
 
 class IntakeBuffer:
     """Messages waiting to be processed, cut into batches as they arrive.
@@ -46,7 +50,8 @@ class IntakeBuffer:
     :meth:`put` is called by the fetch loop for every message (keep it cheap): it appends to the open
     batch and closes it at ``batch_size`` messages or ``max_bytes`` of payload, whichever comes first.
     :meth:`take` returns the oldest closed batch, or the open one once its first message is ``within``
-    seconds old.
+    seconds old, or at once when the worker's last batch took ``within`` or longer (its messages waited
+    for the worker, not for more to come).
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class IntakeBuffer:
         self._closed: collections.deque[list[Message]] = collections.deque()
         self._open: list[Message] = []
         self._open_since = 0.0
+        self._handed_out_at = time.monotonic()  # when take() last returned a batch
         self._changed = asyncio.Event()  # the first message of a batch arrived, or a batch closed
         self.space = asyncio.Event()  # set while the fetch loop may put more
         self.space.set()
@@ -95,17 +101,27 @@ class IntakeBuffer:
 
     async def take(self) -> list[Message]:
         """The next batch (never empty)."""
+        if not self._closed and time.monotonic() - self._handed_out_at >= self.within:
+            # The worker spent ``within`` or longer on its last batch: what came meanwhile waited for it
+            # (the fetch loop puts messages only when the worker awaits, so their put times say little).
+            await asyncio.sleep(CATCH_UP_SECONDS)  # the fetch loop puts what it holds
+            if self._open and not self._closed:
+                batch, self._open = self._open, []
+                self._handed_out_at = time.monotonic()
+                return batch
         while True:
             if self._closed:
                 batch = self._closed.popleft()
                 if len(self._closed) < self.capacity_batches:
                     self.space.set()
+                self._handed_out_at = time.monotonic()
                 return batch
             timeout: float | None = None
             if self._open:
                 timeout = self._open_since + self.within - time.monotonic()
                 if timeout <= 0:
                     batch, self._open = self._open, []
+                    self._handed_out_at = time.monotonic()
                     return batch
             self._changed.clear()
             with contextlib.suppress(TimeoutError):

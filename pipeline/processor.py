@@ -29,7 +29,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -92,6 +92,9 @@ from pipeline.state_records import (
 # How old a partition's highwater may be for the partition to count as caught up (see _caught_up).
 HIGHWATER_MAX_AGE_MS = 2000
 LATE_LOG_INTERVAL_S = 10.0
+# Under load, the states are persisted in this many slices per ENGAGEMENT_PERSIST_INTERVAL_SECONDS, one
+# at the start of a batch (see BatchProcessor.process): each stores the oldest touched states.
+PERSIST_SLICES = 5
 _TS_MS = itemgetter(Event._fields.index("ts_ms"))  # an event's time, read in C
 CANDIDATES_PER_MESSAGE = 1000  # response candidates per re-key message (~100 bytes each: ~100 KB at most)
 
@@ -336,8 +339,10 @@ class BatchProcessor:
         highwater: Callable[[str, int], int | None],
         committed: Callable[[str, int], int | None] = lambda topic, partition: None,
         fetched_at: Callable[[str, int], int | None] = lambda topic, partition: None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self._monotonic = monotonic  # when persist slices are due (see process)
         self.store = store
         self.writer = writer
         self.outbox = outbox
@@ -380,6 +385,13 @@ class BatchProcessor:
         self._announced: dict[int, int | None] = {}
         self._announced_at = 0.0
         self._durable: list[Awaitable[object]] = []  # changelog sends not yet known to be stored
+        # What the commits so far cover (an Aggregator.stored_position), and what was staged for the next.
+        self._covered = 0
+        self._staged_through = 0
+        # Persisting in slices (process(persist=False)): when the last slice was staged, and the
+        # aggregator's touch position after each batch since, with the time it ended.
+        self._sliced_at = monotonic()
+        self._batch_ends: deque[tuple[float, int]] = deque()
         self._in_flight: Delivery | None = None  # see process(persist=False)
         self._failed: str | None = None  # why a batch failed: from then on the processor refuses all work
         self._horizon = MAX_TS_MS  # the latest event time accepted in the chunk being processed
@@ -414,6 +426,7 @@ class BatchProcessor:
         self.owned = frozenset(partitions)
         self._announced.clear()
         self.aggregator.persist(kept)
+        self._staged_through = self.aggregator.stored_position
         self.store.keep(lambda account_id: self.partition_of(account_id) in kept)
         self.store.sweep(partitions)
         self.aggregator.assign(set(partitions))
@@ -458,6 +471,9 @@ class BatchProcessor:
             self._check_usable()
             started = time.perf_counter()
             try:
+                # A slice of the states, staged now as they are after every batch before, is committed
+                # once the delivery still in flight from the last batch is through: after the first chunk.
+                sliced = not persist and bool(messages) and self._stage_slice()
                 chunk: list[SourceMessage] = []
                 events = 0
                 for message in messages:
@@ -466,16 +482,22 @@ class BatchProcessor:
                     if events >= self.settings.batch_max_events:
                         await self._next_chunk(chunk)
                         chunk, events = [], 0
+                        if sliced:
+                            await self._commit()
+                            sliced = False
                         if self.aggregator.touched_accounts >= self.aggregator.cache_accounts:
                             await self._land_in_flight()
                             await self._persist()
                 if chunk:
                     await self._next_chunk(chunk)
+                    if sliced:
+                        await self._commit()
                 if persist:
                     await self._land_in_flight()
                     await self._persist()
                     await self._durable_now()
-                # else: the last chunk's inserts run on while the next batch is decoded
+                else:  # the last chunk's inserts run on while the next batch is decoded
+                    self._batch_ends.append((self._monotonic(), self.aggregator.touch_position))
             except BaseException as exc:  # nothing of this batch is persisted; its last delivery is dropped
                 # The aggregator holds part of the batch now: nothing it holds may be persisted, written or
                 # announced any more (a call waiting for the lock would otherwise do it).
@@ -498,6 +520,46 @@ class BatchProcessor:
             await self._persist()
             durable, self._durable = self._durable, []
             return asyncio.gather(*durable)
+
+    def slices_committed(self) -> tuple[Awaitable[object] | None, int]:
+        """What the slices persisted so far cover (see :meth:`process`): the awaitable that completes once
+        the table's changelog has every state committed since the last call (raises if one was not
+        stored; None if nothing was committed), and the
+        :attr:`~pipeline.aggregator.Aggregator.stored_position` they reach. A batch after which
+        :attr:`~pipeline.aggregator.Aggregator.touch_position` was at most that position may be
+        acknowledged once the awaitable completes. Does not block."""
+        durable, self._durable = self._durable, []
+        return (asyncio.gather(*durable) if durable else None), self._covered
+
+    def _stage_slice(self) -> bool:
+        """Stage a slice of the touched states if one is due (hold the lock, between batches): every
+        ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS / PERSIST_SLICES``, the oldest touches, a
+        ``PERSIST_SLICES``-th of them or all those of batches that ended an interval ago or more, if
+        more. So each state is stored about once per interval, as a persist of all would, and a batch
+        is covered within about an interval, but no persist holds up the batches as long as one of
+        all of them. Returns whether a slice was staged (to :meth:`_commit` once the delivery in
+        flight is through: the slice holds its effects)."""
+        interval = self.settings.persist_interval_seconds
+        now = self._monotonic()
+        if interval <= 0 or now - self._sliced_at < interval / PERSIST_SLICES:
+            return False
+        self._sliced_at = now
+        aggregator = self.aggregator
+        due = aggregator.stored_position
+        ends = self._batch_ends
+        while ends and ends[0][0] <= now - interval:
+            due = max(due, ends.popleft()[1])
+        count = max(-(-aggregator.touched_accounts // PERSIST_SLICES), due - aggregator.stored_position)
+        if count <= 0:
+            return False
+        aggregator.persist_oldest(count)
+        self._staged_through = aggregator.stored_position
+        return True
+
+    async def _commit(self) -> None:
+        """Commit what is staged (hold the lock, with every row it depends on durable)."""
+        self._durable.append(await self.store.commit())
+        self._covered = self._staged_through
 
     def _check_usable(self) -> None:
         """Raise :class:`BatchFailed` once a batch failed (hold the lock)."""
@@ -608,7 +670,9 @@ class BatchProcessor:
         after their rows are durable. What completes once the changelog has them is kept for
         :meth:`persist`."""
         self.aggregator.persist()
-        self._durable.append(await self.store.commit())
+        self._staged_through = self.aggregator.stored_position
+        self._batch_ends.clear()
+        await self._commit()
         if self.aggregator.unmatched_responses:
             metrics.EVENT_OUTCOMES.labels(Outcome.UNMATCHED.value).inc(self.aggregator.unmatched_responses)
             self.aggregator.unmatched_responses = 0

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import faust
 import orjson
@@ -139,6 +139,26 @@ async def acknowledged(queued: asyncio.Future[list[asyncio.Future[Any]]]) -> Non
     """Completes once every batch of a queued write was acknowledged; raises what queueing or sending
     raised. Cancelling it leaves the queueing running (a write is never queued in part)."""
     await asyncio.gather(*await asyncio.shield(queued))
+
+
+class UnackedBatch(NamedTuple):
+    """A batch processed and not yet acknowledged: its messages, the aggregator's
+    :attr:`~pipeline.aggregator.Aggregator.touch_position` after it, and when it ended (monotonic)."""
+
+    messages: list[Any]
+    position: int
+    ended: float
+
+
+def take_covered(unacked: list[UnackedBatch], stored_position: int) -> list[UnackedBatch]:
+    """Remove and return the oldest batches of ``unacked`` whose every state change is stored once the
+    stored position reached ``stored_position`` (in order: a batch waits for those before it)."""
+    covered = 0
+    while covered < len(unacked) and unacked[covered].position <= stored_position:
+        covered += 1
+    taken = unacked[:covered]
+    del unacked[:covered]
+    return taken
 
 
 def exit_without_committing(what: str, exc: BaseException | None = None) -> None:
@@ -366,14 +386,19 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     # IDLE_PERSIST_SECONDS have passed (or the interval, if shorter): under a moderate load batches close by
     # time and the intake is empty after most of them, and persisting after each one wrote every touched
     # account's state twice a second, which cost a live worker a fifth of its capacity.
-    unacked: list[list[Any]] = []
+    # Under load the processor persists the states in slices, at the start of its batches; a batch is acked
+    # once the slices cover it (see BatchProcessor.process and slices_committed).
+    unacked: list[UnackedBatch] = []
     idle_persist = min(settings.persist_interval_seconds, IDLE_PERSIST_SECONDS)
 
     def persist_due() -> bool:
-        """Whether the batches processed since the last persist should be persisted (and acked) now."""
-        since = time.monotonic() - last_settled
+        """Whether every batch processed so far should be persisted (and acked) now: when idle, or when
+        the slices fell behind by another interval."""
+        now = time.monotonic()
+        since = now - last_settled
         idle = app.intake is None or len(app.intake) == 0
-        return since >= settings.persist_interval_seconds or (idle and since >= idle_persist)
+        behind = bool(unacked) and now - unacked[0].ended >= 2 * settings.persist_interval_seconds
+        return behind or (idle and since >= idle_persist)
 
     # Set when the dead-letter brake trips: the worker then only serves its web pages until it exits.
     halted = asyncio.Event()
@@ -397,10 +422,20 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         changelog has the states (in the background, in order). A changelog failure stops the worker
         before anything is acknowledged."""
         nonlocal acking, last_settled
-        batches = list(unacked)
+        batches = [entry.messages for entry in unacked]
         unacked.clear()
         last_settled = time.monotonic()
         durable = await processor.persist()
+        acking = asyncio.ensure_future(acknowledge(batches, durable, acking))
+
+    def ack_covered() -> None:
+        """Acknowledge the batches that the slices committed so far cover, once the changelog has them
+        (in the background, in order after the acknowledgements before)."""
+        nonlocal acking
+        durable, covered = processor.slices_committed()
+        if durable is None:
+            return
+        batches = [entry.messages for entry in take_covered(unacked, covered)]
         acking = asyncio.ensure_future(acknowledge(batches, durable, acking))
 
     async def acknowledge(
@@ -432,9 +467,11 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             try:
                 processor.on_assignment(owned_partitions(), app.consumer_generation_id)
                 await processor.process(batch, persist=False)  # Faust's messages, as they are
-                unacked.append(batch)
+                unacked.append(UnackedBatch(batch, processor.aggregator.touch_position, time.monotonic()))
                 if persist_due():
                     await settle()
+                else:
+                    ack_covered()
             except brake.DeadLetterBrakeTripped as exc:  # bad input upstream: stop before it is all dead-lettered
                 halted.set()  # from now on nothing is processed, persisted or acknowledged
                 log.critical("%s", exc)

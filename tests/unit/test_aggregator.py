@@ -7,6 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.account_state import AccountState
 from pipeline.aggregator import Aggregator, DictStore, Outcome, ResponseCandidate, WindowConfig
 from pipeline.events import Event
 from pipeline.reference import reference_rows
@@ -206,6 +207,47 @@ def test_states_are_persisted_once_per_change_not_per_row_taken() -> None:
     clock[0] = 3.0
     assert [r.likes for r in agg.end_batch()] == [3]  # the deferred upsert: the state did not change
     assert store.puts == ["A"]
+
+
+def test_a_persist_in_slices_stores_the_oldest_touches_and_numbers_them() -> None:
+    store = CountingStore()
+    agg = Aggregator(CFG, store, lambda a: 0)
+    agg.assign({0})
+    for i, account in enumerate("ABCDE"):
+        agg.apply_event(ev(str(i), "like", 1, "u", account), 0)
+    agg.take_rows()
+    assert (agg.stored_position, agg.touch_position) == (0, 5)
+    agg.apply_event(ev("a2", "like", 2, "u2", "A"), 0)  # A changes again: still the same touch
+    assert agg.touch_position == 5
+    agg.take_rows()
+    agg.persist_oldest(2)
+    assert store.puts == ["A", "B"] and (agg.stored_position, agg.touch_position) == (2, 5)
+    assert AccountState.loads(store.get("A") or b"").windows[T0].likes == 2
+    agg.apply_event(ev("a3", "like", 3, "u3", "A"), 0)  # a new touch, after the others
+    agg.apply_event(ev("c2", "like", 3, "u3", "C"), 0)  # C is still touched: no new one
+    assert agg.touch_position == 6
+    # C, D, E. C changed since the last take_rows: its next changes skip _state(), so it is touched
+    # again at once (a new touch, after A's).
+    agg.persist_oldest(3)
+    assert store.puts == ["A", "B", "C", "D", "E"] and (agg.stored_position, agg.touch_position) == (5, 7)
+    agg.apply_event(ev("a4", "like", 4, "u4", "A"), 0)
+    agg.persist_oldest(10)  # more than are touched: all of them
+    assert store.puts[-2:] == ["A", "C"] and AccountState.loads(store.get("A") or b"").windows[T0].likes == 4
+    assert agg.stored_position == 7
+
+
+def test_a_state_stored_by_a_slice_and_evicted_is_read_back_as_stored() -> None:
+    store = DictStore()
+    agg = Aggregator(CFG, store, lambda a: 0, cache_accounts=1)
+    agg.assign({0})
+    agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
+    agg.apply_event(ev("2", "like", 1, "u1", "B"), 0)  # B is live, A only held as touched
+    agg.take_rows()
+    agg.persist_oldest(1)  # A stored, and no longer held
+    assert agg.apply_event(ev("1", "like", 1, "u1", "A"), 0) is Outcome.DUPLICATE
+    agg.apply_event(ev("3", "like", 1, "u2", "A"), 0)
+    agg.persist()
+    assert AccountState.loads(store.get("A") or b"").windows[T0].likes == 2
 
 
 def test_upsert_bookkeeping_only_holds_the_last_interval() -> None:

@@ -83,6 +83,30 @@ def test_an_open_batch_is_taken_within_its_time() -> None:
     assert batch == [0, 1] and 0.15 <= waited < 1.0
 
 
+def test_after_a_long_batch_what_waited_is_taken_at_once() -> None:
+    """The fetch loop puts messages only while the worker awaits, so a batch opened at the end of a long
+    batch holds messages that waited all along: the worker takes them at once instead of idling."""
+
+    async def run() -> tuple[list[int], float, list[int], float]:
+        buffer = IntakeBuffer({"t"}, batch_size=100, within=0.2)
+        loop = asyncio.get_running_loop()
+        buffer.put(message(0))
+        await buffer.take()  # within its time
+        await asyncio.sleep(0.25)  # the worker processes its batch for longer than within
+        buffer.put(message(1))
+        started = loop.time()
+        late = await buffer.take()
+        waited_late = loop.time() - started
+        buffer.put(message(2))  # a quick batch after: the next one waits for its time again
+        started = loop.time()
+        quick = await buffer.take()
+        return offsets(late), waited_late, offsets(quick), loop.time() - started
+
+    late, waited_late, quick, waited_quick = asyncio.run(run())
+    assert late == [1] and waited_late < 0.15
+    assert quick == [2] and waited_quick >= 0.15
+
+
 def test_clearing_drops_everything_and_frees_space() -> None:
     async def run() -> None:
         buffer = IntakeBuffer({"t"}, batch_size=1, within=10.0, capacity_batches=1)

@@ -80,8 +80,12 @@ def make(  # type: ignore[no-untyped-def]
     highwaters: dict[tuple[str, int], int] | None = None,
     table: FakeTable | None = None,
     fetched_at: dict[tuple[str, int], int] | None = None,
+    clock: list[float] | None = None,
 ):
-    """A processor owning every partition, with its fakes; ``table``: a Faust table to resume from."""
+    """A processor owning every partition, with its fakes; ``table``: a Faust table to resume from;
+    ``clock``: the processor's monotonic time (``clock[0]``; fixed unless a test moves it, so no persist
+    slice comes due by itself)."""
+    now = [0.0] if clock is None else clock
     settings = Settings.from_env({}, partitions=partitions, window_seconds=60, allowed_lateness_seconds=60)
     warehouse = FakeWarehouse(failures)
     slept: list[float] = []
@@ -101,6 +105,7 @@ def make(  # type: ignore[no-untyped-def]
         account_partitioner(partitions),
         lambda topic, p: marks.get((topic, p), 0),
         fetched_at=lambda topic, p: (fetched_at or {}).get((topic, p)),
+        monotonic=lambda: now[0],
     )
     processor.on_assignment(set(range(partitions)))
     return processor, outbox, warehouse, table, slept
@@ -575,3 +580,96 @@ def test_an_assignment_seen_late_is_ignored_and_the_next_generation_keeps_unpers
     with caplog.at_level(logging.WARNING, logger="pipeline.processor"):
         joining.on_assignment({1}, generation=57)  # a group well past its first generation
     assert not caplog.records and joining.owned == {1}
+
+
+def stored_likes(table: Mapping[bytes, bytes], account: str) -> int | None:
+    """The likes of the account's stored state (its one open window), None if not stored."""
+    raw = table.get(account.encode())
+    return None if raw is None else sum(w[1] for w in orjson.loads(raw)[0])
+
+
+def test_under_load_states_are_persisted_in_slices_each_after_the_rows_it_holds_are_durable() -> None:
+    """Every persist interval / PERSIST_SLICES a batch first stages the oldest touched states, as every
+    batch before left them, and commits them once the delivery still in flight (the batch before) is
+    through. A batch is covered once every state it touched is stored."""
+    clock = [0.0]
+    processor, _, warehouse, table, _ = make(partitions=1, clock=clock)
+    accounts = [f"acct{i}" for i in range(10)]
+    rows_seen_by_commits: list[int] = []
+    commit = processor.store.commit
+
+    async def watched_commit() -> Any:
+        rows_seen_by_commits.append(len(warehouse.rows("engagement_events")))
+        return await commit()
+
+    processor.store.commit = watched_commit  # type: ignore[method-assign]
+    insert = warehouse.insert
+
+    def slow_insert(table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        time.sleep(0.2)  # the first batch's rows are still in flight when the second batch starts
+        insert(table, columns)
+
+    warehouse.insert = slow_insert  # type: ignore[method-assign]
+    first = [Message("likes", 0, i, orjson.dumps(like(f"e{i}", a))) for i, a in enumerate(accounts)]
+    second = [Message("likes", 0, 10, orjson.dumps(like("e10", accounts[0], actor="u2")))]
+
+    async def run() -> list[int]:
+        positions = []
+        await processor.process(first, persist=False)
+        positions.append(processor.aggregator.touch_position)
+        assert processor.slices_committed() == (None, 0)  # not due yet: nothing stored
+        clock[0] = 1.0  # interval 5 s / 5 slices
+        await processor.process(second, persist=False)
+        positions.append(processor.aggregator.touch_position)
+        durable, covered = processor.slices_committed()
+        assert durable is not None
+        await durable
+        assert covered == 2 and positions == [10, 11]  # the two oldest touches; accounts[0] touched again
+        assert [stored_likes(table, a) for a in accounts[:3]] == [1, 1, None]  # as the first batch left them
+        assert rows_seen_by_commits[0] >= 10  # committed once the first batch's rows were durable
+        clock[0] = 6.0  # both batches ended an interval ago: everything they touched is due
+        await processor.process([Message("likes", 0, 11, orjson.dumps(like("e11", "other")))], persist=False)
+        durable, covered = processor.slices_committed()
+        assert durable is not None
+        await durable
+        return [covered, *positions]
+
+    covered, *positions = asyncio.run(run())
+    assert covered >= max(positions)  # both batches may be acknowledged
+    assert [stored_likes(table, a) for a in accounts] == [2] + [1] * 9
+
+
+def test_a_crash_between_slices_replays_exactly() -> None:
+    """The worker acknowledges no batch a slice does not cover; after a crash the next worker reads those
+    batches again over the stored states, some of which (the slices) already hold part of them."""
+    clock = [0.0]
+    processor, _, _, table, _ = make(partitions=1, clock=clock)
+    accounts = [f"acct{i}" for i in range(6)]
+    batches = [
+        [
+            Message("likes", 0, 6 * b + i, orjson.dumps(like(f"e{b}-{i}", a, sec=b, actor=f"u{b}")))
+            for i, a in enumerate(accounts)
+        ]
+        for b in range(3)
+    ]
+
+    async def crash_after_slices() -> None:
+        for b, batch in enumerate(batches):
+            clock[0] = float(b)
+            await processor.process(batch, persist=False)
+        durable, covered = processor.slices_committed()
+        assert durable is not None and 0 < covered < processor.aggregator.touch_position
+        await durable  # then the worker dies, every batch unacknowledged
+
+    asyncio.run(crash_after_slices())
+    assert any(stored_likes(table, a) for a in accounts)  # some states were stored, with part of the input
+    again, _, warehouse, _, _ = make(partitions=1, table=FakeTable(table))
+
+    async def replay() -> None:
+        for batch in batches:
+            await again.process(batch)
+        await again.flush()
+
+    asyncio.run(replay())
+    final = {r["account_id"]: (r["likes"], r["engagers"]) for r in warehouse.rows("engagement_windows") if r["final"]}
+    assert final == {a: (3, 3) for a in accounts}

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.worker import cut_short_by_stop
+from pipeline.worker import UnackedBatch, cut_short_by_stop, take_covered
 
 
 def test_work_cut_short_by_a_clean_stop_is_logged_not_a_failure(caplog: pytest.LogCaptureFixture) -> None:
@@ -21,3 +21,11 @@ def test_the_same_exception_while_running_is_a_failure(caplog: pytest.LogCapture
     with caplog.at_level(logging.INFO, logger="pipeline.worker"):
         assert not cut_short_by_stop(SimpleNamespace(should_stop=False), "2 processed batches")
     assert caplog.text == ""
+
+
+def test_batches_are_acknowledged_in_order_once_the_slices_cover_them() -> None:
+    unacked = [UnackedBatch([f"m{i}"], position, float(i)) for i, position in enumerate([3, 3, 7, 9])]
+    assert take_covered(unacked, 2) == [] and len(unacked) == 4
+    assert [b.messages for b in take_covered(unacked, 6)] == [["m0"], ["m1"]]
+    assert [b.position for b in unacked] == [7, 9]
+    assert [b.messages for b in take_covered(unacked, 100)] == [["m2"], ["m3"]] and unacked == []
