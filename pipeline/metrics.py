@@ -106,6 +106,15 @@ BATCH_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+STATE_PERSIST_SECONDS = Histogram(
+    "engagement_state_persist_seconds",
+    "Time the worker's batches waited while account states were serialized for the changelog: a slice of"
+    " them under load (kind=slice), or all touched states (kind=all: when idle, on a rebalance, or with the"
+    " live cache full).",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
 DEAD_LETTER_BRAKE_SHARE = Gauge(
     "engagement_dead_letter_brake_invalid_share",
     "Share of invalid messages among the last ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES source messages, updated "

@@ -552,7 +552,9 @@ class BatchProcessor:
         count = max(-(-aggregator.touched_accounts // PERSIST_SLICES), due - aggregator.stored_position)
         if count <= 0:
             return False
+        started = time.perf_counter()
         aggregator.persist_oldest(count)
+        metrics.STATE_PERSIST_SECONDS.labels("slice").observe(time.perf_counter() - started)
         self._staged_through = aggregator.stored_position
         return True
 
@@ -669,7 +671,9 @@ class BatchProcessor:
         """Write touched account states to the table and start sending them to its changelog — only
         after their rows are durable. What completes once the changelog has them is kept for
         :meth:`persist`."""
+        started = time.perf_counter()
         self.aggregator.persist()
+        metrics.STATE_PERSIST_SECONDS.labels("all").observe(time.perf_counter() - started)
         self._staged_through = self.aggregator.stored_position
         self._batch_ends.clear()
         await self._commit()

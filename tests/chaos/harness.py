@@ -242,9 +242,10 @@ class Cluster:
         """Events worker ``name`` has consumed since it started (its Prometheus counter)."""
         return self.metric(name, "engagement_events_consumed_total")
 
-    def metric(self, name: str, metric: str) -> float:
+    def metric(self, name: str, metric: str, having: str = "") -> float:
         """Prometheus metric ``metric`` of worker ``name`` since it started, summed over its labels (0
-        before its first sample); a histogram's ``_count`` or ``_sum`` too."""
+        before its first sample); a histogram's ``_count`` or ``_sum`` too. ``having``: only the samples
+        whose line holds it (a label, ``kind="slice"``)."""
         _, settings = self.workers[name]
         url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -252,7 +253,7 @@ class Cluster:
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith((f"{metric}{{", f"{metric} "))
+            if line.startswith((f"{metric}{{", f"{metric} ")) and having in line
         )
 
     def query(self, name: str, sql: str) -> list[list[Any]]:
