@@ -198,6 +198,9 @@ class EndIndex:
             yield end, sorted(self._due.pop(end, ()))
 
 
+_new_tuple = tuple.__new__
+
+
 class VersionClock:
     """Strictly increasing row versions from wall-clock nanoseconds (later writes always win)."""
 
@@ -569,27 +572,30 @@ class Aggregator:
     # -- output -----------------------------------------------------------------------------------
 
     def _row(self, account_id: str, state: AccountState, start: int, w: WindowCounts, final: int) -> WindowRow:
-        end = start + self.config.window_ms
-        followers = state.ledger.at(end)
-        engagers = len(w.engagers)
         c = self.config
-        return WindowRow(
+        end = start + c.window_ms
+        ledger = state.ledger
+        followers = ledger.at(end) if ledger.entries else max(0, ledger.base)  # most accounts: no recent follows
+        engagers = len(w.engagers)
+        likes, replies, mentions = w.likes, w.replies, w.mentions
+        fields = (
             account_id,
             start,
             end,
-            w.likes,
-            w.replies,
-            w.mentions,
+            likes,
+            replies,
+            mentions,
             engagers,
             w.follows,
             w.unfollows,
             followers,
             w.responses,
-            c.weight_like * w.likes + c.weight_mention * w.mentions + c.weight_reply * w.replies,
+            c.weight_like * likes + c.weight_mention * mentions + c.weight_reply * replies,
             engagers / followers if followers else None,
             final,
             self.clock.next(),
         )
+        return _new_tuple(WindowRow, fields)  # WindowRow(*fields) without its Python-level __new__
 
     @property
     def touched_accounts(self) -> int:
@@ -631,7 +637,7 @@ class Aggregator:
         rows: list[WindowRow] = []
         now = self._monotonic()
         last, deferred = self._last_upsert, self._deferred
-        ready: list[tuple[str, int]] = []
+        ready: list[tuple[tuple[str, int], AccountState | None]] = []  # with the state where at hand
         for account_id, state in self._fresh.items():
             if state.dirty:
                 for start in state.dirty:
@@ -641,7 +647,7 @@ class Aggregator:
                     if key in last:  # upserted within the interval: wait for that entry to expire
                         deferred.add(key)
                     else:
-                        ready.append(key)
+                        ready.append((key, state))
                 state.dirty.clear()
         self._fresh.clear()
         interval = self.upsert_interval_s
@@ -649,13 +655,14 @@ class Aggregator:
             key, _ = last.popitem(last=False)
             if key in deferred:
                 deferred.discard(key)
-                ready.append(key)
-        for key in ready:
+                ready.append((key, None))
+        row = self._row
+        for key, held in ready:
             account_id, start = key
-            state = self._peek(account_id)
+            state = held if held is not None else self._peek(account_id)
             window = state.windows.get(start)
             if window is not None:
-                rows.append(self._row(account_id, state, start, window, final=0))
+                rows.append(row(account_id, state, start, window, 0))
                 last[key] = now  # appended: the dict stays in upsert-time order
         rows.extend(self._final_rows)
         self._final_rows = []
