@@ -131,6 +131,7 @@ class IntakeBuffer:
         """Drop everything buffered (partitions revoked: it will be fetched again)."""
         self._closed.clear()
         self._open = []
+        self._handed_out_at = time.monotonic()
         self.space.set()
         self._changed.set()
 

@@ -714,12 +714,16 @@ class BatchProcessor:
                 return 0
             return await self._write_rows()
 
-    async def flush(self) -> int:
+    async def flush(self, owned: set[int] | None = None, generation: int | None = None) -> int:
         """Finalize every open window now (end of a replay), write them and persist the states. Returns
-        the rows written."""
+        the rows written. ``owned``: the consumer's assignment in ``generation`` (see
+        :meth:`on_assignment`), taken over first, once the delivery in flight is through (a change of
+        assignment stages states, and a slice's commit would store them)."""
         async with self.lock:
             self._check_usable()
             await self._land_in_flight()
+            if owned is not None:
+                self.on_assignment(owned, generation)
             self.aggregator.flush()
             rows = await self._write_rows()
             await self._persist()

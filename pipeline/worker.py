@@ -152,9 +152,11 @@ class UnackedBatch(NamedTuple):
 
 def take_covered(unacked: list[UnackedBatch], stored_position: int) -> list[UnackedBatch]:
     """Remove and return the oldest batches of ``unacked`` whose every state change is stored once the
-    stored position reached ``stored_position`` (in order: a batch waits for those before it)."""
+    stored position reached ``stored_position`` (in order: a batch waits for those before it). The
+    newest batch is never taken: its last chunk's delivery (its sends, its rows) may still be in flight,
+    and a batch that changed no state is covered by a position reached before it."""
     covered = 0
-    while covered < len(unacked) and unacked[covered].position <= stored_position:
+    while covered < len(unacked) - 1 and unacked[covered].position <= stored_position:
         covered += 1
     taken = unacked[:covered]
     del unacked[:covered]
@@ -433,10 +435,11 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         (in the background, in order after the acknowledgements before)."""
         nonlocal acking
         durable, covered = processor.slices_committed()
-        if durable is None:
-            return
         batches = [entry.messages for entry in take_covered(unacked, covered)]
-        acking = asyncio.ensure_future(acknowledge(batches, durable, acking))
+        if durable is None and not batches:
+            return
+        # Batches covered by commits before (their durables are in the chain) wait for nothing more.
+        acking = asyncio.ensure_future(acknowledge(batches, durable or asyncio.sleep(0), acking))
 
     async def acknowledge(
         batches: list[list[Any]], durable: Awaitable[object], previous: Awaitable[None] | None
@@ -580,9 +583,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 await asyncio.sleep(0.1)
             else:
                 return self.json({"error": "the worker is rebalancing: try again"}, status=503)
-            processor.on_assignment(owned_partitions(), app.consumer_generation_id)
             try:
-                rows = await processor.flush()
+                rows = await processor.flush(owned_partitions(), app.consumer_generation_id)
             except BatchFailed as exc:  # the brake tripped while this waited
                 return self.json({"error": str(exc)}, status=503)
             return self.json({"rows": rows})

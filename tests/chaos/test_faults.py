@@ -79,7 +79,8 @@ def kill_three_times(cluster: Cluster) -> None:
         cluster.kill("a")
         cluster.start("a")
     publishing.join()
-    # Under the stream's load the states were persisted in slices (a kill finds some stored, some not).
+    # Under the stream's load the last worker persisted in slices, as the killed ones did before it (the
+    # same load, from their start): a kill found some states stored by slices, some not.
     assert cluster.metric("a", "engagement_state_persist_seconds_count", 'kind="slice"') > 0
     cluster.finish()
     assert [code for _, code in cluster.exits[:3]] == [-9, -9, -9]

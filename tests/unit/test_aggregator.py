@@ -241,9 +241,9 @@ def test_a_state_stored_by_a_slice_and_evicted_is_read_back_as_stored() -> None:
     agg = Aggregator(CFG, store, lambda a: 0, cache_accounts=1)
     agg.assign({0})
     agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
-    agg.apply_event(ev("2", "like", 1, "u1", "B"), 0)  # B is live, A only held as touched
+    agg.apply_event(ev("2", "like", 1, "u1", "B"), 0)
     agg.take_rows()
-    agg.persist_oldest(1)  # A stored, and no longer held
+    agg.persist_oldest(1)  # A stored; the live cache keeps B only: A is no longer held
     assert agg.apply_event(ev("1", "like", 1, "u1", "A"), 0) is Outcome.DUPLICATE
     agg.apply_event(ev("3", "like", 1, "u2", "A"), 0)
     agg.persist()

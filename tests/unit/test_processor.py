@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline import metrics
 from pipeline.aggregator import NO_FRONTIER
 from pipeline.brake import DeadLetterBrake, DeadLetterBrakeTripped
 from pipeline.partitioning import account_partitioner
@@ -662,8 +663,10 @@ def test_a_crash_between_slices_replays_exactly() -> None:
         await durable  # then the worker dies, every batch unacknowledged
 
     asyncio.run(crash_after_slices())
-    assert any(stored_likes(table, a) for a in accounts)  # some states were stored, with part of the input
+    held = sum(stored_likes(table, a) or 0 for a in accounts)
+    assert 0 < held < 18  # the slices stored part of the input
     again, _, warehouse, _, _ = make(partitions=1, table=FakeTable(table))
+    replayed_before = outcomes("replayed")
 
     async def replay() -> None:
         for batch in batches:
@@ -673,3 +676,47 @@ def test_a_crash_between_slices_replays_exactly() -> None:
     asyncio.run(replay())
     final = {r["account_id"]: (r["likes"], r["engagers"]) for r in warehouse.rows("engagement_windows") if r["final"]}
     assert final == {a: (3, 3) for a in accounts}
+    assert outcomes("replayed") - replayed_before == held  # skipped by the positions the states hold
+
+
+def outcomes(outcome: str) -> float:
+    return metrics.REGISTRY.get_sample_value("engagement_event_outcomes_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_flush_takes_the_assignment_over_only_once_the_delivery_in_flight_is_through() -> None:
+    """A change of assignment stages the kept states; a slice commit would store them, so it must not
+    happen while a batch awaits the delivery of the one before (the flush page runs beside the batches)."""
+    clock = [0.0]
+    processor, _, warehouse, _, _ = make(partitions=2, clock=clock)
+    account = owned_by(0)
+    insert = warehouse.insert
+
+    def slow_insert(table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        time.sleep(0.2)
+        insert(table, columns)
+
+    warehouse.insert = slow_insert  # type: ignore[method-assign]
+    seen: list[tuple[int, int]] = []  # at each commit: the likes staged for the account, e1's raw rows
+    commit = processor.store.commit
+
+    async def watched_commit() -> Any:
+        staged = processor.store.staged.get(account)
+        likes = sum(w[1] for w in orjson.loads(staged)[0]) if staged else -1
+        seen.append((likes, sum(1 for r in warehouse.rows("engagement_events") if r["event_id"] == "e1")))
+        return await commit()
+
+    processor.store.commit = watched_commit  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await processor.process([Message("likes", 0, 0, orjson.dumps(like("e0", account)))], persist=False)
+        clock[0] = 1.0
+
+        async def flush_page() -> None:
+            await asyncio.sleep(0.05)  # while the batch below awaits the delivery of the one before
+            await processor.flush({0})  # a rebalance took partition 1
+
+        second = [Message("likes", 0, 1, orjson.dumps(like("e1", account, actor="u2")))]
+        await asyncio.gather(processor.process(second, persist=False), flush_page())
+
+    asyncio.run(run())
+    assert seen and all(raw == 1 for likes, raw in seen if likes == 2)  # e1 stored only with its row
