@@ -411,8 +411,7 @@ class BatchProcessor:
         while a batch held the processor, say), a partition may have been another worker's meanwhile and
         come back: then nothing unpersisted is kept, and every state is read again from the table (the
         batches not acknowledged are read again and applied to it)."""
-        known = self._generation
-        gap = generation - known if generation is not None and known is not None else 0
+        gap = self._generation_gap(generation)
         if gap < 0:
             return  # taken before one already applied
         if generation is not None:
@@ -442,6 +441,21 @@ class BatchProcessor:
             {p: v for p, v in self.progress.upstream.items() if p in partitions},
         )
         log.info("owning partitions %s", sorted(partitions))
+
+    def _generation_gap(self, generation: int | None) -> int:
+        known = self._generation
+        return generation - known if generation is not None and known is not None else 0
+
+    async def take_assignment(self, partitions: set[int], generation: int | None = None) -> None:
+        """:meth:`on_assignment` under the lock, once the delivery in flight is through if the assignment
+        changes (a change stages the kept states, which the next commit stores: their rows must be
+        durable first). Call between batches; raises :class:`BatchFailed` once a batch failed."""
+        async with self.lock:
+            self._check_usable()
+            gap = self._generation_gap(generation)
+            if gap >= 0 and (frozenset(partitions) != self.owned or (gap > 1 and self.owned)):
+                await self._land_in_flight()
+            self.on_assignment(partitions, generation)
 
     # -- the data path ----------------------------------------------------------------------------
 
@@ -560,8 +574,9 @@ class BatchProcessor:
 
     async def _commit(self) -> None:
         """Commit what is staged (hold the lock, with every row it depends on durable)."""
+        covered = self._staged_through
         self._durable.append(await self.store.commit())
-        self._covered = self._staged_through
+        self._covered = covered
 
     def _check_usable(self) -> None:
         """Raise :class:`BatchFailed` once a batch failed (hold the lock)."""
@@ -569,10 +584,16 @@ class BatchProcessor:
             raise BatchFailed(f"a batch failed ({self._failed}): nothing more is persisted, written or announced")
 
     async def _land_in_flight(self) -> None:
-        """Await the chunk delivery still in flight (hold the lock)."""
+        """Await the chunk delivery still in flight (hold the lock). If it fails, its batch's sends or
+        rows are lost while the aggregator holds its effects: the processor refuses all work from then
+        on (nothing of it may be persisted or acknowledged), and the exception is raised."""
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
-            await in_flight
+            try:
+                await in_flight
+            except BaseException as exc:
+                self._failed = f"delivering a batch: {type(exc).__name__}: {exc}"[:200]
+                raise
 
     async def _next_chunk(self, messages: Sequence[SourceMessage]) -> None:
         """Process a chunk now, leave its delivery in flight, and wait for the previous chunk's delivery
@@ -724,10 +745,14 @@ class BatchProcessor:
             await self._land_in_flight()
             if owned is not None:
                 self.on_assignment(owned, generation)
-            self.aggregator.flush()
-            rows = await self._write_rows()
-            await self._persist()
-            await self._durable_now()
+            try:
+                self.aggregator.flush()
+                rows = await self._write_rows()
+                await self._persist()
+                await self._durable_now()
+            except BaseException as exc:  # states may be committed, and never stored: nothing more is
+                self._failed = f"flush: {type(exc).__name__}: {exc}"[:200]
+                raise
             return rows
 
     async def _write_rows(self) -> int:

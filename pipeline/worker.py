@@ -416,7 +416,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         finally:
             os._exit(code)
 
-    acking: asyncio.Future[None] | None = None  # the latest acknowledgement; it waits for the ones before
+    acking: asyncio.Future[bool] | None = None  # the latest acknowledgement; it waits for the ones before
     last_settled = time.monotonic()
 
     async def settle() -> None:
@@ -442,15 +442,18 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         acking = asyncio.ensure_future(acknowledge(batches, durable or asyncio.sleep(0), acking))
 
     async def acknowledge(
-        batches: list[list[Any]], durable: Awaitable[object], previous: Awaitable[None] | None
-    ) -> None:
-        if previous is not None:
-            await previous
+        batches: list[list[Any]], durable: Awaitable[object], previous: Awaitable[bool] | None
+    ) -> bool:
+        """Acknowledge ``batches`` once the acknowledgements before are through and ``durable`` completed.
+        Returns False, acknowledging nothing, when a write failed (this one's, or one before it: the
+        later batches' states may have been in it)."""
+        if previous is not None and not await previous:
+            return False
         try:
             await durable
         except Exception:
             if app.should_stop:  # the producer closed under us: nothing more is acknowledged
-                return
+                return False
             exit_without_committing("writing account states to the changelog")
         # Only now may their offsets be committed; but not those of a consumer generation that ended: a
         # rebalance forgot every partition's acks and offsets, and a late ack would put back offsets of a
@@ -461,6 +464,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         consumer = cast(IntakeConsumer, app.consumer)
         for batch in batches:
             consumer.ack_batch(m for m in batch if m.generation_id == generation)
+        return True
 
     @app.task  # type: ignore[untyped-decorator]
     async def aggregate() -> None:
@@ -468,7 +472,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         while True:
             batch = await app.take_batch()
             try:
-                processor.on_assignment(owned_partitions(), app.consumer_generation_id)
+                await processor.take_assignment(owned_partitions(), app.consumer_generation_id)
                 await processor.process(batch, persist=False)  # Faust's messages, as they are
                 unacked.append(UnackedBatch(batch, processor.aggregator.touch_position, time.monotonic()))
                 if persist_due():

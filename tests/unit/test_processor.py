@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from pipeline import metrics
+from pipeline.account_state import input_position
 from pipeline.aggregator import NO_FRONTIER
 from pipeline.brake import DeadLetterBrake, DeadLetterBrakeTripped
 from pipeline.partitioning import account_partitioner
@@ -696,13 +697,13 @@ def test_a_flush_takes_the_assignment_over_only_once_the_delivery_in_flight_is_t
         insert(table, columns)
 
     warehouse.insert = slow_insert  # type: ignore[method-assign]
-    seen: list[tuple[int, int]] = []  # at each commit: the likes staged for the account, e1's raw rows
+    seen: list[tuple[bool, int]] = []  # at each commit: whether the staged state holds e1, e1's raw rows
     commit = processor.store.commit
 
     async def watched_commit() -> Any:
         staged = processor.store.staged.get(account)
-        likes = sum(w[1] for w in orjson.loads(staged)[0]) if staged else -1
-        seen.append((likes, sum(1 for r in warehouse.rows("engagement_events") if r["event_id"] == "e1")))
+        holds_e1 = bool(staged) and orjson.loads(staged)[7].get("likes:0", -1) >= input_position(1, 0)
+        seen.append((holds_e1, sum(1 for r in warehouse.rows("engagement_events") if r["event_id"] == "e1")))
         return await commit()
 
     processor.store.commit = watched_commit  # type: ignore[method-assign]
@@ -719,4 +720,70 @@ def test_a_flush_takes_the_assignment_over_only_once_the_delivery_in_flight_is_t
         await asyncio.gather(processor.process(second, persist=False), flush_page())
 
     asyncio.run(run())
-    assert seen and all(raw == 1 for likes, raw in seen if likes == 2)  # e1 stored only with its row
+    assert any(holds for holds, _ in seen)  # the flush stored e1's state...
+    assert all(raw == 1 for holds, raw in seen if holds)  # ...never before e1's row was durable
+
+
+def test_a_change_of_assignment_between_batches_lands_the_delivery_in_flight_first() -> None:
+    processor, _, _, _, _ = make()
+    account = owned_by(0)
+
+    async def run() -> tuple[bool, bool]:
+        await processor.process([Message("likes", 0, 0, orjson.dumps(like("e0", account)))], persist=False)
+        await processor.take_assignment({0, 1})  # unchanged: the delivery goes on beside the next batch
+        kept_in_flight = processor._in_flight is not None
+        await processor.take_assignment({0})  # partition 1 moved: its kept states are staged after it
+        return kept_in_flight, processor._in_flight is None
+
+    assert asyncio.run(run()) == (True, True)
+
+
+class FailingDeadLetters(FakeOutbox):
+    async def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        if topic == "engagement-dead-letters":
+            raise RuntimeError("the broker refused the dead letter")
+        await super().send(topic, key, value, partition)
+
+
+def test_a_delivery_that_fails_outside_a_batch_stops_the_processor() -> None:
+    """Landed by a flush (or a timer), a failed delivery leaves the aggregator holding effects whose sends
+    were lost: nothing more may be persisted or acknowledged."""
+    clock = [0.0]
+    processor, _, _, table, _ = make(partitions=1, clock=clock)
+    processor.outbox = FailingDeadLetters()
+    account = owned_by(0, partitions=1)
+    batch = [Message("likes", 0, 0, orjson.dumps(like("e0", account))), Message("likes", 0, 1, b"{not json")]
+
+    async def run() -> None:
+        await processor.process(batch, persist=False)
+        with pytest.raises(RuntimeError, match="refused the dead letter"):
+            await processor.flush()
+        clock[0] = 1.0  # a slice would be due
+        with pytest.raises(BatchFailed):
+            await processor.process([Message("likes", 0, 2, orjson.dumps(like("e2", account)))], persist=False)
+        with pytest.raises(BatchFailed):
+            await processor.persist()
+
+    asyncio.run(run())
+    assert account.encode() not in table
+
+
+def test_a_changelog_write_that_fails_in_a_flush_stops_the_processor() -> None:
+    processor, _, _, _, _ = make()
+    account = owned_by(0)
+
+    async def failing_commit() -> Any:
+        failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        failed.set_exception(RuntimeError("the changelog write failed"))
+        return failed
+
+    processor.store.commit = failing_commit  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await processor.process([Message("likes", 0, 0, orjson.dumps(like("e0", account)))], persist=False)
+        with pytest.raises(RuntimeError, match="changelog write failed"):
+            await processor.flush()
+        with pytest.raises(BatchFailed):  # the worker's next batch exits it, acknowledging nothing
+            await processor.process([Message("likes", 0, 1, orjson.dumps(like("e1", account)))], persist=False)
+
+    asyncio.run(run())
