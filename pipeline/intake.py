@@ -101,7 +101,7 @@ class IntakeBuffer:
 
     async def take(self) -> list[Message]:
         """The next batch (never empty)."""
-        if self._open and not self._closed and time.monotonic() - self._handed_out_at >= self.within:
+        if not self._closed and time.monotonic() - self._handed_out_at >= self.within:
             # The worker spent ``within`` or longer on its last batch: what came meanwhile waited for it
             # (the fetch loop puts messages only when the worker awaits, so their put times say little).
             await asyncio.sleep(CATCH_UP_SECONDS)  # the fetch loop puts what it holds

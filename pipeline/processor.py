@@ -452,10 +452,11 @@ class BatchProcessor:
         durable first). Call between batches; raises :class:`BatchFailed` once a batch failed."""
         async with self.lock:
             self._check_usable()
-            gap = self._generation_gap(generation)
-            if gap >= 0 and (frozenset(partitions) != self.owned or (gap > 1 and self.owned)):
-                await self._land_in_flight()
-            self.on_assignment(partitions, generation)
+            with self._refusing_work_on_failure("taking an assignment over"):
+                gap = self._generation_gap(generation)
+                if gap >= 0 and (frozenset(partitions) != self.owned or (gap > 1 and self.owned)):
+                    await self._land_in_flight()
+                self.on_assignment(partitions, generation)
 
     # -- the data path ----------------------------------------------------------------------------
 
@@ -530,8 +531,9 @@ class BatchProcessor:
         the batches must not be acknowledged."""
         async with self.lock:
             self._check_usable()
-            await self._land_in_flight()
-            await self._persist()
+            with self._refusing_work_on_failure("persisting"):
+                await self._land_in_flight()
+                await self._persist()
             durable, self._durable = self._durable, []
             return asyncio.gather(*durable)
 
@@ -577,6 +579,17 @@ class BatchProcessor:
         covered = self._staged_through
         self._durable.append(await self.store.commit())
         self._covered = covered
+
+    @contextlib.contextmanager
+    def _refusing_work_on_failure(self, what: str) -> Generator[None, None, None]:
+        """Around a locked section that changes the aggregator or the store outside a batch: if it
+        raises, the aggregator may hold effects whose sends, rows or states were lost, so the processor
+        refuses all work from then on, as after a failed batch."""
+        try:
+            yield
+        except BaseException as exc:
+            self._failed = f"{what}: {type(exc).__name__}: {exc}"[:200]
+            raise
 
     def _check_usable(self) -> None:
         """Raise :class:`BatchFailed` once a batch failed (hold the lock)."""
@@ -730,10 +743,11 @@ class BatchProcessor:
         catch up when traffic pauses). Returns the rows written."""
         async with self.lock:
             self._check_usable()
-            await self._land_in_flight()
-            if not self.aggregator.has_deferred_upserts:
-                return 0
-            return await self._write_rows()
+            with self._refusing_work_on_failure("writing deferred upserts"):
+                await self._land_in_flight()
+                if not self.aggregator.has_deferred_upserts:
+                    return 0
+                return await self._write_rows()
 
     async def flush(self, owned: set[int] | None = None, generation: int | None = None) -> int:
         """Finalize every open window now (end of a replay), write them and persist the states. Returns
@@ -742,17 +756,14 @@ class BatchProcessor:
         assignment stages states, and a slice's commit would store them)."""
         async with self.lock:
             self._check_usable()
-            await self._land_in_flight()
-            if owned is not None:
-                self.on_assignment(owned, generation)
-            try:
+            with self._refusing_work_on_failure("flush"):
+                await self._land_in_flight()
+                if owned is not None:
+                    self.on_assignment(owned, generation)
                 self.aggregator.flush()
                 rows = await self._write_rows()
                 await self._persist()
                 await self._durable_now()
-            except BaseException as exc:  # states may be committed, and never stored: nothing more is
-                self._failed = f"flush: {type(exc).__name__}: {exc}"[:200]
-                raise
             return rows
 
     async def _write_rows(self) -> int:
@@ -1073,13 +1084,14 @@ class BatchProcessor:
         assignment in ``generation`` (see :meth:`on_assignment`), taken over first."""
         async with self.lock:
             self._check_usable()
-            await self._land_in_flight()  # its re-keyed messages must be acknowledged before we announce
-            if owned is not None:
-                self.on_assignment(owned, generation)
-            now = time.monotonic()
-            if now - self._announced_at >= every:
-                self._announced.clear()
-            await self._announce({q: self.source_frontier(q) for q in self.owned})
+            with self._refusing_work_on_failure("announcing watermarks"):
+                await self._land_in_flight()  # its re-keyed messages must be acknowledged before we announce
+                if owned is not None:
+                    self.on_assignment(owned, generation)
+                now = time.monotonic()
+                if now - self._announced_at >= every:
+                    self._announced.clear()
+                await self._announce({q: self.source_frontier(q) for q in self.owned})
 
     async def _announce(self, frontiers: Mapping[int, int | None]) -> None:
         """Tell every re-key partition the source frontiers of ``frontiers`` that changed since last told."""

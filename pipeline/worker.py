@@ -19,6 +19,7 @@ embedded store ``/query`` (read-only SQL, since only this process may open chDB'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -27,7 +28,7 @@ import sys
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, NoReturn, cast
 
 import faust
 import orjson
@@ -163,7 +164,7 @@ def take_covered(unacked: list[UnackedBatch], stored_position: int) -> list[Unac
     return taken
 
 
-def exit_without_committing(what: str, exc: BaseException | None = None) -> None:
+def exit_without_committing(what: str, exc: BaseException | None = None) -> NoReturn:
     """Log ``what`` failed and end the process at once with code 70, nothing more acknowledged or
     committed: whatever was not committed is replayed by the next owner."""
     log.critical("%s failed; exiting without committing", what, exc_info=exc or True)
@@ -448,6 +449,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         Returns False, acknowledging nothing, when a write failed (this one's, or one before it: the
         later batches' states may have been in it)."""
         if previous is not None and not await previous:
+            with contextlib.suppress(Exception):  # observed, so that no failure goes unretrieved
+                await durable
             return False
         try:
             await durable
@@ -529,8 +532,11 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             await processor.write_deferred()
             if unacked and persist_due():
                 await settle()
-        except BatchFailed:  # the batch task failed meanwhile (the brake): it exits; nothing is acknowledged
-            return
+        except BatchFailed:  # nothing is acknowledged any more
+            if halted.is_set() or app.should_stop:  # the brake, or a stop: the worker is exiting
+                return
+            # A batch's failure exits the worker itself; a flush's or a timer's would leave it idle.
+            exit_without_committing("the processor (see the error above)")
         except Exception:
             if not cut_short_by_stop(app, "the timer's announcements and persist, not acknowledged,"):
                 raise
@@ -591,6 +597,10 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 rows = await processor.flush(owned_partitions(), app.consumer_generation_id)
             except BatchFailed as exc:  # the brake tripped while this waited
                 return self.json({"error": str(exc)}, status=503)
+            except Exception as exc:  # its states may be lost: the processor refuses all work now
+                if app.should_stop:
+                    raise
+                exit_without_committing("/admin/flush", exc)
             return self.json({"rows": rows})
 
     return app, processor

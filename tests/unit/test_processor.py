@@ -725,17 +725,33 @@ def test_a_flush_takes_the_assignment_over_only_once_the_delivery_in_flight_is_t
 
 
 def test_a_change_of_assignment_between_batches_lands_the_delivery_in_flight_first() -> None:
-    processor, _, _, _, _ = make()
+    processor, _, warehouse, _, _ = make()
     account = owned_by(0)
+    insert = warehouse.insert
 
-    async def run() -> tuple[bool, bool]:
+    def slow_insert(table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        time.sleep(0.2)
+        insert(table, columns)
+
+    warehouse.insert = slow_insert  # type: ignore[method-assign]
+    rows_when_assigned: list[int] = []  # e0's raw rows when each assignment was taken over
+    on_assignment = processor.on_assignment
+
+    def watched(partitions: set[int], generation: int | None = None) -> None:
+        rows_when_assigned.append(len(warehouse.rows("engagement_events")))
+        on_assignment(partitions, generation)
+
+    processor.on_assignment = watched  # type: ignore[method-assign]
+
+    async def run() -> bool:
         await processor.process([Message("likes", 0, 0, orjson.dumps(like("e0", account)))], persist=False)
         await processor.take_assignment({0, 1})  # unchanged: the delivery goes on beside the next batch
         kept_in_flight = processor._in_flight is not None
         await processor.take_assignment({0})  # partition 1 moved: its kept states are staged after it
-        return kept_in_flight, processor._in_flight is None
+        return kept_in_flight
 
-    assert asyncio.run(run()) == (True, True)
+    assert asyncio.run(run()) is True
+    assert rows_when_assigned == [0, 1]  # the change waited for e0's row; no change, no wait
 
 
 class FailingDeadLetters(FakeOutbox):
@@ -785,5 +801,24 @@ def test_a_changelog_write_that_fails_in_a_flush_stops_the_processor() -> None:
             await processor.flush()
         with pytest.raises(BatchFailed):  # the worker's next batch exits it, acknowledging nothing
             await processor.process([Message("likes", 0, 1, orjson.dumps(like("e1", account)))], persist=False)
+
+    asyncio.run(run())
+
+
+def test_a_changelog_write_that_cannot_start_in_a_persist_stops_the_processor() -> None:
+    processor, _, _, _, _ = make()
+    account = owned_by(0)
+
+    async def broken_commit() -> Any:
+        raise RuntimeError("the changelog producer is gone")
+
+    processor.store.commit = broken_commit  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await processor.process([Message("likes", 0, 0, orjson.dumps(like("e0", account)))], persist=False)
+        with pytest.raises(RuntimeError, match="producer is gone"):
+            await processor.persist()  # the timer's settle: its states were taken from the aggregator
+        with pytest.raises(BatchFailed):
+            await processor.write_deferred()
 
     asyncio.run(run())
