@@ -598,15 +598,11 @@ class BatchProcessor:
 
     async def _land_in_flight(self) -> None:
         """Await the chunk delivery still in flight (hold the lock). If it fails, its batch's sends or
-        rows are lost while the aggregator holds its effects: the processor refuses all work from then
-        on (nothing of it may be persisted or acknowledged), and the exception is raised."""
+        rows are lost while the aggregator holds its effects: every caller then makes the processor
+        refuse all work (:meth:`process`, or :meth:`_refusing_work_on_failure`)."""
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
-            try:
-                await in_flight
-            except BaseException as exc:
-                self._failed = f"delivering a batch: {type(exc).__name__}: {exc}"[:200]
-                raise
+            await in_flight
 
     async def _next_chunk(self, messages: Sequence[SourceMessage]) -> None:
         """Process a chunk now, leave its delivery in flight, and wait for the previous chunk's delivery

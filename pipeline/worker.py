@@ -384,13 +384,13 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.topics.add(source_topic)
 
-    # Batches processed but not yet acknowledged: their states are persisted (and they are acked, so
-    # Faust may commit their offsets) every persist_interval_seconds under load, and when idle once
-    # IDLE_PERSIST_SECONDS have passed (or the interval, if shorter): under a moderate load batches close by
-    # time and the intake is empty after most of them, and persisting after each one wrote every touched
-    # account's state twice a second, which cost a live worker a fifth of its capacity.
-    # Under load the processor persists the states in slices, at the start of its batches; a batch is acked
-    # once the slices cover it (see BatchProcessor.process and slices_committed).
+    # Batches processed but not yet acknowledged (acked, Faust may commit their offsets). Under load the
+    # processor persists the states in slices at the start of its batches, and a batch is acked once the
+    # slices cover it (BatchProcessor.process, slices_committed; docs/DESIGN.md). When idle, every state
+    # is persisted and every batch acked once IDLE_PERSIST_SECONDS have passed (or the interval, if
+    # shorter): under a moderate load batches close by time and the intake is empty after most of them,
+    # and persisting after each one wrote every touched account's state twice a second, which cost a live
+    # worker a fifth of its capacity.
     unacked: list[UnackedBatch] = []
     idle_persist = min(settings.persist_interval_seconds, IDLE_PERSIST_SECONDS)
 
