@@ -584,6 +584,18 @@ def test_an_assignment_seen_late_is_ignored_and_the_next_generation_keeps_unpers
     assert not caplog.records and joining.owned == {1}
 
 
+def slow_inserts(warehouse: FakeWarehouse, seconds: float = 0.2) -> None:
+    """Make every insert take ``seconds`` (on the warehouse thread): a batch's delivery is still in
+    flight when the next one starts."""
+    insert = warehouse.insert
+
+    def slow_insert(table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        time.sleep(seconds)
+        insert(table, columns)
+
+    warehouse.insert = slow_insert  # type: ignore[method-assign]
+
+
 def stored_likes(table: Mapping[bytes, bytes], account: str) -> int | None:
     """The likes of the account's stored state (its one open window), None if not stored."""
     raw = table.get(account.encode())
@@ -605,13 +617,7 @@ def test_under_load_states_are_persisted_in_slices_each_after_the_rows_it_holds_
         return await commit()
 
     processor.store.commit = watched_commit  # type: ignore[method-assign]
-    insert = warehouse.insert
-
-    def slow_insert(table: str, columns: Mapping[str, Sequence[Any]]) -> None:
-        time.sleep(0.2)  # the first batch's rows are still in flight when the second batch starts
-        insert(table, columns)
-
-    warehouse.insert = slow_insert  # type: ignore[method-assign]
+    slow_inserts(warehouse)  # the first batch's rows are still in flight when the second batch starts
     first = [Message("likes", 0, i, orjson.dumps(like(f"e{i}", a))) for i, a in enumerate(accounts)]
     second = [Message("likes", 0, 10, orjson.dumps(like("e10", accounts[0], actor="u2")))]
 
@@ -690,13 +696,7 @@ def test_a_flush_takes_the_assignment_over_only_once_the_delivery_in_flight_is_t
     clock = [0.0]
     processor, _, warehouse, _, _ = make(partitions=2, clock=clock)
     account = owned_by(0)
-    insert = warehouse.insert
-
-    def slow_insert(table: str, columns: Mapping[str, Sequence[Any]]) -> None:
-        time.sleep(0.2)
-        insert(table, columns)
-
-    warehouse.insert = slow_insert  # type: ignore[method-assign]
+    slow_inserts(warehouse)
     seen: list[tuple[bool, int]] = []  # at each commit: whether the staged state holds e1, e1's raw rows
     commit = processor.store.commit
 
@@ -727,13 +727,7 @@ def test_a_flush_takes_the_assignment_over_only_once_the_delivery_in_flight_is_t
 def test_a_change_of_assignment_between_batches_lands_the_delivery_in_flight_first() -> None:
     processor, _, warehouse, _, _ = make()
     account = owned_by(0)
-    insert = warehouse.insert
-
-    def slow_insert(table: str, columns: Mapping[str, Sequence[Any]]) -> None:
-        time.sleep(0.2)
-        insert(table, columns)
-
-    warehouse.insert = slow_insert  # type: ignore[method-assign]
+    slow_inserts(warehouse)
     rows_when_assigned: list[int] = []  # e0's raw rows when each assignment was taken over
     on_assignment = processor.on_assignment
 
