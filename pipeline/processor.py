@@ -12,8 +12,11 @@ at-least-once delivery:
    letters, re-keyed messages and alerts are produced and acknowledged by Kafka;
 5. only when all of that is done are the account states written to the Faust table (changelog), once
    per touched account — at the end of the batch, or for several batches at once (the worker calls
-   :meth:`BatchProcessor.persist`), or early once more accounts are touched than the live cache holds;
-6. the batches are acknowledged once the changelog has their states, and Faust commits their offsets.
+   :meth:`BatchProcessor.persist`), or under load in slices of the oldest touched states at the start
+   of a batch (:meth:`BatchProcessor.slices_committed`), or early once more accounts are touched than
+   the live cache holds;
+6. the batches are acknowledged once the changelog has every state they changed, and Faust commits their
+   offsets.
 
 A large batch runs 1-4 in chunks, pipelined: a chunk's inserts run on the warehouse thread while the next
 chunk is decoded and aggregated. A crash anywhere before 6 replays the batches from their committed
@@ -465,7 +468,9 @@ class BatchProcessor:
 
         With ``persist``, returns once the batch's rows are durable and the account states it changed
         are in the table and its changelog. With ``persist=False`` the states wait for :meth:`persist`
-        (the worker persists several batches at once, then acknowledges them), and the batch's last
+        (the worker persists several batches at once, then acknowledges them) or for the slices that
+        this method stages at a batch's start once one is due (:meth:`_stage_slice`; committed after
+        the first chunk, :meth:`slices_committed` says which batches they cover), and the batch's last
         chunk may still be in flight (its inserts overlap the next batch's decoding): :meth:`persist`
         and every other method that writes await it first.
 
