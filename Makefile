@@ -10,7 +10,7 @@ DURATION ?= 60
 # wait on brokers, servers and group joins, so two share two cores well.
 TEST_PROCESSES ?= 2
 
-.PHONY: demo test unit integration chaos lint typecheck bench bench-quick bench-report up down clean
+.PHONY: demo test unit integration chaos lint typecheck bench bench-quick bench-report up down clean compiled
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,16 +21,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The compiled hot path (pipeline/compiled.py): mypyc builds the per-event modules into pipeline/_compiled/
+# when the build is missing or older than their source (a few seconds to check, ~25 s to build). Needs gcc and
+# the Python headers. Without a build the source runs: same results, slower.
+compiled: $(STAMP)
+	$(BIN)/engagement compile
+
 demo: $(STAMP)
+	$(BIN)/engagement compile || echo "note: no compiled hot path (see above); the demo runs the source"
 	$(BIN)/engagement demo --duration $(DURATION) --data-dir var
 
 # Unit tests, lint and types, then integration tests against real services: the embedded broker and
 # chDB, and a Debian ClickHouse 18.16 server that this target installs (apt) and starts if needed; promtool
 # (Debian's prometheus package, installed the same way) checks and unit-tests deploy/prometheus/.
-test: $(STAMP) lint typecheck
+# The suite runs the compiled hot path (ENGAGEMENT_COMPILED=required: a stale build fails at import), and
+# tests/unit/test_compiled.py compares it with the source on the same traffic.
+test: $(STAMP) lint typecheck compiled
 	./tests/services/clickhouse-server.sh install
 	./tests/services/prometheus.sh install
-	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist worksteal tests
+	ENGAGEMENT_COMPILED=required $(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist worksteal tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration" tests
@@ -47,13 +56,13 @@ chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m chaos tests
 
 # Benchmarks are not tests: figures as ratios against baselines measured in the same run.
-bench: $(STAMP)
+bench: compiled
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/harness.py
+	ENGAGEMENT_COMPILED=required $(BIN)/python bench/harness.py
 
-bench-quick: $(STAMP)
+bench-quick: compiled
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/harness.py --quick
+	ENGAGEMENT_COMPILED=required $(BIN)/python bench/harness.py --quick
 
 # The account report over 10,000,000 raw events in the embedded store (issue 3's < 2 s target).
 bench-report: $(STAMP)
@@ -80,4 +89,4 @@ down:
 	$(COMPOSE) --profile traffic down --volumes --remove-orphans
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache pipeline/_compiled

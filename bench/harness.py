@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
+from pipeline import compiled  # noqa: E402
 from pipeline.broker import EmbeddedBroker  # noqa: E402
 from pipeline.events import SOURCE_TOPICS  # noqa: E402
 from pipeline.generate import TrafficModel, lines  # noqa: E402
@@ -474,7 +475,12 @@ def run(quick: bool, events: int | None) -> dict[str, Any]:
     results: dict[str, Any] = dict.fromkeys(KEYS)
     notes: dict[str, str] = {}
     committed: dict[str, float] = {}  # the same drains timed to every offset committed (see Drain)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "compiled": compiled.STATUS.active,  # the hot path built by mypyc (pipeline/compiled.py)
+    }
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
         EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,

@@ -1,4 +1,5 @@
-"""The ``engagement`` command: worker, ingest, replay, sql, report, leaderboard, migrate, users, generate, demo."""
+"""The ``engagement`` command: worker, ingest, replay, sql, report, leaderboard, migrate, users, generate, demo,
+bench, compile, config."""
 
 from __future__ import annotations
 
@@ -343,6 +344,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(harness), *extra])
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Build the compiled hot path when it is missing or stale (or always, ``--force``); ``--check`` only
+    says whether the build matches. Exit 0 when it does (after building), 1 when not or the build failed."""
+    from pipeline import compiled
+
+    status = compiled.check()
+    if args.check or (status.active and not args.force):
+        print(("compiled: " if status.active else "source: ") + status.reason)
+        return 0 if status.active else 1
+    try:
+        status = compiled.build()
+    except compiled.BuildFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"compiled: {status.reason}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     for name, value in _settings(args).masked().items():
         print(f"ENGAGEMENT_{name.upper()}={value}")
@@ -473,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compile", help="build the compiled hot path (mypyc) if missing or stale")
+    p.add_argument("--check", action="store_true", help="only say whether the build matches the source")
+    p.add_argument("--force", action="store_true", help="rebuild even if the build matches")
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("config", help="show the effective settings (secrets masked)")
     p.add_argument("action", choices=["show"])

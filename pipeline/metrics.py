@@ -84,6 +84,12 @@ CONSUMER_LAG = Gauge(
     ["topic"],
     registry=REGISTRY,
 )
+HOT_PATH_COMPILED = Gauge(
+    "engagement_hot_path_compiled",
+    "1 when this worker runs the hot path compiled by mypyc (pipeline/compiled.py), 0 when it runs the source"
+    " (same results, slower: the build is missing, stale or turned off; the worker logs why at start).",
+    registry=REGISTRY,
+)
 NEWEST_EVENT_SECONDS = Gauge(
     "engagement_newest_event_timestamp_seconds",
     "Event time of the newest event seen (Unix seconds).",

@@ -35,7 +35,7 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from pipeline import brake, metrics
+from pipeline import brake, compiled, metrics
 from pipeline.deadletter import DeadLetter
 from pipeline.events import DEAD_LETTER_TOPIC, REASON_CODES, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
 from pipeline.intake import IntakeApp, IntakeBuffer, IntakeConsumer
@@ -685,6 +685,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     ensure_topics(settings)
     migrate(warehouse, settings)
     app, processor = create_app(settings, warehouse)
+    metrics.HOT_PATH_COMPILED.set(1 if compiled.STATUS.active else 0)
+    if not compiled.STATUS.active:
+        log.warning("the hot path runs from source, not compiled: %s", compiled.STATUS.reason)
     # The hot path allocates many short-lived objects next to a large, long-lived state: collect the
     # young generation less often, and move everything alive at start-up out of the collector's sight.
     # The middle generation is collected every GC_MIDDLE_EVERY young collections: at 20, each of its

@@ -85,6 +85,18 @@ def test_multi_stage_on_python_slim_and_non_root() -> None:
     assert uid.isdigit() and int(uid) >= 1000  # numeric: Kubernetes' runAsNonRoot can verify it
 
 
+def test_the_image_compiles_the_hot_path_with_the_mypy_the_tests_use() -> None:
+    """The build stage runs `engagement compile` once the package is installed, with the mypy pinned for
+    development (the build the test suite runs), and leaves its tools out of the image; the final stage
+    copies /app, which holds the build (pipeline/_compiled)."""
+    build_stage = instructions()[: len(instructions()) - len(final_stage())]
+    runs = " && ".join(i.arguments for i in build_stage if i.keyword == "RUN")
+    assert runs.index("--editable /app") < runs.index("engagement compile") < runs.index("pip uninstall --yes mypy")
+    (dev_mypy,) = [r for r in extra_requirements("dev") if r.name == "mypy"]
+    assert f"mypy{dev_mypy.specifier}" in runs.split()
+    assert any(i.keyword == "COPY" and i.arguments == "--from=build /app /app" for i in final_stage())
+
+
 def test_worker_entry_point_web_and_healthcheck_on_healthz() -> None:
     stage = final_stage()
     keywords = {i.keyword: i.arguments for i in stage}
@@ -123,7 +135,8 @@ def test_build_context_holds_what_is_copied_and_nothing_else() -> None:
             inside = [p for p in (ROOT / path).rglob("*.py")][:5] or list((ROOT / path).iterdir())[:5]
             for file in inside:
                 assert dockerignore_includes(patterns, str(file.relative_to(ROOT))), file
-    for excluded in (".venv", "var", ".git", "tests/unit/test_deploy_docker.py", "pipeline/__pycache__/x.pyc"):
+    excluded_paths = (".venv", "var", ".git", "tests/unit/test_deploy_docker.py", "pipeline/__pycache__/x.pyc")
+    for excluded in (*excluded_paths, "pipeline/_compiled/manifest.json", "pipeline/_compiled.new-1/x.so"):
         assert not dockerignore_includes(patterns, excluded), excluded
 
 

@@ -1,0 +1,193 @@
+"""The compiled hot path: the per-event modules built as C extensions by mypyc, loaded in place of their
+source only when the build was made from exactly the source beside it.
+
+Why: the worker's main thread spends its time in Python per event (decoding and validating, applying to
+the account's state, taking window rows, serializing states). mypyc compiles these typed modules to C
+(native classes, direct calls between them), which takes about a fifth off that time (bench/RESULTS.md).
+The results never differ: the same source runs either way, and ``tests/unit/test_compiled.py`` runs the same
+traffic, poison included, through both and compares every output.
+
+- :func:`build` (``engagement compile``, ``make compiled``) compiles :data:`MODULES` into
+  :data:`BUILD_DIR` and writes a manifest of the sources it compiled.
+- :func:`activate` runs first thing when :mod:`pipeline` is imported. It puts the build first on the
+  package's ``__path__`` only if its manifest names this interpreter's extension suffix and the sha256 of
+  every module's source as it is now. Otherwise the source runs, and :data:`STATUS` says why: an edited
+  module makes the whole build unused, never half-used.
+
+``ENGAGEMENT_COMPILED`` chooses: ``auto`` (the default: the build when it matches), ``off`` (the source),
+``required`` (the build, or ``import pipeline`` fails saying why: what ``make test`` and the benchmarks use,
+so that they measure and test what they claim to).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = "ENGAGEMENT_COMPILED"
+MODES = ("auto", "off", "required")
+# The per-event path, and what it calls per event. Each is plain typed Python: mypy --strict checks it and
+# mypyc compiles it unchanged. A class of these may not be subclassed outside them (mypyc native classes).
+MODULES = ("events", "decode", "followers", "drops", "account_state", "aggregator")
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUILD_DIR = PACKAGE_DIR / "_compiled"
+MANIFEST = "manifest.json"
+GROUP = "engagement_hot_path"  # mypyc's shared library: <GROUP>__mypyc<suffix>, beside the package dir
+FORMAT = 1
+
+
+class BuildFailed(RuntimeError):
+    """mypyc or the C compiler failed; the message holds what they printed. The last build is untouched."""
+
+
+@dataclass(frozen=True)
+class Status:
+    """Whether the compiled modules are in use, and why (or why not) in words for logs."""
+
+    active: bool
+    reason: str
+
+
+STATUS = Status(False, "not activated")
+
+
+def extension_suffix() -> str:
+    """This interpreter's file suffix of extension modules (ABI included), e.g. ``.cpython-311-x86_64-linux-gnu.so``."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    return str(suffix)
+
+
+def source_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check(build_dir: Path = BUILD_DIR, package_dir: Path = PACKAGE_DIR, suffix: str | None = None) -> Status:
+    """Whether the build in ``build_dir`` matches the sources in ``package_dir`` and this interpreter.
+    Reads files only; never raises for a missing or malformed build (it is then not used)."""
+    suffix = extension_suffix() if suffix is None else suffix
+    try:
+        manifest = json.loads((build_dir / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Status(False, f"no compiled build in {build_dir} (make compiled)")
+    except (OSError, ValueError) as exc:
+        return Status(False, f"unreadable manifest in {build_dir}: {exc}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return Status(False, f"manifest in {build_dir} is of another format; rebuild (make compiled)")
+    if manifest.get("suffix") != suffix:
+        return Status(False, f"built for {manifest.get('suffix')}, this interpreter loads {suffix}; rebuild")
+    digests = manifest.get("modules")
+    if not isinstance(digests, dict) or set(digests) != set(MODULES):
+        return Status(False, "the build holds other modules than pipeline.compiled.MODULES; rebuild")
+    for module in MODULES:
+        source = package_dir / f"{module}.py"
+        if not source.is_file() or source_digest(source) != digests[module]:
+            return Status(False, f"pipeline/{module}.py changed since the build; rebuild (make compiled)")
+        if not (build_dir / "pipeline" / f"{module}{suffix}").is_file():
+            return Status(False, f"the build lacks pipeline/{module}{suffix}; rebuild")
+    if not (build_dir / f"{GROUP}__mypyc{suffix}").is_file():
+        return Status(False, f"the build lacks its shared library {GROUP}__mypyc{suffix}; rebuild")
+    return Status(True, f"compiled by mypyc {manifest.get('mypy', '?')} in {build_dir}")
+
+
+def mode(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """The ``ENGAGEMENT_COMPILED`` mode. Raises ValueError, naming the choices, for any other value."""
+    value = environ.get(ENV, "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
+    return value
+
+
+def activate() -> Status:
+    """Use the compiled modules if the build matches (see :func:`check`), by :func:`mode`. Must run before
+    any of :data:`MODULES` is imported (``pipeline/__init__.py`` runs it). Raises ImportError in mode
+    ``required`` when the build is not usable, and ValueError for an unknown mode."""
+    global STATUS
+    chosen = mode()
+    if chosen == "off":
+        STATUS = Status(False, f"off ({ENV}=off)")
+        return STATUS
+    loaded = [m for m in MODULES if f"pipeline.{m}" in sys.modules]
+    status = check()
+    if loaded:
+        status = Status(False, f"pipeline.{loaded[0]} was imported before pipeline.compiled.activate()")
+    if status.active:
+        suffix = extension_suffix()
+        shared = f"{GROUP}__mypyc"
+        spec = importlib.util.spec_from_file_location(shared, BUILD_DIR / f"{shared}{suffix}")
+        if spec is None or spec.loader is None:  # pragma: no cover - check() saw the file
+            status = Status(False, f"cannot load {shared}{suffix}")
+        else:
+            library = importlib.util.module_from_spec(spec)
+            sys.modules[shared] = library
+            spec.loader.exec_module(library)
+            package = sys.modules["pipeline"]
+            package.__path__.insert(0, str(BUILD_DIR / "pipeline"))
+    if chosen == "required" and not status.active:
+        raise ImportError(f"{ENV}=required, but the compiled hot path is not usable: {status.reason}")
+    STATUS = status
+    return STATUS
+
+
+def build(build_dir: Path = BUILD_DIR) -> Status:
+    """Compile :data:`MODULES` with mypyc into ``build_dir``. Blocks (about half a minute on two cores).
+
+    The build happens in a temporary directory; ``build_dir`` is then replaced by a rename, so a running
+    process keeps the files it loaded, and a process starting meanwhile finds no build and runs the source.
+    The manifest is written last. Raises BuildFailed (mypy's errors or the compiler's) with the last build
+    untouched; ImportError if mypy (which carries mypyc) or setuptools is not installed."""
+    from mypy.version import __version__ as mypy_version
+    from mypyc.build import mypycify
+    from setuptools import Distribution
+
+    root = PACKAGE_DIR.parent
+    suffix = extension_suffix()
+    with tempfile.TemporaryDirectory(prefix="engagement-mypyc-") as tmp:
+        work = Path(tmp)
+        previous = Path.cwd()
+        os.chdir(root)  # mypy reads its configuration (pyproject.toml) and module names from here
+        try:
+            extensions = mypycify(
+                [f"pipeline/{module}.py" for module in MODULES],
+                group_name=GROUP,
+                target_dir=str(work / "c"),
+                opt_level="3",
+            )
+            distribution = Distribution({"name": "engagement-hot-path", "ext_modules": extensions})
+            command = distribution.get_command_obj("build_ext")
+            command.build_lib = str(work / "lib")
+            command.build_temp = str(work / "obj")
+            distribution.run_command("build_ext")
+        except SystemExit as exc:  # mypycify exits on type errors, after printing them
+            raise BuildFailed(f"mypyc stopped (exit {exc.code}); its errors are printed above") from exc
+        except Exception as exc:  # setuptools' CompileError, LinkError...
+            raise BuildFailed(f"compiling the hot path failed: {exc}") from exc
+        finally:
+            os.chdir(previous)
+        built = work / "lib"
+        manifest = {
+            "format": FORMAT,
+            "suffix": suffix,
+            "python": sys.version,
+            "mypy": mypy_version,
+            "modules": {module: source_digest(PACKAGE_DIR / f"{module}.py") for module in MODULES},
+        }
+        (built / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        status = check(built, PACKAGE_DIR, suffix)
+        if not status.active:  # a source changed while it compiled, or mypyc laid the files out otherwise
+            raise BuildFailed(f"the new build does not match: {status.reason}")
+        staged = build_dir.with_name(f"{build_dir.name}.new-{os.getpid()}")
+        retired = build_dir.with_name(f"{build_dir.name}.old-{os.getpid()}")
+        shutil.copytree(built, staged)
+        if build_dir.exists():
+            build_dir.rename(retired)
+        staged.rename(build_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    return check(build_dir)

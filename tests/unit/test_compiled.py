@@ -1,0 +1,161 @@
+"""The compiled hot path (pipeline/compiled.py): a build is used only when it matches the source and this
+interpreter, ENGAGEMENT_COMPILED chooses, and the compiled modules give exactly the source's results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import compiled
+
+ROOT = Path(__file__).resolve().parents[2]
+SUFFIX = ".cpython-test.so"
+
+
+def fake_build(tmp_path: Path, package_dir: Path = compiled.PACKAGE_DIR, **manifest: Any) -> Path:
+    """A build directory as :func:`compiled.build` lays it out (empty library files), for the real sources."""
+    build = tmp_path / "_compiled"
+    (build / "pipeline").mkdir(parents=True)
+    for module in compiled.MODULES:
+        (build / "pipeline" / f"{module}{SUFFIX}").write_bytes(b"")
+    (build / f"{compiled.GROUP}__mypyc{SUFFIX}").write_bytes(b"")
+    written = {
+        "format": compiled.FORMAT,
+        "suffix": SUFFIX,
+        "mypy": "2.4.1",
+        "modules": {m: compiled.source_digest(package_dir / f"{m}.py") for m in compiled.MODULES},
+        **manifest,
+    }
+    (build / compiled.MANIFEST).write_text(json.dumps(written), encoding="utf-8")
+    return build
+
+
+def test_a_build_of_the_current_sources_for_this_interpreter_is_used(tmp_path: Path) -> None:
+    status = compiled.check(fake_build(tmp_path), suffix=SUFFIX)
+    assert status.active and "mypyc 2.4.1" in status.reason
+
+
+def test_no_build_means_the_source_runs(tmp_path: Path) -> None:
+    status = compiled.check(tmp_path / "absent", suffix=SUFFIX)
+    assert not status.active and "no compiled build" in status.reason
+
+
+def test_an_edited_module_makes_the_whole_build_unused(tmp_path: Path) -> None:
+    package = tmp_path / "package"
+    package.mkdir()
+    for module in compiled.MODULES:
+        (package / f"{module}.py").write_bytes((compiled.PACKAGE_DIR / f"{module}.py").read_bytes())
+    build = fake_build(tmp_path, package)
+    assert compiled.check(build, package, SUFFIX).active
+    with (package / "aggregator.py").open("a", encoding="utf-8") as source:
+        source.write("# edited\n")
+    status = compiled.check(build, package, SUFFIX)
+    assert not status.active and "pipeline/aggregator.py changed" in status.reason
+
+
+@pytest.mark.parametrize(
+    ("manifest", "reason"),
+    [
+        ({"suffix": ".cpython-312-x86_64-linux-gnu.so"}, "built for .cpython-312"),
+        ({"format": 0}, "another format"),
+        ({"modules": {"decode": "0" * 64}}, "other modules"),
+    ],
+)
+def test_a_build_for_something_else_is_not_used(tmp_path: Path, manifest: dict[str, Any], reason: str) -> None:
+    status = compiled.check(fake_build(tmp_path, **manifest), suffix=SUFFIX)
+    assert not status.active and reason in status.reason
+
+
+def test_a_build_missing_a_library_or_with_a_broken_manifest_is_not_used(tmp_path: Path) -> None:
+    build = fake_build(tmp_path)
+    (build / "pipeline" / f"decode{SUFFIX}").unlink()
+    assert "lacks pipeline/decode" in compiled.check(build, suffix=SUFFIX).reason
+    build = fake_build(tmp_path / "2")
+    (build / f"{compiled.GROUP}__mypyc{SUFFIX}").unlink()
+    assert "shared library" in compiled.check(build, suffix=SUFFIX).reason
+    (build / compiled.MANIFEST).write_text("{not json", encoding="utf-8")
+    status = compiled.check(build, suffix=SUFFIX)
+    assert not status.active and "unreadable manifest" in status.reason
+
+
+def test_the_mode_is_read_from_the_environment() -> None:
+    assert compiled.mode({}) == "auto"
+    assert compiled.mode({compiled.ENV: " Required "}) == "required"
+    assert compiled.mode({compiled.ENV: "off"}) == "off"
+    with pytest.raises(ValueError, match="expected one of auto, off, required"):
+        compiled.mode({compiled.ENV: "yes"})
+
+
+def python(code: str, mode: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, compiled.ENV: mode}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_off_runs_the_source_and_an_unknown_mode_stops_the_import() -> None:
+    done = python("import pipeline.aggregator as a, pipeline.compiled as c; print(a.__file__, c.STATUS.active)", "off")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(compiled.PACKAGE_DIR / "aggregator.py"), "False"]
+    done = python("import pipeline", "fast")
+    assert done.returncode != 0 and "ENGAGEMENT_COMPILED='fast': expected one of" in done.stderr
+
+
+def test_a_failed_build_leaves_the_last_one_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mypyc.build
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise SystemExit(1)  # as mypycify does after printing type errors
+
+    monkeypatch.setattr(mypyc.build, "mypycify", refuse)
+    build = fake_build(tmp_path)
+    before = sorted(p.relative_to(build) for p in build.rglob("*"))
+    cwd = Path.cwd()
+    with pytest.raises(compiled.BuildFailed, match="mypyc stopped"):
+        compiled.build(build)
+    assert sorted(p.relative_to(build) for p in build.rglob("*")) == before
+    assert Path.cwd() == cwd  # the build runs mypy from the repository root, then comes back
+
+
+needs_build = pytest.mark.skipif(not compiled.check().active, reason="no compiled build matches (make compiled)")
+
+
+@needs_build
+def test_required_loads_every_module_from_the_build() -> None:
+    code = "import importlib, pipeline.compiled as c; print(*[importlib.import_module(f'pipeline.{m}').__file__"
+    code += " for m in c.MODULES])"
+    done = python(code, "required")
+    assert done.returncode == 0, done.stderr
+    files = [Path(f) for f in done.stdout.split()]
+    assert files == [compiled.BUILD_DIR / "pipeline" / f"{m}{compiled.extension_suffix()}" for m in compiled.MODULES]
+
+
+@needs_build
+def test_the_compiled_hot_path_gives_exactly_the_results_of_the_source() -> None:
+    """The same poisoned stream (tests/compiled_probe.py) through both: every row, message, changelog record
+    and count equal."""
+    results = {}
+    for mode in ("off", "required"):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "compiled_probe.py")],
+            env={**os.environ, compiled.ENV: mode},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[mode] = json.loads(done.stdout)
+    source, built = results["off"], results["required"]
+    assert (source.pop("compiled"), built.pop("compiled")) == (False, True)
+    assert built == source
+    # and the stream reached every part of the path
+    counts = source["counts"]
+    for outcome in ("counted", "duplicate", "late", "pending", "self", "unmatched"):
+        assert counts[f"engagement_event_outcomes_total[('outcome', '{outcome}')]"] > 0, outcome
+    assert sum(n for name, n in counts.items() if name.startswith("engagement_dead_letters_total")) >= 40
+    assert source["rows"]["engagement_windows"] > 1000 and source["rows"]["engagement_alerts"] > 0
+    assert source["sent"]["engagement-rekeyed"] > 0
