@@ -31,9 +31,12 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
-ENV = "ENGAGEMENT_COMPILED"
-MODES = ("auto", "off", "required")
+from pipeline.settings import PREFIX, CompiledMode
+
+ENV = f"{PREFIX}COMPILED"  # the setting Settings.compiled, read here before any other
+MODES: tuple[str, ...] = get_args(CompiledMode)
 # The per-event path, and what it calls per event. Each is plain typed Python: mypy --strict checks it and
 # mypyc compiles it unchanged. A class of these may not be subclassed outside them (mypyc native classes).
 MODULES = ("events", "decode", "followers", "drops", "account_state", "aggregator")
@@ -99,7 +102,7 @@ def check(build_dir: Path = BUILD_DIR, package_dir: Path = PACKAGE_DIR, suffix: 
 
 def mode(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
     """The ``ENGAGEMENT_COMPILED`` mode. Raises ValueError, naming the choices, for any other value."""
-    value = environ.get(ENV, "auto").strip().lower() or "auto"
+    value = environ.get(ENV, "auto").strip() or "auto"
     if value not in MODES:
         raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
     return value
@@ -149,6 +152,8 @@ def build(build_dir: Path = BUILD_DIR) -> Status:
 
     root = PACKAGE_DIR.parent
     suffix = extension_suffix()
+    # The sources as compiled: read first, so that a module edited during the build fails the check below.
+    digests = {module: source_digest(PACKAGE_DIR / f"{module}.py") for module in MODULES}
     with tempfile.TemporaryDirectory(prefix="engagement-mypyc-") as tmp:
         work = Path(tmp)
         previous = Path.cwd()
@@ -177,7 +182,7 @@ def build(build_dir: Path = BUILD_DIR) -> Status:
             "suffix": suffix,
             "python": sys.version,
             "mypy": mypy_version,
-            "modules": {module: source_digest(PACKAGE_DIR / f"{module}.py") for module in MODULES},
+            "modules": digests,
         }
         (built / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         status = check(built, PACKAGE_DIR, suffix)

@@ -75,6 +75,7 @@ WarehouseKind = Literal["embedded", "server"]
 ClusterEngines = Literal["replicated", "plain"]
 KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+CompiledMode = Literal["auto", "off", "required"]
 KAFKA_PROTOCOLS: tuple[str, ...] = get_args(KafkaProtocol)
 SASL_MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 
@@ -124,6 +125,10 @@ class Settings:
     batch_max_seconds: float = 0.5
     upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
     persist_interval_seconds: float = 5.0  # under load, states are persisted (and batches acked) this often
+
+    # The compiled hot path (pipeline.compiled): read when `pipeline` is first imported, before any other
+    # setting; a setting too, so that it is checked and shown like the others.
+    compiled: CompiledMode = "auto"
 
     # Warehouse
     warehouse: WarehouseKind = "embedded"
@@ -217,6 +222,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_PARTITIONS must be > 0")
         if self.warehouse not in get_args(WarehouseKind):
             raise SettingsError("ENGAGEMENT_WAREHOUSE must be 'embedded' or 'server'")
+        if self.compiled not in get_args(CompiledMode):
+            raise SettingsError("ENGAGEMENT_COMPILED must be 'auto', 'off' or 'required'")
         if not DATABASE_NAME.fullmatch(self.clickhouse_database):
             raise SettingsError(
                 "ENGAGEMENT_CLICKHOUSE_DATABASE must be a plain name ([A-Za-z_][A-Za-z0-9_]*): it goes into "

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pipeline import compiled
+from pipeline.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = ".cpython-test.so"
@@ -86,10 +87,14 @@ def test_a_build_missing_a_library_or_with_a_broken_manifest_is_not_used(tmp_pat
 
 def test_the_mode_is_read_from_the_environment() -> None:
     assert compiled.mode({}) == "auto"
-    assert compiled.mode({compiled.ENV: " Required "}) == "required"
+    assert compiled.mode({compiled.ENV: " required "}) == "required"
     assert compiled.mode({compiled.ENV: "off"}) == "off"
     with pytest.raises(ValueError, match="expected one of auto, off, required"):
         compiled.mode({compiled.ENV: "yes"})
+    # a setting too: checked with the others, named in `engagement config show`
+    assert Settings.from_env({compiled.ENV: "required"}).compiled == "required"
+    with pytest.raises(SettingsError, match="ENGAGEMENT_COMPILED must be 'auto', 'off' or 'required'"):
+        Settings.from_env({compiled.ENV: "Required"})
 
 
 def python(code: str, mode: str) -> subprocess.CompletedProcess[str]:
