@@ -122,21 +122,29 @@ def activate() -> Status:
     if loaded:
         status = Status(False, f"pipeline.{loaded[0]} was imported before pipeline.compiled.activate()")
     if status.active:
-        suffix = extension_suffix()
-        shared = f"{GROUP}__mypyc"
-        spec = importlib.util.spec_from_file_location(shared, BUILD_DIR / f"{shared}{suffix}")
-        if spec is None or spec.loader is None:  # pragma: no cover - check() saw the file
-            status = Status(False, f"cannot load {shared}{suffix}")
-        else:
-            library = importlib.util.module_from_spec(spec)
-            sys.modules[shared] = library
-            spec.loader.exec_module(library)
-            package = sys.modules["pipeline"]
-            package.__path__.insert(0, str(BUILD_DIR / "pipeline"))
+        status = _load(status)
     if chosen == "required" and not status.active:
         raise ImportError(f"{ENV}=required, but the compiled hot path is not usable: {status.reason}")
     STATUS = status
     return STATUS
+
+
+def _load(status: Status, build_dir: Path = BUILD_DIR) -> Status:
+    """Load the build's shared library, then put the build first on the package's ``__path__``. A build
+    replaced or removed since :func:`check` read it (``make compiled`` in another shell) leaves the source."""
+    shared = f"{GROUP}__mypyc"
+    path = build_dir / f"{shared}{extension_suffix()}"
+    try:
+        spec = importlib.util.spec_from_file_location(shared, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"no loader for {path}")
+        library = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(library)
+    except (ImportError, OSError) as exc:
+        return Status(False, f"cannot load {path}: {exc}")
+    sys.modules[shared] = library
+    sys.modules["pipeline"].__path__.insert(0, str(build_dir / "pipeline"))
+    return status
 
 
 def build(build_dir: Path = BUILD_DIR) -> Status:

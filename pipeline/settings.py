@@ -293,9 +293,13 @@ class Settings:
         return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def to_env(self) -> dict[str, str]:
-        """The environment that reproduces these settings in a child process (secrets revealed)."""
+        """The environment that reproduces these settings in a child process (secrets revealed). All but
+        ``compiled``: a process chooses its hot path from its own environment when it imports the package,
+        and a child started with this mapping over the parent's environment inherits the parent's choice."""
         out: dict[str, str] = {}
         for f in dataclasses.fields(self):
+            if f.name == "compiled":
+                continue
             value = getattr(self, f.name)
             out[PREFIX + f.name.upper()] = value.reveal() if isinstance(value, Secret) else str(value)
         return out

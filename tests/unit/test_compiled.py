@@ -85,6 +85,19 @@ def test_a_build_missing_a_library_or_with_a_broken_manifest_is_not_used(tmp_pat
     assert not status.active and "unreadable manifest" in status.reason
 
 
+def test_a_library_that_does_not_load_leaves_the_source(tmp_path: Path) -> None:
+    """A build replaced between the check and the load (or a broken file): the source runs, nothing changed."""
+    import pipeline
+
+    build = tmp_path / "_compiled"
+    build.mkdir()
+    (build / f"{compiled.GROUP}__mypyc{compiled.extension_suffix()}").write_bytes(b"not a shared library")
+    path_before, modules_before = list(pipeline.__path__), set(sys.modules)
+    status = compiled._load(compiled.Status(True, "checked"), build)
+    assert not status.active and "cannot load" in status.reason
+    assert list(pipeline.__path__) == path_before and set(sys.modules) == modules_before
+
+
 def test_the_mode_is_read_from_the_environment() -> None:
     assert compiled.mode({}) == "auto"
     assert compiled.mode({compiled.ENV: " required "}) == "required"
@@ -95,6 +108,8 @@ def test_the_mode_is_read_from_the_environment() -> None:
     assert Settings.from_env({compiled.ENV: "required"}).compiled == "required"
     with pytest.raises(SettingsError, match="ENGAGEMENT_COMPILED must be 'auto', 'off' or 'required'"):
         Settings.from_env({compiled.ENV: "Required"})
+    # a child process (a worker spawned with settings.to_env() over this environment) inherits the choice
+    assert compiled.ENV not in Settings.from_env({compiled.ENV: "off"}).to_env()
 
 
 def python(code: str, mode: str) -> subprocess.CompletedProcess[str]:
