@@ -21,6 +21,8 @@ so that they measure and test what they claim to).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -29,6 +31,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -40,11 +43,15 @@ MODES: tuple[str, ...] = get_args(CompiledMode)
 # The per-event path, and what it calls per event. Each is plain typed Python: mypy --strict checks it and
 # mypyc compiles it unchanged. A class of these may not be subclassed outside them (mypyc native classes).
 MODULES = ("events", "decode", "followers", "drops", "account_state", "aggregator")
+# The interpreted modules they import: mypyc compiles against their annotations (a compiled call checks its
+# arguments' types), so a build is stale when one of these changes too. tests/unit/test_compiled.py checks
+# that this is every pipeline module MODULES import, directly or not.
+DEPENDENCIES = ("settings", "log_redaction", "state_records")
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PACKAGE_DIR / "_compiled"
 MANIFEST = "manifest.json"
 GROUP = "engagement_hot_path"  # mypyc's shared library: <GROUP>__mypyc<suffix>, beside the package dir
-FORMAT = 1
+FORMAT = 2
 
 
 class BuildFailed(RuntimeError):
@@ -89,10 +96,14 @@ def check(build_dir: Path = BUILD_DIR, package_dir: Path = PACKAGE_DIR, suffix: 
     digests = manifest.get("modules")
     if not isinstance(digests, dict) or set(digests) != set(MODULES):
         return Status(False, "the build holds other modules than pipeline.compiled.MODULES; rebuild")
-    for module in MODULES:
+    dependencies = manifest.get("dependencies")
+    if not isinstance(dependencies, dict) or set(dependencies) != set(DEPENDENCIES):
+        return Status(False, "the build was made against other modules than pipeline.compiled.DEPENDENCIES; rebuild")
+    for module, digest in [*digests.items(), *dependencies.items()]:
         source = package_dir / f"{module}.py"
-        if not source.is_file() or source_digest(source) != digests[module]:
+        if not source.is_file() or source_digest(source) != digest:
             return Status(False, f"pipeline/{module}.py changed since the build; rebuild (make compiled)")
+    for module in MODULES:
         if not (build_dir / "pipeline" / f"{module}{suffix}").is_file():
             return Status(False, f"the build lacks pipeline/{module}{suffix}; rebuild")
     if not (build_dir / f"{GROUP}__mypyc{suffix}").is_file():
@@ -101,8 +112,9 @@ def check(build_dir: Path = BUILD_DIR, package_dir: Path = PACKAGE_DIR, suffix: 
 
 
 def mode(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
-    """The ``ENGAGEMENT_COMPILED`` mode. Raises ValueError, naming the choices, for any other value."""
-    value = environ.get(ENV, "auto").strip() or "auto"
+    """The ``ENGAGEMENT_COMPILED`` mode. Raises ValueError, naming the choices, for any other value (as
+    :class:`~pipeline.settings.Settings` refuses it: exactly one of :data:`MODES`)."""
+    value = environ.get(ENV, "auto")
     if value not in MODES:
         raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
     return value
@@ -148,21 +160,30 @@ def _load(status: Status, build_dir: Path = BUILD_DIR) -> Status:
 
 
 def build(build_dir: Path = BUILD_DIR) -> Status:
-    """Compile :data:`MODULES` with mypyc into ``build_dir``. Blocks (about half a minute on two cores).
+    """Compile :data:`MODULES` with mypyc into ``build_dir``. Blocks (about half a minute on two cores); one
+    build at a time (a lock file beside ``build_dir``: a second build waits for the first).
 
-    The build happens in a temporary directory; ``build_dir`` is then replaced by a rename, so a running
-    process keeps the files it loaded, and a process starting meanwhile finds no build and runs the source.
-    The manifest is written last. Raises BuildFailed (mypy's errors or the compiler's) with the last build
-    untouched; ImportError if mypy (which carries mypyc) or setuptools is not installed."""
+    The build happens in a temporary directory; ``build_dir`` is then replaced by two renames, so a running
+    process keeps the files it loaded, and a process starting between them finds no build and runs the
+    source (or, with ``required``, stops saying so). The manifest is written last. Raises BuildFailed (no C
+    compiler, mypy's errors, the compiler's, or the replacement failing) with the last build untouched;
+    ImportError if mypy (which carries mypyc) or setuptools is not installed."""
     from mypy.version import __version__ as mypy_version
     from mypyc.build import mypycify
     from setuptools import Distribution
 
+    compiler = (os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "cc")).split()[0]
+    if shutil.which(compiler) is None:
+        raise BuildFailed(f"no C compiler: {compiler!r} is not on PATH (install gcc, or set CC)")
     root = PACKAGE_DIR.parent
     suffix = extension_suffix()
-    # The sources as compiled: read first, so that a module edited during the build fails the check below.
-    digests = {module: source_digest(PACKAGE_DIR / f"{module}.py") for module in MODULES}
-    with tempfile.TemporaryDirectory(prefix="engagement-mypyc-") as tmp:
+    with _locked(build_dir), tempfile.TemporaryDirectory(prefix="engagement-mypyc-") as tmp:
+        for stage in ("new", "old"):  # directories an interrupted build left behind
+            for leftover in build_dir.parent.glob(f"{build_dir.name}.{stage}-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        # The sources as compiled: read first, so that a module edited during the build fails the check below.
+        digests = {module: source_digest(PACKAGE_DIR / f"{module}.py") for module in MODULES}
+        dependencies = {module: source_digest(PACKAGE_DIR / f"{module}.py") for module in DEPENDENCIES}
         work = Path(tmp)
         previous = Path.cwd()
         os.chdir(root)  # mypy reads its configuration (pyproject.toml) and module names from here
@@ -191,16 +212,32 @@ def build(build_dir: Path = BUILD_DIR) -> Status:
             "python": sys.version,
             "mypy": mypy_version,
             "modules": digests,
+            "dependencies": dependencies,
         }
         (built / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         status = check(built, PACKAGE_DIR, suffix)
         if not status.active:  # a source changed while it compiled, or mypyc laid the files out otherwise
             raise BuildFailed(f"the new build does not match: {status.reason}")
-        staged = build_dir.with_name(f"{build_dir.name}.new-{os.getpid()}")
-        retired = build_dir.with_name(f"{build_dir.name}.old-{os.getpid()}")
-        shutil.copytree(built, staged)
-        if build_dir.exists():
-            build_dir.rename(retired)
-        staged.rename(build_dir)
+        staged = Path(tempfile.mkdtemp(prefix=f"{build_dir.name}.new-", dir=build_dir.parent))
+        retired = staged.with_name(staged.name.replace(".new-", ".old-"))
+        try:
+            shutil.copytree(built, staged, dirs_exist_ok=True)
+            if build_dir.exists():
+                build_dir.rename(retired)
+            staged.rename(build_dir)
+        except OSError as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise BuildFailed(f"could not put the new build in place at {build_dir}: {exc}") from exc
         shutil.rmtree(retired, ignore_errors=True)
     return check(build_dir)
+
+
+@contextlib.contextmanager
+def _locked(build_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<build_dir>.lock`` (blocks until a build in another process is done)."""
+    with open(build_dir.with_name(f"{build_dir.name}.lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

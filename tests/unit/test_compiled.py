@@ -3,6 +3,7 @@ interpreter, ENGAGEMENT_COMPILED chooses, and the compiled modules give exactly 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ def fake_build(tmp_path: Path, package_dir: Path = compiled.PACKAGE_DIR, **manif
         "suffix": SUFFIX,
         "mypy": "2.4.1",
         "modules": {m: compiled.source_digest(package_dir / f"{m}.py") for m in compiled.MODULES},
+        "dependencies": {m: compiled.source_digest(package_dir / f"{m}.py") for m in compiled.DEPENDENCIES},
         **manifest,
     }
     (build / compiled.MANIFEST).write_text(json.dumps(written), encoding="utf-8")
@@ -47,17 +49,42 @@ def test_no_build_means_the_source_runs(tmp_path: Path) -> None:
     assert not status.active and "no compiled build" in status.reason
 
 
-def test_an_edited_module_makes_the_whole_build_unused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("edited", ["aggregator", "settings"])
+def test_an_edited_module_makes_the_whole_build_unused(tmp_path: Path, edited: str) -> None:
+    """A compiled module, or an interpreted one they were compiled against (its annotations are checked by
+    the compiled calls)."""
     package = tmp_path / "package"
     package.mkdir()
-    for module in compiled.MODULES:
+    for module in (*compiled.MODULES, *compiled.DEPENDENCIES):
         (package / f"{module}.py").write_bytes((compiled.PACKAGE_DIR / f"{module}.py").read_bytes())
     build = fake_build(tmp_path, package)
     assert compiled.check(build, package, SUFFIX).active
-    with (package / "aggregator.py").open("a", encoding="utf-8") as source:
+    with (package / f"{edited}.py").open("a", encoding="utf-8") as source:
         source.write("# edited\n")
     status = compiled.check(build, package, SUFFIX)
-    assert not status.active and "pipeline/aggregator.py changed" in status.reason
+    assert not status.active and f"pipeline/{edited}.py changed" in status.reason
+
+
+def pipeline_imports(module: str) -> set[str]:
+    tree = ast.parse((compiled.PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
+    return found
+
+
+def test_the_dependencies_are_every_pipeline_module_the_compiled_ones_import() -> None:
+    seen: set[str] = set()
+    todo = list(compiled.MODULES)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(pipeline_imports(module))
+    assert seen - set(compiled.MODULES) == set(compiled.DEPENDENCIES)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +93,7 @@ def test_an_edited_module_makes_the_whole_build_unused(tmp_path: Path) -> None:
         ({"suffix": ".cpython-312-x86_64-linux-gnu.so"}, "built for .cpython-312"),
         ({"format": 0}, "another format"),
         ({"modules": {"decode": "0" * 64}}, "other modules"),
+        ({"dependencies": {}}, "against other modules"),
     ],
 )
 def test_a_build_for_something_else_is_not_used(tmp_path: Path, manifest: dict[str, Any], reason: str) -> None:
@@ -100,14 +128,15 @@ def test_a_library_that_does_not_load_leaves_the_source(tmp_path: Path) -> None:
 
 def test_the_mode_is_read_from_the_environment() -> None:
     assert compiled.mode({}) == "auto"
-    assert compiled.mode({compiled.ENV: " required "}) == "required"
+    assert compiled.mode({compiled.ENV: "required"}) == "required"
     assert compiled.mode({compiled.ENV: "off"}) == "off"
-    with pytest.raises(ValueError, match="expected one of auto, off, required"):
-        compiled.mode({compiled.ENV: "yes"})
     # a setting too: checked with the others, named in `engagement config show`
     assert Settings.from_env({compiled.ENV: "required"}).compiled == "required"
-    with pytest.raises(SettingsError, match="ENGAGEMENT_COMPILED must be 'auto', 'off' or 'required'"):
-        Settings.from_env({compiled.ENV: "Required"})
+    for wrong in ("yes", "Required", " required ", ""):  # refused alike, at import and by the settings
+        with pytest.raises(ValueError, match="expected one of auto, off, required"):
+            compiled.mode({compiled.ENV: wrong})
+        with pytest.raises(SettingsError, match="ENGAGEMENT_COMPILED must be 'auto', 'off' or 'required'"):
+            Settings.from_env({compiled.ENV: wrong})
     # a child process (a worker spawned with settings.to_env() over this environment) inherits the choice
     assert compiled.ENV not in Settings.from_env({compiled.ENV: "off"}).to_env()
 
@@ -123,6 +152,14 @@ def test_off_runs_the_source_and_an_unknown_mode_stops_the_import() -> None:
     assert done.stdout.split() == [str(compiled.PACKAGE_DIR / "aggregator.py"), "False"]
     done = python("import pipeline", "fast")
     assert done.returncode != 0 and "ENGAGEMENT_COMPILED='fast': expected one of" in done.stderr
+
+
+def test_no_c_compiler_fails_the_build_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    build = fake_build(tmp_path)
+    with pytest.raises(compiled.BuildFailed, match="no C compiler: 'no-such-compiler-here' is not on PATH"):
+        compiled.build(build)
+    assert compiled.check(build, suffix=SUFFIX).active
 
 
 def test_a_failed_build_leaves_the_last_one_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,8 +211,11 @@ def test_the_compiled_hot_path_gives_exactly_the_results_of_the_source() -> None
     assert built == source
     # and the stream reached every part of the path
     counts = source["counts"]
-    for outcome in ("counted", "duplicate", "late", "pending", "self", "unmatched"):
+    for outcome in ("counted", "duplicate", "late", "pending", "replayed", "self", "unmatched"):
         assert counts[f"engagement_event_outcomes_total[('outcome', '{outcome}')]"] > 0, outcome
+    # 1 engager over 2**53 + 2 followers, rounded once as CPython divides integers (a double division of
+    # the converted operands gives 0x1.0000000000000p-53)
+    assert source["big_account_rates"] == [(1 / 9_007_199_254_740_993).hex()] == ["0x1.fffffffffffffp-54"]
     assert sum(n for name, n in counts.items() if name.startswith("engagement_dead_letters_total")) >= 40
     assert source["rows"]["engagement_windows"] > 1000 and source["rows"]["engagement_alerts"] > 0
     assert source["sent"]["engagement-rekeyed"] > 0
