@@ -189,7 +189,7 @@ def build(build_dir: Path = BUILD_DIR) -> Status:
         os.chdir(root)  # mypy reads its configuration (pyproject.toml) and module names from here
         try:
             extensions = mypycify(
-                [f"pipeline/{module}.py" for module in MODULES],
+                ["--cache-dir", str(work / "mypy-cache"), *[f"pipeline/{module}.py" for module in MODULES]],
                 group_name=GROUP,
                 target_dir=str(work / "c"),
                 opt_level="3",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,32 @@ def test_a_failed_build_leaves_the_last_one_in_place(tmp_path: Path, monkeypatch
         compiled.build(build)
     assert sorted(p.relative_to(build) for p in build.rglob("*")) == before
     assert Path.cwd() == cwd  # the build runs mypy from the repository root, then comes back
+
+
+def test_a_build_outside_the_repository_compiles_and_is_used(tmp_path: Path) -> None:
+    """As after `pip install '.[compiled]'` (no pyproject.toml beside the package): `engagement compile`'s
+    build, into the installed package, leaving nothing else there; then `required` imports it."""
+    site = tmp_path / "site"
+    shutil.copytree(compiled.PACKAGE_DIR, site / "pipeline", ignore=shutil.ignore_patterns("_compiled*", "__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(site), compiled.ENV: "off"}
+    code = "from pipeline import compiled; print(compiled.build().active)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.split()[-1] == "True", done.stderr[-3000:]
+    assert sorted(p.name for p in site.iterdir()) == ["pipeline"]  # no mypy cache, no build directory left
+    code = "import pipeline.aggregator as a; print(a.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**env, compiled.ENV: "required"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(
+        site / "pipeline" / "_compiled" / "pipeline" / f"aggregator{compiled.extension_suffix()}"
+    )
 
 
 needs_build = pytest.mark.skipif(not compiled.check().active, reason="no compiled build matches (make compiled)")

@@ -94,6 +94,8 @@ def test_the_image_compiles_the_hot_path_with_the_mypy_the_tests_use() -> None:
     assert runs.index("--editable /app") < runs.index("engagement compile") < runs.index("pip uninstall --yes mypy")
     (dev_mypy,) = [r for r in extra_requirements("dev") if r.name == "mypy"]
     assert f"mypy{dev_mypy.specifier}" in runs.split()
+    # and the `compiled` extra (what a `pip install` outside the image builds with) pins the same
+    assert [r for r in extra_requirements("compiled") if r.name == "mypy"] == [dev_mypy]
     assert any(i.keyword == "COPY" and i.arguments == "--from=build /app /app" for i in final_stage())
 
 
