@@ -31,7 +31,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -111,7 +111,7 @@ def check(build_dir: Path = BUILD_DIR, package_dir: Path = PACKAGE_DIR, suffix: 
     return Status(True, f"compiled by mypyc {manifest.get('mypy', '?')} in {build_dir}")
 
 
-def mode(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+def mode(environ: Mapping[str, str] = os.environ) -> str:
     """The ``ENGAGEMENT_COMPILED`` mode. Raises ValueError, naming the choices, for any other value (as
     :class:`~pipeline.settings.Settings` refuses it: exactly one of :data:`MODES`)."""
     value = environ.get(ENV, "auto")
@@ -218,18 +218,26 @@ def build(build_dir: Path = BUILD_DIR) -> Status:
         status = check(built, PACKAGE_DIR, suffix)
         if not status.active:  # a source changed while it compiled, or mypyc laid the files out otherwise
             raise BuildFailed(f"the new build does not match: {status.reason}")
-        staged = Path(tempfile.mkdtemp(prefix=f"{build_dir.name}.new-", dir=build_dir.parent))
-        retired = staged.with_name(staged.name.replace(".new-", ".old-"))
-        try:
-            shutil.copytree(built, staged, dirs_exist_ok=True)
-            if build_dir.exists():
-                build_dir.rename(retired)
-            staged.rename(build_dir)
-        except OSError as exc:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise BuildFailed(f"could not put the new build in place at {build_dir}: {exc}") from exc
-        shutil.rmtree(retired, ignore_errors=True)
+        _replace(build_dir, built)
     return check(build_dir)
+
+
+def _replace(build_dir: Path, built: Path) -> None:
+    """Put a copy of ``built`` at ``build_dir`` by two renames (the last build moved aside, then deleted).
+    Raises BuildFailed, with the last build back in its place, if the copy or a rename fails."""
+    staged = Path(tempfile.mkdtemp(prefix=f"{build_dir.name}.new-", dir=build_dir.parent))
+    retired = staged.with_name(staged.name.replace(".new-", ".old-"))
+    try:
+        shutil.copytree(built, staged, dirs_exist_ok=True)
+        if build_dir.exists():
+            build_dir.rename(retired)
+        staged.rename(build_dir)
+    except OSError as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        if retired.exists() and not build_dir.exists():
+            retired.rename(build_dir)
+        raise BuildFailed(f"could not put the new build in place at {build_dir}: {exc}") from exc
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -205,6 +205,30 @@ def test_a_build_outside_the_repository_compiles_and_is_used(tmp_path: Path) -> 
     )
 
 
+def test_a_new_build_replaces_the_last_or_leaves_it_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    last = fake_build(tmp_path / "last")
+    new = tmp_path / "new"
+    (new / "pipeline").mkdir(parents=True)
+    (new / compiled.MANIFEST).write_text("{}", encoding="utf-8")
+    real_rename = Path.rename
+
+    def failing_second_rename(self: Path, target: Any) -> Any:
+        if ".new-" in self.name:  # the new build into place
+            raise OSError("disk full")
+        return real_rename(self, target)
+
+    before = sorted(p.relative_to(last) for p in last.rglob("*"))
+    monkeypatch.setattr(Path, "rename", failing_second_rename)
+    with pytest.raises(compiled.BuildFailed, match=r"could not put the new build in place.*disk full"):
+        compiled._replace(last, new)
+    assert sorted(p.relative_to(last) for p in last.rglob("*")) == before  # the last build, back
+    assert sorted(p.name for p in last.parent.iterdir()) == ["_compiled"]  # nothing staged left
+    monkeypatch.setattr(Path, "rename", real_rename)
+    compiled._replace(last, new)
+    assert sorted(p.relative_to(last) for p in last.rglob("*")) == [Path(compiled.MANIFEST), Path("pipeline")]
+    assert sorted(p.name for p in last.parent.iterdir()) == ["_compiled"]
+
+
 needs_build = pytest.mark.skipif(not compiled.check().active, reason="no compiled build matches (make compiled)")
 
 
