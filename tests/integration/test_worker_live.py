@@ -11,6 +11,7 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from pipeline import compiled
 from pipeline.ingest import ingest_lines
 from pipeline.partitioning import account_partitioner
 from pipeline.settings import Settings
@@ -118,6 +119,9 @@ def test_worker_end_to_end(live_settings: Settings) -> None:
         assert counted == dict.fromkeys(reasons, 1.0)
         assert 'engagement_events_consumed_total{topic="likes",type="like"}' in metrics
         assert "engagement_clickhouse_insert_seconds_count" in metrics
+        # the worker inherits this process's hot path (the same build and ENGAGEMENT_COMPILED) and says which
+        expected = "1.0" if compiled.STATUS.active else "0.0"
+        assert f"\nengagement_hot_path_compiled {expected}\n" in metrics
         # taken when a batch starts: the 7 source messages and at least the one re-keyed message (the
         # re-key topic also carries watermark announcements, a number that depends on timing)
         taken = next(line for line in metrics.splitlines() if line.startswith("engagement_messages_taken_total "))
