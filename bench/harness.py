@@ -259,10 +259,14 @@ class Worker:
         message taken into a batch, not the first one *processed*: the consumed counters move at the end of
         a batch, and a draining worker's first batch holds up to ``batch_max_bytes`` of messages, a large
         share of the run, which the clock would then leave out. The baselines start at their first event
-        read, so does this, to within the 50 ms poll. The end of ``processed_s`` is the first poll (every
-        0.1 s) that saw the raw-event row count at its final value."""
+        read, so does this, to within the 50 ms poll: the start is when the last poll that saw nothing
+        taken was sent, not when the first that saw something answered (the worker's main thread, busy
+        with its first chunk, answers /metrics only once it yields, up to a chunk's processing later).
+        The end of ``processed_s`` is the first poll (every 0.1 s) that saw the raw-event row count at its
+        final value."""
         deadline = time.monotonic() + timeout
         started = None
+        asked = time.perf_counter()  # when the last poll that saw nothing taken yet was sent
         rows, rows_at = -1.0, 0.0
         topics = consumed_topics(self.settings)
         while True:
@@ -270,8 +274,11 @@ class Worker:
                 raise RuntimeError("worker died")
             now = time.perf_counter()
             text = _metrics_text(self.settings)
-            if started is None and _metric(text, "engagement_messages_taken_total") > 0:
-                started = now
+            if started is None:
+                if _metric(text, "engagement_messages_taken_total") > 0:
+                    started = asked
+                else:
+                    asked = now
             written = _metric(text, EVENT_ROWS)
             if written != rows:
                 rows, rows_at = written, now

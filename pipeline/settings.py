@@ -119,10 +119,14 @@ class Settings:
     drop_watch: str = ""  # comma-separated account ids with per-account gauges (at most 50)
 
     # Batching
-    batch_max_events: int = 10000  # events written per chunk
+    # Events written per chunk. An insert has a fixed cost (~40 ms with its materialized views, bench/
+    # RESULTS.md): chunks of 50,000 made a draining worker 25 % faster than chunks of 10,000.
+    batch_max_events: int = 50000
     batch_max_messages: int = 10000  # Kafka messages taken per batch
     batch_max_bytes: int = 32 << 20  # payload bytes taken per batch (bounds the memory held at once)
-    batch_max_seconds: float = 0.5
+    # A batch closes this long after its first message: the floor of the latency (0.5 s gave a p99 of
+    # 2.6 s at 40,000 events/s, 0.25 s 1.7-2.0 s), at the cost of more, smaller inserts when the load is light.
+    batch_max_seconds: float = 0.25
     upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
     persist_interval_seconds: float = 5.0  # under load, states are persisted (and batches acked) this often
 

@@ -20,11 +20,11 @@ def test_settings_from_environment_and_overrides() -> None:
         "ENGAGEMENT_DATA_DIR": "/x",
         "ENGAGEMENT_TOPIC_PREFIX": "p.",
         "ENGAGEMENT_CLICKHOUSE_PASSWORD": "s3cret",
-        "ENGAGEMENT_BATCH_MAX_SECONDS": "0.25",
+        "ENGAGEMENT_BATCH_MAX_SECONDS": "0.75",
     }
     settings = Settings.from_env(env, partitions=8)
     assert settings.window_seconds == 30 and settings.data_dir == Path("/x") and settings.partitions == 8
-    assert settings.batch_max_seconds == 0.25 and settings.topic("likes") == "p.likes"
+    assert settings.batch_max_seconds == 0.75 and settings.topic("likes") == "p.likes"
     assert settings.clickhouse_password.reveal() == "s3cret"
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.masked())
     assert settings.to_env()["ENGAGEMENT_CLICKHOUSE_PASSWORD"] == "s3cret"
