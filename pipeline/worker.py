@@ -568,6 +568,11 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Request) -> Response:
+        """200 while the worker runs; 503 once the dead-letter brake tripped (it only lingers for the
+        scrape of /metrics, then exits): a readiness probe takes it out at once."""
+        if halted.is_set():
+            body = {"status": "halted", "reason": "the dead-letter brake tripped (see the log): exiting"}
+            return web.json(body, status=503)  # type: ignore[no-any-return]
         return web.json({"status": "ok", "partitions": sorted(owned_partitions())})  # type: ignore[no-any-return]
 
     @app.page("/query")

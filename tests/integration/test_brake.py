@@ -4,6 +4,7 @@ commits nothing past it, and a worker started later stops there again."""
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
 
@@ -59,6 +60,20 @@ def dead_letters_produced(settings: Settings) -> int:
         consumer.close()
 
 
+def healthz_refusal(base: str, deadline: float) -> tuple[int, str]:
+    """The status code and ``status`` of the first /healthz answer that is not 200, polled until
+    ``deadline`` (monotonic); (200, "ok") if none came."""
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
+                answer = (response.status, orjson.loads(response.read())["status"])
+        except urllib.error.HTTPError as refused:
+            return refused.code, orjson.loads(refused.read())["status"]
+        if time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
 def test_bad_deploy_trips_the_brake_and_nothing_past_it_is_committed(live_settings: Settings) -> None:
     settings = replace(live_settings, dead_letter_brake_share=0.5, dead_letter_brake_messages=WINDOW)
     settings = replace(settings, dead_letter_brake_linger_seconds=4)
@@ -86,6 +101,8 @@ def test_bad_deploy_trips_the_brake_and_nothing_past_it_is_committed(live_settin
             time.sleep(0.2)
             scraped = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
         tripped_at = time.monotonic()
+        # Lingering, it is not healthy: /healthz answers 503 (a readiness probe takes the pod out).
+        assert healthz_refusal(base, deadline=tripped_at + 2) == (503, "halted")
         code = worker.wait(timeout=60)
         assert time.monotonic() - tripped_at >= 2  # it lingered (4 s from the trip, a scrape within 0.2 s of it)
     assert code == EXIT_CODE

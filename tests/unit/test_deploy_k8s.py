@@ -234,6 +234,10 @@ def test_probes_service_and_scraping_on_the_workers_port(target: Path) -> None:
         check = container[probe]["httpGet"]
         assert check["path"] == "/healthz", probe
         assert ports.get(check["port"], check["port"]) == settings.web_port, probe
+    # A tripped worker answers 503 while it lingers for the scrape: readiness takes it out, liveness must not
+    # kill it first.
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] > settings.dead_letter_brake_linger_seconds
     labels = pod["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     pdb = one(rendered, "PodDisruptionBudget", "engagement-worker")
