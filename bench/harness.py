@@ -220,6 +220,7 @@ def _scrape(settings: Settings, name: str) -> float:
 
 
 EVENT_ROWS = 'engagement_rows_written_total{table="engagement_events"}'
+TAKEN = "engagement_messages_taken_total"
 
 
 @dataclass(frozen=True)
@@ -230,9 +231,9 @@ class Drain:
     was durable in ClickHouse: every event decoded, validated, deduplicated, windowed and written. It is
     the clock the baselines are timed by (first event read to last event processed; the peer and the
     naive agent do not wait for their state to be committed either). ``committed_s`` runs on until every
-    message's offset is committed (the account states in the changelog first): a fixed tail of about 1 s
-    of idle wait before the states are persisted, the changelog write and Faust's 1 s commit interval,
-    reported beside it, not hidden in it.
+    message's offset is committed (the account states in the changelog first): a tail of 0.5-1.5 s
+    before the worker sees the input paused and persists the states (the pause and its 1 s timer), the
+    changelog write and Faust's 1 s commit interval, reported beside it, not hidden in it.
     """
 
     processed_s: float
@@ -259,23 +260,28 @@ class Worker:
         message taken into a batch, not the first one *processed*: the consumed counters move at the end of
         a batch, and a draining worker's first batch holds up to ``batch_max_bytes`` of messages, a large
         share of the run, which the clock would then leave out. The baselines start at their first event
-        read, so does this, to within the 50 ms poll: the start is when the last poll that saw nothing
-        taken was sent, not when the first that saw something answered (the worker's main thread, busy
-        with its first chunk, answers /metrics only once it yields, up to a chunk's processing later).
-        The end of ``processed_s`` is the first poll (every 0.1 s) that saw the raw-event row count at its
-        final value."""
+        read, so does this, to within the 50 ms poll: the start is when the last poll answered with nothing
+        taken was sent. A poll with no answer (a worker busy in a long chunk holds /metrics past the 2 s
+        timeout) tells nothing and moves neither clock; before, it read as "nothing taken" and put the
+        start late by its timeout. The end of ``processed_s`` is the first poll (every 0.1 s) that saw the
+        raw-event row count at its final value."""
         deadline = time.monotonic() + timeout
         started = None
-        asked = time.perf_counter()  # when the last poll that saw nothing taken yet was sent
+        asked = time.perf_counter()  # when the last poll answered with nothing taken yet was sent
         rows, rows_at = -1.0, 0.0
         topics = consumed_topics(self.settings)
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError("worker died")
+            if time.monotonic() > deadline:
+                raise TimeoutError("worker did not drain")
             now = time.perf_counter()
             text = _metrics_text(self.settings)
+            if TAKEN not in text:  # no answer: nothing learnt
+                time.sleep(0.05)
+                continue
             if started is None:
-                if _metric(text, "engagement_messages_taken_total") > 0:
+                if _metric(text, TAKEN) > 0:
                     started = asked
                 else:
                     asked = now
@@ -286,8 +292,6 @@ class Worker:
                 final = _scrape(self.settings, EVENT_ROWS)  # rows of the last batch may land with the commit
                 end = rows_at if final == rows else time.perf_counter()
                 return Drain(end - started, now - started)
-            if time.monotonic() > deadline:
-                raise TimeoutError("worker did not drain")
             time.sleep(0.05 if started is None else 0.1)
 
     def wait_assigned(self, timeout: float = 120) -> None:

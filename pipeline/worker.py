@@ -5,7 +5,8 @@ Agents and tasks:
   the consumer (:mod:`pipeline.intake`, below Faust's per-message stream path) and hands each batch to
   :class:`~pipeline.processor.BatchProcessor`. A batch is acknowledged (its offsets become committable)
   only once its rows are durable and the account states it changed are in the table's changelog; states
-  are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, within a second when idle. When the
+  are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, all of them once the input
+  pauses (:func:`settle_due`). When the
   dead-letter brake trips (:mod:`pipeline.brake`), the worker logs why and exits with code 65 without
   acknowledging the batch; any other failure of a batch is a bug: it exits with code 70, also unacked.
 - ``dead_letters`` copies the dead-letter topic into ``engagement_dead_letters``.
@@ -489,9 +490,11 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
             batch = await app.take_batch()
             try:
                 processing = True
-                await processor.take_assignment(owned_partitions(), app.consumer_generation_id)
-                await processor.process(batch, persist=False)  # Faust's messages, as they are
-                processing = False
+                try:
+                    await processor.take_assignment(owned_partitions(), app.consumer_generation_id)
+                    await processor.process(batch, persist=False)  # Faust's messages, as they are
+                finally:
+                    processing = False
                 unacked.append(UnackedBatch(batch, processor.aggregator.touch_position, time.monotonic()))
                 if persist_due():
                     await settle()

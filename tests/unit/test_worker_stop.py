@@ -72,7 +72,7 @@ def test_slices_two_intervals_behind_settle_everything_even_under_load() -> None
 
 
 def test_a_persist_interval_shorter_than_the_pause_bounds_it() -> None:
-    """ENGAGEMENT_PERSIST_INTERVAL_SECONDS below IDLE_PERSIST_SECONDS (the fault tests run at 0.2 s)."""
+    """ENGAGEMENT_PERSIST_INTERVAL_SECONDS below IDLE_PERSIST_SECONDS bounds the pause too."""
     interval = IDLE_PERSIST_SECONDS / 4
     assert settle_due([_batch(50.0)], True, 50.0 + interval, 0.0, interval)
     assert not settle_due([_batch(50.0)], True, 50.0 + interval * 0.9, 0.0, interval)
