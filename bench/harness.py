@@ -231,8 +231,8 @@ class Drain:
     was durable in ClickHouse: every event decoded, validated, deduplicated, windowed and written. It is
     the clock the baselines are timed by (first event read to last event processed; the peer and the
     naive agent do not wait for their state to be committed either). ``committed_s`` runs on until every
-    message's offset is committed (the account states in the changelog first): a tail of 0.5-1.5 s
-    before the worker sees the input paused and persists the states (the pause and its 1 s timer), the
+    message's offset is committed (the account states in the changelog first): a tail of 0.5-0.75 s
+    before the worker sees the input paused and persists the states (the pause, checked every 0.25 s), the
     changelog write and Faust's 1 s commit interval, reported beside it, not hidden in it.
     """
 

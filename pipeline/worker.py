@@ -206,6 +206,8 @@ GC_MIDDLE_EVERY = 4  # young-generation collections per middle-generation collec
 FLUSH_SETTLE_SECONDS = 60.0  # how long /admin/flush waits for a rebalance to end
 
 IDLE_PERSIST_SECONDS = 0.5  # once the input paused this long, states are persisted and batches acknowledged
+SETTLE_CHECK_SECONDS = 0.25  # how often the timer checks for a pause (settle_due)
+ANNOUNCE_SECONDS = 1.0  # how often the timer announces watermarks and writes deferred upserts
 
 
 def cut_short_by_stop(app: Any, what: str) -> bool:
@@ -539,15 +541,24 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                     )
             await writer.write(DEAD_LETTERS_TABLE, dead_letter_columns(letters))
 
-    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    announced_at = 0.0  # monotonic
+
+    @app.timer(interval=SETTLE_CHECK_SECONDS)  # type: ignore[untyped-decorator]
     async def announce_watermarks() -> None:
+        """Every ANNOUNCE_SECONDS: announce the partitions' watermarks and write the deferred upserts.
+        Every tick: settle once the input paused (settle_due), so that what was processed is acknowledged
+        soon after a pause."""
+        nonlocal announced_at
         if app.should_stop or app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return
         if halted.is_set():  # a tripped brake: the states of the batch it stopped must never be persisted
             return
         try:
-            await processor.announce_watermarks(owned_partitions(), generation=app.consumer_generation_id)
-            await processor.write_deferred()
+            now = time.monotonic()
+            if now - announced_at >= ANNOUNCE_SECONDS:
+                announced_at = now
+                await processor.announce_watermarks(owned_partitions(), generation=app.consumer_generation_id)
+                await processor.write_deferred()
             if unacked and persist_due():
                 await settle()
         except BatchFailed:  # nothing is acknowledged any more
