@@ -6,9 +6,9 @@ Agents and tasks:
   :class:`~pipeline.processor.BatchProcessor`. A batch is acknowledged (its offsets become committable)
   only once its rows are durable and the account states it changed are in the table's changelog; states
   are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, all of them once the input
-  pauses (:func:`settle_due`). When the
-  dead-letter brake trips (:mod:`pipeline.brake`), the worker logs why and exits with code 65 without
-  acknowledging the batch; any other failure of a batch is a bug: it exits with code 70, also unacked.
+  pauses (:func:`settle_due`). When the dead-letter brake trips (:mod:`pipeline.brake`), the worker logs
+  why, answers 503 on ``/healthz`` while it lingers, and exits with code 65 without acknowledging the
+  batch; any other failure of a batch is a bug: it exits with code 70, also unacked.
 - ``dead_letters`` copies the dead-letter topic into ``engagement_dead_letters``.
 
 Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
