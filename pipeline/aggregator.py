@@ -374,6 +374,61 @@ class Aggregator:
                     state.dirty.add(other)
         return Outcome.COUNTED
 
+    def apply_message(
+        self,
+        events: Sequence[Event],
+        source: tuple[str, int, int],
+        origin: str,
+        first: int,
+        horizon: int,
+        owner: Callable[[str], int],
+        watermark: int,
+        kinds: dict[str, int],
+        candidates: list[ResponseCandidate],
+        raw: list[tuple[Any, ...]],
+        foreign: list[int],
+        others: list[tuple[int, Outcome]],
+    ) -> tuple[int, int]:
+        """The per-event loop of one source message, read at ``source`` (topic, partition, offset), its
+        partition's watermark so far ``watermark``: compiled with this module, it is most of a message's
+        cost. Never raises (but what ``owner`` raises), never blocks; returns the new watermark and how
+        many events were COUNTED.
+
+        Per event, in order: an event timed after ``horizon`` is skipped (its caller dead-letters it,
+        ``future_ts``); the others move the watermark and are counted by type in ``kinds``; a reply's
+        response candidate goes to ``candidates``; an event of an account that ``owner`` puts on another
+        partition goes to ``foreign`` (its index, to forward); the rest are applied (:meth:`apply_event`,
+        at ``first + index``). Counted and self events get a raw row in ``raw`` (the event, then topic,
+        partition, offset); every outcome but COUNTED goes to ``others`` with the event's index."""
+        topic, partition, offset = source
+        counted = 0
+        index = -1
+        for event in events:
+            index += 1
+            ts = event.ts_ms
+            if ts > horizon:
+                continue
+            if ts > watermark:
+                watermark = ts
+            kind = event.type
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if kind == REPLY:
+                candidate = response_candidate(event)
+                if candidate is not None:
+                    candidates.append(candidate)
+            if owner(event.account_id) != partition:
+                foreign.append(index)
+                continue
+            outcome = self.apply_event(event, partition, origin, first + index)
+            if outcome is Outcome.COUNTED:
+                counted += 1
+                raw.append((*event, topic, partition, offset))
+                continue
+            if outcome is Outcome.SELF:
+                raw.append((*event, topic, partition, offset))
+            others.append((index, outcome))
+        return watermark, counted
+
     def apply_response(self, candidate: ResponseCandidate, partition: int) -> Outcome:
         """Match a reply by ``candidate.responder`` against the inbound conversation it answers."""
         state = self._state(candidate.responder)

@@ -48,7 +48,6 @@ from pipeline.aggregator import (
     Outcome,
     ResponseCandidate,
     WindowConfig,
-    response_candidate,
 )
 from pipeline.brake import DeadLetterBrake
 from pipeline.deadletter import DeadLetter
@@ -61,7 +60,6 @@ from pipeline.events import (
     MAX_ID_CHARS,
     MAX_TS_MS,
     REKEY_TOPIC,
-    REPLY,
     SOURCE_TOPICS,
     Event,
     Reason,
@@ -801,36 +799,39 @@ class BatchProcessor:
         horizon = self._horizon
         future = bool(events) and max(map(_TS_MS, events)) > horizon
         valid = len(events)
-        if future:  # rare: a producer's clock far ahead; those events are skipped in the loop below
+        if future:  # rare: a producer's clock far ahead; those events are skipped in apply_message
             ahead = self._reject_future(events, horizon, message, dead)
             rejections = [*rejections, *ahead]
             valid -= len(ahead)
         self.brake.observe(rejections, topic, partition, offset, valid)  # raises DeadLetterBrakeTripped
         if not valid:
             return
-        # The per-event loop of the hot path: locals only, one aggregator call per owned event.
-        watermark = self.progress.watermark.get(key, NO_FRONTIER)
-        types = self._events
-        owner = self.partition_of
-        apply = self._apply
-        origin = self._origin(topic, partition)
-        first = input_position(offset, 0)
-        for index, event in enumerate(events):
-            if future and event.ts_ms > horizon:
-                continue  # dead-lettered above; the indexes of the others stay those of the message
-            if event.ts_ms > watermark:
-                watermark = event.ts_ms
-            event_type = event.type
-            types[(topic, event_type)] += 1
-            if event_type == REPLY:  # its response candidate goes out now, from the source (response_candidate)
-                candidate = response_candidate(event)
-                if candidate is not None:
-                    candidates.append(candidate)
-            if owner(event.account_id) != partition:
-                forward = {"k": "e", "v": event.to_json_dict(), "t": topic, "p": partition, "o": offset, "i": index}
-                rekeyed.append((event.account_id, orjson.dumps(forward)))
-                continue
-            apply(event, partition, topic, partition, offset, dead, raw, origin, first + index)
+        # The per-event loop of the hot path runs compiled, in the aggregator; what it leaves is rare.
+        kinds: dict[str, int] = {}
+        foreign: list[int] = []
+        others: list[tuple[int, Outcome]] = []
+        watermark, counted = self.aggregator.apply_message(
+            events,
+            (topic, partition, offset),
+            self._origin(topic, partition),
+            input_position(offset, 0),
+            horizon,
+            self.partition_of,
+            self.progress.watermark.get(key, NO_FRONTIER),
+            kinds,
+            candidates,
+            raw,
+            foreign,
+            others,
+        )
+        self._counted += counted
+        for event_type, n in kinds.items():
+            self._events[(topic, event_type)] += n
+        for index in foreign:
+            forward = {"k": "e", "v": events[index].to_json_dict(), "t": topic, "p": partition, "o": offset, "i": index}
+            rekeyed.append((events[index].account_id, orjson.dumps(forward)))
+        for index, outcome in others:
+            self._not_counted(events[index], outcome, partition, topic, partition, offset, dead)
         self.progress.watermark[key] = watermark
         if watermark > self.newest_event_ms:
             self.newest_event_ms = watermark
@@ -963,10 +964,24 @@ class BatchProcessor:
             self._counted += 1
             raw.append((*event, topic, partition, offset))
             return
-        self._outcomes[outcome] += 1
         if outcome is Outcome.SELF:
             raw.append((*event, topic, partition, offset))
-        elif outcome is Outcome.LATE:
+        self._not_counted(event, outcome, owner, topic, partition, offset, dead)
+
+    def _not_counted(
+        self,
+        event: Event,
+        outcome: Outcome,
+        owner: int,
+        topic: str,
+        partition: int,
+        offset: int,
+        dead: list[DeadLetter],
+    ) -> None:
+        """Count an outcome other than COUNTED of ``event`` (its raw row, if any, is written already); a
+        late event is dead-lettered, pointing at ``topic``, ``partition``, ``offset``."""
+        self._outcomes[outcome] += 1
+        if outcome is Outcome.LATE:
             window_end = self.config.window_start(event.ts_ms) + self.config.window_ms
             detail = (
                 f"window ending {window_end} is already final (allowed lateness "
