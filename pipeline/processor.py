@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
@@ -800,7 +801,8 @@ class BatchProcessor:
         future = bool(events) and max(map(_TS_MS, events)) > horizon
         valid = len(events)
         if future:  # rare: a producer's clock far ahead; those events are skipped in apply_message
-            ahead = self._reject_future(events, horizon, message, dead)
+            elements = element_positions(message.value, events, rejections)
+            ahead = self._reject_future(events, elements, horizon, message, dead)
             rejections = [*rejections, *ahead]
             valid -= len(ahead)
         self.brake.observe(rejections, topic, partition, offset, valid)  # raises DeadLetterBrakeTripped
@@ -827,11 +829,16 @@ class BatchProcessor:
         self._counted += counted
         for event_type, n in kinds.items():
             self._events[(topic, event_type)] += n
-        for index in foreign:
-            forward = {"k": "e", "v": events[index].to_json_dict(), "t": topic, "p": partition, "o": offset, "i": index}
-            rekeyed.append((events[index].account_id, orjson.dumps(forward)))
-        for index, outcome in others:
-            self._not_counted(events[index], outcome, partition, topic, partition, offset, dead)
+        if foreign or others:  # rare: events keyed to another partition, late, duplicate, replayed, self
+            elements = element_positions(message.value, events, rejections)
+            for index in foreign:
+                event = events[index]
+                forward = {"k": "e", "v": event.to_json_dict(), "t": topic, "p": partition, "o": offset, "i": index}
+                if elements[index] >= 0:
+                    forward["x"] = elements[index]
+                rekeyed.append((event.account_id, orjson.dumps(forward)))
+            for index, outcome in others:
+                self._not_counted(events[index], outcome, partition, topic, partition, offset, elements[index], dead)
         self.progress.watermark[key] = watermark
         if watermark > self.newest_event_ms:
             self.newest_event_ms = watermark
@@ -843,31 +850,46 @@ class BatchProcessor:
         return int(time.time() * 1000) + self.settings.max_future_seconds * 1000
 
     def _reject_future(
-        self, events: Sequence[Event], horizon: int, message: SourceMessage, dead: list[DeadLetter]
+        self,
+        events: Sequence[Event],
+        elements: Sequence[int],
+        horizon: int,
+        message: SourceMessage,
+        dead: list[DeadLetter],
     ) -> list[Rejection]:
-        """Dead-letter the events of ``message`` timed after ``horizon`` (reason ``future_ts``); returns their
-        rejections. Each letter's id ends with the event's id (a message may hold several)."""
+        """Dead-letter the events of ``message`` timed after ``horizon`` (reason ``future_ts``; ``elements``:
+        their places in the message, see :func:`element_positions`); returns their rejections. Each
+        letter's id ends with the event's id (a message may hold several)."""
         rejections = []
         bound = self.settings.max_future_seconds
         clock = horizon - bound * 1000
-        for event in events:
+        for event, element in zip(events, elements, strict=True):
             if event.ts_ms > horizon:
                 detail = f"ts {event.ts_ms} is more than {bound}s after this worker's clock ({clock})"
                 detail += "; see ENGAGEMENT_MAX_FUTURE_SECONDS"
                 rejections.append(
                     self._dead_letter_event(
-                        event, Reason.FUTURE_TS, detail, message.topic, message.partition, message.offset, dead
+                        event, Reason.FUTURE_TS, detail, message.topic, message.partition, message.offset, element, dead
                     )
                 )
         return rejections
 
     def _dead_letter_event(
-        self, event: Event, reason: Reason, detail: str, topic: str, partition: int, offset: int, dead: list[DeadLetter]
+        self,
+        event: Event,
+        reason: Reason,
+        detail: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        element: int,
+        dead: list[DeadLetter],
     ) -> Rejection:
         """Dead-letter one valid event the worker refuses (``late``, ``future_ts``), read at ``topic``,
-        ``partition``, ``offset``; the letter's id ends with the reason and the event's id (a message may
-        hold several such events). Returns the rejection."""
-        rejection = Rejection(reason, detail, -1, orjson.dumps(event.to_json_dict()))
+        ``partition``, ``offset``, element ``element`` of its JSON array (-1: the message was one object);
+        the letter's id ends with the reason and the event's id (a message may hold several such events).
+        Returns the rejection."""
+        rejection = Rejection(reason, detail, element, orjson.dumps(event.to_json_dict()))
         letter = DeadLetter.from_rejection(rejection, topic, partition, offset, self.settings.dead_letter_payload_bytes)
         dead.append(_with_id(letter, f"{letter.dead_letter_id}/{reason.value}/{event.event_id}"))
         self._dead[reason.value] += 1
@@ -915,12 +937,16 @@ class BatchProcessor:
                 raise _Malformed(f"unknown kind {kind!r}")
             event = validate_event(data["v"], None)
             topic, partition, offset, index = data["t"], data["p"], data["o"], data.get("i")
-            # "i" is absent in messages of earlier versions: no replay detection for those
+            # "i" is absent in messages of earlier versions: no replay detection for those; "x" (the
+            # element of the source message's array) is absent for a message of one object, and in
+            # messages of versions before 2026-11-27
+            element = data.get("x", -1)
             if not (
                 _is_id(topic, MAX_TOPIC_CHARS)
                 and _is_count(partition, MAX_PARTITION)
                 and _is_count(offset, MAX_POSITIONED_OFFSET)
                 and (index is None or _is_count(index))
+                and (element == -1 or _is_count(element, MAX_ELEMENT))
             ):
                 raise _Malformed("a forwarded event needs its source topic, partition, offset and index")
         except InvalidEvent as exc:
@@ -940,6 +966,7 @@ class BatchProcessor:
             raw,
             self._origin(topic, partition),
             -1 if index is None else input_position(offset, index),
+            int(element),  # -1.0 passes the check as -1
         )
         if event.ts_ms > self.newest_event_ms:
             self.newest_event_ms = event.ts_ms
@@ -955,10 +982,12 @@ class BatchProcessor:
         raw: list[SourcedEvent],
         origin: str,
         position: int,
+        element: int,
     ) -> None:
         """Aggregate one event of an account owned by partition ``owner``; it came from ``topic``,
-        ``partition``, ``offset`` (where its dead letter and raw row point), ``origin`` and ``position``
-        name that place for replay detection (see :meth:`Aggregator.apply_event`)."""
+        ``partition``, ``offset``, element ``element`` of its array (where its dead letter and raw row
+        point), ``origin`` and ``position`` name that place for replay detection (see
+        :meth:`Aggregator.apply_event`)."""
         outcome = self.aggregator.apply_event(event, owner, origin, position)
         if outcome is Outcome.COUNTED:
             self._counted += 1
@@ -966,7 +995,7 @@ class BatchProcessor:
             return
         if outcome is Outcome.SELF:
             raw.append((*event, topic, partition, offset))
-        self._not_counted(event, outcome, owner, topic, partition, offset, dead)
+        self._not_counted(event, outcome, owner, topic, partition, offset, element, dead)
 
     def _not_counted(
         self,
@@ -976,10 +1005,11 @@ class BatchProcessor:
         topic: str,
         partition: int,
         offset: int,
+        element: int,
         dead: list[DeadLetter],
     ) -> None:
         """Count an outcome other than COUNTED of ``event`` (its raw row, if any, is written already); a
-        late event is dead-lettered, pointing at ``topic``, ``partition``, ``offset``."""
+        late event is dead-lettered, pointing at ``topic``, ``partition``, ``offset`` and ``element``."""
         self._outcomes[outcome] += 1
         if outcome is Outcome.LATE:
             window_end = self.config.window_start(event.ts_ms) + self.config.window_ms
@@ -987,7 +1017,7 @@ class BatchProcessor:
                 f"window ending {window_end} is already final (allowed lateness "
                 f"{self.settings.allowed_lateness_seconds}s)"
             )
-            self._dead_letter_event(event, Reason.LATE, detail, topic, partition, offset, dead)
+            self._dead_letter_event(event, Reason.LATE, detail, topic, partition, offset, element, dead)
             self._explain_late(event, owner, window_end)
 
     def _explain_late(self, event: Event, owner: int, window_end: int) -> None:
@@ -1161,6 +1191,22 @@ class BatchProcessor:
         return out
 
 
+def element_positions(payload: bytes | None, events: Sequence[Event], rejections: Sequence[Rejection]) -> list[int]:
+    """Where each of ``events``, decoded from ``payload`` with ``rejections``
+    (:func:`~pipeline.decode.decode_message`), sits in the message's JSON array: the indexes the
+    rejected elements leave, in order; all -1 when the message is one object, not an array."""
+    if payload is None or _ARRAY_START.match(payload) is None:
+        return [-1] * len(events)
+    rejected = {r.index for r in rejections if r.index >= 0}
+    positions: list[int] = []
+    index = 0
+    while len(positions) < len(events):
+        if index not in rejected:
+            positions.append(index)
+        index += 1
+    return positions
+
+
 def _candidate_messages(
     candidates: Sequence[ResponseCandidate], partition_of: Callable[[str], int]
 ) -> list[tuple[int, bytes]]:
@@ -1220,6 +1266,8 @@ _INT64_MAX = 2**63 - 1
 # whose input positions fit a stored state.
 MAX_TOPIC_CHARS = 249
 MAX_PARTITION = 2**31 - 1
+MAX_ELEMENT = 2**31 - 1  # an element index (Int32 column)
+_ARRAY_START = re.compile(rb"[ \t\n\r]*\[")  # JSON's whitespace, then an array
 
 
 def _is_count(value: Any, high: int = _INT64_MAX) -> bool:

@@ -20,7 +20,14 @@ from pipeline.account_state import input_position
 from pipeline.aggregator import NO_FRONTIER
 from pipeline.brake import DeadLetterBrake, DeadLetterBrakeTripped
 from pipeline.partitioning import account_partitioner
-from pipeline.processor import HIGHWATER_MAX_AGE_MS, BatchFailed, BatchProcessor, Message, StagedStore
+from pipeline.processor import (
+    HIGHWATER_MAX_AGE_MS,
+    BatchFailed,
+    BatchProcessor,
+    Message,
+    StagedStore,
+    element_positions,
+)
 from pipeline.settings import Settings
 from pipeline.sink import WarehouseWriter
 from pipeline.warehouse import QueryResult, WarehouseUnavailable
@@ -509,9 +516,9 @@ def test_an_event_far_ahead_of_the_clock_is_dead_lettered_and_moves_no_time() ->
     # then an on-time event: had the future ones moved event time, it would be late
     asyncio.run(processor.process([Message("likes", 0, 1, orjson.dumps(like("next", account, sec=1, actor="u2")))]))
     letters = outbox.on("engagement-dead-letters")
-    assert [(d["reason"], d["dead_letter_id"]) for d in letters] == [
-        ("future_ts", "likes/0/0/-1/future_ts/f1"),
-        ("future_ts", "likes/0/0/-1/future_ts/f2"),
+    assert [(d["reason"], d["dead_letter_id"], d["element_index"]) for d in letters] == [
+        ("future_ts", "likes/0/0/1/future_ts/f1", 1),
+        ("future_ts", "likes/0/0/2/future_ts/f2", 2),
     ]
     assert "ENGAGEMENT_MAX_FUTURE_SECONDS" in letters[0]["detail"]
     assert sorted(r["event_id"] for r in warehouse.rows("engagement_events")) == ["next", "now"]
@@ -816,3 +823,73 @@ def test_a_changelog_write_that_cannot_start_in_a_persist_stops_the_processor() 
             await processor.write_deferred()
 
     asyncio.run(run())
+
+
+def test_element_positions_skip_the_rejected_elements_and_a_single_object_has_none() -> None:
+    from pipeline.decode import decode_message
+
+    account = owned_by(0, partitions=1)
+    array = orjson.dumps([{"type": "like"}, like("a", account), like("b", account), "x", like("c", account)])
+    events, rejections = decode_message(b" \n\t" + array, "likes")
+    assert element_positions(b" \n\t" + array, events, rejections) == [1, 2, 4]  # JSON's whitespace first
+    single = orjson.dumps(like("a", account))
+    assert element_positions(single, *decode_message(single, "likes")) == [-1]
+    assert element_positions(None, [], []) == []
+
+
+def test_late_and_future_events_in_an_array_point_at_their_elements_also_when_forwarded() -> None:
+    """A dead letter of an element names its index in the message's array (before, -1: the whole
+    message), also for an event the owner of its account dead-letters after a forward ("x")."""
+    processor, outbox, _, _, _ = make(partitions=2, highwaters={("likes", 0): 3})
+    account, elsewhere = owned_by(0), owned_by(1)
+    marker = orjson.dumps({"k": "w", "q": 0, "t": T0 + 10_000_000})  # both partitions' time moves far ahead
+    markers = [
+        Message("engagement-rekeyed", q, q, marker.replace(b'"q":0', b'"q":%d' % i)) for q in range(2) for i in range(2)
+    ]
+    ahead = int(time.time() * 1000) + 2 * 86_400_000
+    batch = [
+        {"type": "like"},  # invalid: element 0
+        like("old", account),  # late: element 1
+        like("away", elsewhere),  # forwarded, then late at its owner: element 2
+        {**like("soon", account), "ts": ahead},  # future: element 3
+    ]
+    new = Message("likes", 0, 0, orjson.dumps(like("new", account, sec=10_000)))  # moves partition 0's own time
+    asyncio.run(processor.process([*markers, new]))  # time moves at the end of a chunk
+    asyncio.run(processor.process([Message("likes", 0, 1, orjson.dumps(batch))]))
+    (forward,) = [v for t, k, v, _ in outbox.sent if t == "engagement-rekeyed" and k]
+    assert orjson.loads(forward)["x"] == 2 and orjson.loads(forward)["i"] == 1  # "i": among the valid events
+    asyncio.run(processor.process([Message("engagement-rekeyed", 1, 9, forward)]))
+    letters = sorted(
+        (d["element_index"], d["reason"], d["dead_letter_id"]) for d in outbox.on("engagement-dead-letters")
+    )
+    assert letters == [
+        (0, "missing_field", "likes/0/1/0"),
+        (1, "late", "likes/0/1/1/late/old"),
+        (2, "late", "likes/0/1/2/late/away"),
+        (3, "future_ts", "likes/0/1/3/future_ts/soon"),
+    ]
+
+
+@pytest.mark.parametrize("element", ["2", -2, 2**31, True, 1.5])
+def test_a_forward_with_a_malformed_element_index_is_dead_lettered(element: Any) -> None:
+    processor, outbox, warehouse, _, _ = make(partitions=1)
+    account = owned_by(0, partitions=1)
+    forward = {"k": "e", "v": like("a", account), "t": "likes", "p": 0, "o": 0, "i": 0, "x": element}
+    asyncio.run(processor.process([Message("engagement-rekeyed", 0, 0, orjson.dumps(forward))]))
+    assert [d["reason"] for d in outbox.on("engagement-dead-letters")] == ["wrong_type"]
+    assert warehouse.rows("engagement_events") == []
+
+
+def test_a_forward_without_an_element_index_counts_and_points_at_the_whole_message() -> None:
+    """Forwards written before the element index ("x") existed, or of a message of one object."""
+    processor, outbox, warehouse, _, _ = make(partitions=1, highwaters={("likes", 0): 3})
+    account = owned_by(0, partitions=1)
+    forward = {"k": "e", "v": like("a", account), "t": "likes", "p": 0, "o": 0, "i": 0}
+    asyncio.run(processor.process([Message("engagement-rekeyed", 0, 0, orjson.dumps(forward))]))
+    assert [r["event_id"] for r in warehouse.rows("engagement_events")] == ["a"]
+    late = {**forward, "v": like("b", account), "o": 2, "x": -1}
+    marker = orjson.dumps({"k": "w", "q": 0, "t": T0 + 10_000_000})
+    new = Message("likes", 0, 1, orjson.dumps(like("new", account, sec=10_000)))  # moves partition 0's own time
+    asyncio.run(processor.process([Message("engagement-rekeyed", 0, 1, marker), new]))  # time moves after a chunk
+    asyncio.run(processor.process([Message("engagement-rekeyed", 0, 2, orjson.dumps(late))]))
+    assert [(d["reason"], d["element_index"]) for d in outbox.on("engagement-dead-letters")] == [("late", -1)]
