@@ -6,9 +6,9 @@ Agents and tasks:
   :class:`~pipeline.processor.BatchProcessor`. A batch is acknowledged (its offsets become committable)
   only once its rows are durable and the account states it changed are in the table's changelog; states
   are persisted every ``ENGAGEMENT_PERSIST_INTERVAL_SECONDS`` under load, all of them once the input
-  pauses (:func:`settle_due`). When the dead-letter brake trips (:mod:`pipeline.brake`), the worker logs
-  why, answers 503 on ``/healthz`` while it lingers, and exits with code 65 without acknowledging the
-  batch; any other failure of a batch is a bug: it exits with code 70, also unacked.
+  pauses (:mod:`pipeline.acks`). When the dead-letter brake trips (:mod:`pipeline.brake`), the worker
+  logs why, answers 503 on ``/healthz`` while it lingers, and exits with code 65 without acknowledging
+  the batch; any other failure of a batch is a bug: it exits with code 70, also unacked.
 - ``dead_letters`` copies the dead-letter topic into ``engagement_dead_letters``.
 
 Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
@@ -20,16 +20,15 @@ embedded store ``/query`` (read-only SQL, since only this process may open chDB'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import ipaddress
 import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn, cast
+from typing import Any, NoReturn, cast
 
 import faust
 import orjson
@@ -37,6 +36,7 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from pipeline import brake, compiled, metrics
+from pipeline.acks import Acknowledgements
 from pipeline.deadletter import DeadLetter
 from pipeline.events import DEAD_LETTER_TOPIC, REASON_CODES, REKEY_TOPIC, SOURCE_TOPICS, Reason, Rejection
 from pipeline.intake import IntakeApp, IntakeBuffer, IntakeConsumer
@@ -143,47 +143,6 @@ async def acknowledged(queued: asyncio.Future[list[asyncio.Future[Any]]]) -> Non
     await asyncio.gather(*await asyncio.shield(queued))
 
 
-class UnackedBatch(NamedTuple):
-    """A batch processed and not yet acknowledged: its messages, the aggregator's
-    :attr:`~pipeline.aggregator.Aggregator.touch_position` after it, and when it ended (monotonic)."""
-
-    messages: list[Any]
-    position: int
-    ended: float
-
-
-def take_covered(unacked: list[UnackedBatch], stored_position: int) -> list[UnackedBatch]:
-    """Remove and return the oldest batches of ``unacked`` whose every state change is stored once the
-    stored position reached ``stored_position`` (in order: a batch waits for those before it). The
-    newest batch is never taken: its last chunk's delivery (its sends, its rows) may still be in flight,
-    and a batch that changed no state is covered by a position reached before it."""
-    covered = 0
-    while covered < len(unacked) - 1 and unacked[covered].position <= stored_position:
-        covered += 1
-    taken = unacked[:covered]
-    del unacked[:covered]
-    return taken
-
-
-def settle_due(unacked: Sequence[UnackedBatch], idle: bool, now: float, last_settled: float, interval: float) -> bool:
-    """Whether every batch processed so far should be persisted in full (and acknowledged) at ``now``
-    (monotonic), rather than left to the processor's slices: when the slices fell behind by another
-    ``interval`` (ENGAGEMENT_PERSIST_INTERVAL_SECONDS), or when the input paused: ``idle`` (no batch is
-    being processed and the intake is empty) and no batch ended for :data:`IDLE_PERSIST_SECONDS` (or
-    the interval, if shorter), nor was anything settled in that time.
-
-    A pause, not an intake empty at this instant: under a steady load the intake is empty for a moment
-    after most batches (the next fetch has not arrived yet), and a full persist there (0.2-0.4 s for
-    20,000 accounts) stalled the worker every two seconds, beside the slices that persist the same
-    states anyway."""
-    if not unacked:
-        return False
-    if now - unacked[0].ended >= 2 * interval:
-        return True
-    quiet = min(interval, IDLE_PERSIST_SECONDS)
-    return idle and now - unacked[-1].ended >= quiet and now - last_settled >= quiet
-
-
 def exit_without_committing(what: str, exc: BaseException | None = None) -> NoReturn:
     """Log ``what`` failed and end the process at once with code 70, nothing more acknowledged or
     committed: whatever was not committed is replayed by the next owner."""
@@ -205,7 +164,6 @@ GC_MIDDLE_EVERY = 4  # young-generation collections per middle-generation collec
 
 FLUSH_SETTLE_SECONDS = 60.0  # how long /admin/flush waits for a rebalance to end
 
-IDLE_PERSIST_SECONDS = 0.5  # once the input paused this long, states are persisted and batches acknowledged
 SETTLE_CHECK_SECONDS = 0.25  # how often the timer checks for a pause (settle_due)
 ANNOUNCE_SECONDS = 1.0  # how often the timer announces watermarks and writes deferred upserts
 
@@ -406,17 +364,30 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.topics.add(source_topic)
 
-    # Batches processed but not yet acknowledged (acked, Faust may commit their offsets). Under load the
-    # processor persists the states in slices at the start of its batches, and a batch is acked once the
-    # slices cover it (BatchProcessor.process, slices_committed; docs/DESIGN.md). Once the input goes
-    # quiet, every state is persisted and every batch acked (settle_due says when).
-    unacked: list[UnackedBatch] = []
     processing = False  # a batch is being processed (aggregate)
+
+    def ack_batches(batches: list[list[Any]]) -> None:
+        """Acknowledge ``batches`` with the consumer: their offsets may now be committed; but not those of
+        a consumer generation that ended: a rebalance forgot every partition's acks and offsets, and a
+        late ack would put back offsets of a partition that moved (its states were dropped here), ahead
+        of what its next owner stored, or behind what it committed (then Faust never commits that
+        partition again). Those messages are fetched again from the committed offsets, and skipped where
+        the stored states hold them."""
+        generation = app.consumer_generation_id
+        consumer = cast(IntakeConsumer, app.consumer)
+        for batch in batches:
+            consumer.ack_batch(m for m in batch if m.generation_id == generation)
+
+    def lost(exc: BaseException) -> NoReturn:
+        exit_without_committing("writing account states to the changelog", exc)
+
+    # Batches processed but not yet acknowledged (acked, Faust may commit their offsets); see pipeline.acks.
+    acks = Acknowledgements(processor, ack_batches, lambda: bool(app.should_stop), lost)
 
     def persist_due() -> bool:
         """Whether every batch processed so far should be persisted (and acked) now (settle_due)."""
         idle = not processing and (app.intake is None or len(app.intake) == 0)
-        return settle_due(unacked, idle, time.monotonic(), last_settled, settings.persist_interval_seconds)
+        return acks.settle_due(idle, settings.persist_interval_seconds)
 
     # Set when the dead-letter brake trips: the worker then only serves its web pages until it exits.
     halted = asyncio.Event()
@@ -432,58 +403,6 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         finally:
             os._exit(code)
 
-    acking: asyncio.Future[bool] | None = None  # the latest acknowledgement; it waits for the ones before
-    last_settled = time.monotonic()
-
-    async def settle() -> None:
-        """Persist the states of every batch processed so far; acknowledge those batches once the
-        changelog has the states (in the background, in order). A changelog failure stops the worker
-        before anything is acknowledged."""
-        nonlocal acking, last_settled
-        batches = [entry.messages for entry in unacked]
-        unacked.clear()
-        last_settled = time.monotonic()
-        durable = await processor.persist()
-        acking = asyncio.ensure_future(acknowledge(batches, durable, acking))
-
-    def ack_covered() -> None:
-        """Acknowledge the batches that the slices committed so far cover, once the changelog has them
-        (in the background, in order after the acknowledgements before)."""
-        nonlocal acking
-        durable, covered = processor.slices_committed()
-        batches = [entry.messages for entry in take_covered(unacked, covered)]
-        if durable is None and not batches:
-            return
-        # Batches covered by commits before (their durables are in the chain) wait for nothing more.
-        acking = asyncio.ensure_future(acknowledge(batches, durable or asyncio.sleep(0), acking))
-
-    async def acknowledge(
-        batches: list[list[Any]], durable: Awaitable[object], previous: Awaitable[bool] | None
-    ) -> bool:
-        """Acknowledge ``batches`` once the acknowledgements before are through and ``durable`` completed.
-        Returns False, acknowledging nothing, when a write failed (this one's, or one before it: the
-        later batches' states may have been in it)."""
-        if previous is not None and not await previous:
-            with contextlib.suppress(Exception):  # observed, so that no failure goes unretrieved
-                await durable
-            return False
-        try:
-            await durable
-        except Exception:
-            if app.should_stop:  # the producer closed under us: nothing more is acknowledged
-                return False
-            exit_without_committing("writing account states to the changelog")
-        # Only now may their offsets be committed; but not those of a consumer generation that ended: a
-        # rebalance forgot every partition's acks and offsets, and a late ack would put back offsets of a
-        # partition that moved (its states were dropped here), ahead of what its next owner stored, or
-        # behind what it committed (then Faust never commits that partition again). Those messages are
-        # fetched again from the committed offsets, and skipped where the stored states hold them.
-        generation = app.consumer_generation_id
-        consumer = cast(IntakeConsumer, app.consumer)
-        for batch in batches:
-            consumer.ack_batch(m for m in batch if m.generation_id == generation)
-        return True
-
     @app.task  # type: ignore[untyped-decorator]
     async def aggregate() -> None:
         nonlocal processing
@@ -497,17 +416,17 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                     await processor.process(batch, persist=False)  # Faust's messages, as they are
                 finally:
                     processing = False
-                unacked.append(UnackedBatch(batch, processor.aggregator.touch_position, time.monotonic()))
+                acks.processed(batch, processor.aggregator.touch_position)
                 if persist_due():
-                    await settle()
+                    await acks.settle()
                 else:
-                    ack_covered()
+                    acks.ack_covered()
             except brake.DeadLetterBrakeTripped as exc:  # bad input upstream: stop before it is all dead-lettered
                 halted.set()  # from now on nothing is processed, persisted or acknowledged
                 log.critical("%s", exc)
                 await linger_then_exit(brake.EXIT_CODE)
             except Exception:
-                if cut_short_by_stop(app, f"{len(unacked) + 1} processed batches, not acknowledged,"):
+                if cut_short_by_stop(app, f"{len(acks.unacked) + 1} processed batches, not acknowledged,"):
                     return  # they are replayed
                 # a bug, not bad input: stop before the batch is acknowledged
                 log.critical("batch processing failed; exiting without committing", exc_info=True)
@@ -559,8 +478,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
                 announced_at = now
                 await processor.announce_watermarks(owned_partitions(), generation=app.consumer_generation_id)
                 await processor.write_deferred()
-            if unacked and persist_due():
-                await settle()
+            if acks.unacked and persist_due():
+                await acks.settle()
         except BatchFailed:  # nothing is acknowledged any more
             if halted.is_set() or app.should_stop:  # the brake, or a stop: the worker is exiting
                 return

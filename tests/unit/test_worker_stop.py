@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.worker import IDLE_PERSIST_SECONDS, UnackedBatch, cut_short_by_stop, settle_due, take_covered
+from pipeline.acks import IDLE_PERSIST_SECONDS, UnackedBatch, settle_due, take_covered
+from pipeline.worker import cut_short_by_stop
 
 
 def test_work_cut_short_by_a_clean_stop_is_logged_not_a_failure(caplog: pytest.LogCaptureFixture) -> None:
