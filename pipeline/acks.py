@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, NoReturn, Protocol
+
+log = logging.getLogger(__name__)
 
 IDLE_PERSIST_SECONDS = 0.5  # once the input paused this long, states are persisted and batches acknowledged
 
@@ -129,6 +132,7 @@ class Acknowledgements:
 
     def _chain(self, batches: list[list[Any]], durable: Awaitable[object]) -> None:
         self.latest = asyncio.ensure_future(self._acknowledge(batches, durable, self.latest))
+        self.latest.add_done_callback(_log_failure)
 
     async def _acknowledge(
         self, batches: list[list[Any]], durable: Awaitable[object], previous: Awaitable[bool] | None
@@ -136,7 +140,7 @@ class Acknowledgements:
         """Acknowledge ``batches`` once the acknowledgements before are through and ``durable`` completed.
         Returns False, acknowledging nothing, when a write failed (this one's, or one before it: the
         later batches' states may have been in it)."""
-        if previous is not None and not await previous:
+        if previous is not None and not await _succeeded(previous):
             with contextlib.suppress(Exception):  # observed, so that no failure goes unretrieved
                 await durable
             return False
@@ -146,5 +150,21 @@ class Acknowledgements:
             if self._stopping():  # the producer closed under us: nothing more is acknowledged
                 return False
             self._lost(exc)
+            return False  # (``lost`` does not return; were it to, nothing would be acknowledged)
         self._ack(batches)
         return True
+
+
+def _log_failure(link: asyncio.Future[bool]) -> None:
+    """Log a link of the chain that raised (acknowledging failed: a bug, or ``lost`` raised)."""
+    if not link.cancelled() and link.exception() is not None:
+        log.error("acknowledging batches failed; nothing after them is acknowledged", exc_info=link.exception())
+
+
+async def _succeeded(acknowledgement: Awaitable[bool]) -> bool:
+    """Whether an acknowledgement acknowledged its batches; False if it raised (it reported why, or its
+    exception is the one ``lost`` raised): the chain after it acknowledges nothing either."""
+    try:
+        return await acknowledgement
+    except Exception:
+        return False

@@ -800,12 +800,14 @@ class BatchProcessor:
         horizon = self._horizon
         future = bool(events) and max(map(_TS_MS, events)) > horizon
         valid = len(events)
+        elements: list[int] | None = None  # where the events sit in the message (rare paths only)
+        refused = rejections
         if future:  # rare: a producer's clock far ahead; those events are skipped in apply_message
             elements = element_positions(message.value, events, rejections)
             ahead = self._reject_future(events, elements, horizon, message, dead)
-            rejections = [*rejections, *ahead]
+            refused = [*rejections, *ahead]
             valid -= len(ahead)
-        self.brake.observe(rejections, topic, partition, offset, valid)  # raises DeadLetterBrakeTripped
+        self.brake.observe(refused, topic, partition, offset, valid)  # raises DeadLetterBrakeTripped
         if not valid:
             return
         # The per-event loop of the hot path runs compiled, in the aggregator; what it leaves is rare.
@@ -830,7 +832,8 @@ class BatchProcessor:
         for event_type, n in kinds.items():
             self._events[(topic, event_type)] += n
         if foreign or others:  # rare: events keyed to another partition, late, duplicate, replayed, self
-            elements = element_positions(message.value, events, rejections)
+            if elements is None:
+                elements = element_positions(message.value, events, rejections)  # the decoder's rejections
             for index in foreign:
                 event = events[index]
                 forward = {"k": "e", "v": event.to_json_dict(), "t": topic, "p": partition, "o": offset, "i": index}

@@ -4,12 +4,13 @@ states, strictly in order, and never after a write of states failed."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 import pytest
 
-from pipeline.acks import Acknowledgements
+from pipeline.acks import IDLE_PERSIST_SECONDS, Acknowledgements
 
 
 class LostWrite(Exception):
@@ -85,7 +86,9 @@ def test_a_later_acknowledgement_waits_for_the_ones_before() -> None:
     asyncio.run(run())
 
 
-def test_after_a_lost_write_nothing_more_is_acknowledged_and_the_loss_is_reported() -> None:
+def test_after_a_lost_write_nothing_more_is_acknowledged_and_the_loss_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def run() -> None:
         acks, persister, acked = make()
         acks.processed(["first"], 1)
@@ -93,14 +96,39 @@ def test_after_a_lost_write_nothing_more_is_acknowledged_and_the_loss_is_reporte
         first = acks.latest
         acks.processed(["second"], 2)
         await acks.settle()
-        persister.persisted[1].set_result(None)  # the later write succeeds, the earlier one fails
+        acks.processed(["third"], 3)
+        await acks.settle()
+        persister.persisted[1].set_result(None)  # a later write succeeds, the first one fails...
+        persister.persisted[2].set_exception(RuntimeError("also down"))  # ...and so does the last
         persister.persisted[0].set_exception(RuntimeError("changelog down"))
         await settled()
-        assert first is not None and isinstance(first.exception(), LostWrite)
+        assert first is not None and isinstance(first.exception(), LostWrite)  # ``lost``: the process ends
         assert isinstance(first.exception().__cause__, RuntimeError)  # type: ignore[union-attr]
-        # (``lost`` ends the process; here its exception reaches the later link, which acknowledges nothing)
-        assert acks.latest is not None and isinstance(acks.latest.exception(), LostWrite)
+        assert acks.latest is not None and acks.latest.result() is False  # the later links: nothing acked
         assert acked == []
+
+    asyncio.run(run())
+    gc.collect()  # an exception never retrieved is logged when its future is collected
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    # the failed link is logged once (then the process ends); the later links' writes were observed
+    failed = "acknowledging batches failed; nothing after them is acknowledged"
+    assert [r.getMessage() for r in caplog.records] == [failed]
+
+
+def test_a_lost_write_acknowledges_nothing_even_if_lost_returns() -> None:
+    """``lost`` must end the process; were it to return, the batches of the lost write stay unacked."""
+
+    async def run() -> None:
+        acked: list[list[Any]] = []
+        losses: list[BaseException] = []
+        persister = Persister()
+        acks = Acknowledgements(persister, acked.extend, lambda: False, losses.append)  # type: ignore[arg-type]
+        acks.processed(["b"], 1)
+        await acks.settle()
+        persister.persisted[0].set_exception(RuntimeError("changelog down"))
+        await settled()
+        assert acks.latest is not None and acks.latest.result() is False
+        assert acked == [] and len(losses) == 1
 
     asyncio.run(run())
 
@@ -169,6 +197,17 @@ def test_settle_due_reads_the_clock_and_the_last_settle() -> None:
     assert not acks.settle_due(True, 5.0)  # the input has not paused long enough
     now[0] += 1.0
     assert acks.settle_due(True, 5.0) and not acks.settle_due(False, 5.0)
+
+    async def settle_then_more() -> None:
+        await acks.settle()
+        acks.processed(["c"], 2)
+
+    asyncio.run(settle_then_more())
+    now[0] += IDLE_PERSIST_SECONDS  # the batch ended as long ago as the pause needs...
+    acks.last_settled = now[0] - IDLE_PERSIST_SECONDS / 2  # ...but a settle came since
+    assert not acks.settle_due(True, 5.0)
+    now[0] += IDLE_PERSIST_SECONDS / 2
+    assert acks.settle_due(True, 5.0)
 
 
 def _never(exc: BaseException) -> NoReturn:

@@ -893,3 +893,21 @@ def test_a_forward_without_an_element_index_counts_and_points_at_the_whole_messa
     asyncio.run(processor.process([Message("engagement-rekeyed", 0, 1, marker), new]))  # time moves after a chunk
     asyncio.run(processor.process([Message("engagement-rekeyed", 0, 2, orjson.dumps(late))]))
     assert [(d["reason"], d["element_index"]) for d in outbox.on("engagement-dead-letters")] == [("late", -1)]
+
+
+def test_a_future_element_before_them_shifts_no_other_elements_index() -> None:
+    """The future_ts rejections are not the decoder's: they must not count as elements skipped."""
+    processor, outbox, _, _, _ = make(partitions=2, highwaters={("likes", 0): 3})
+    account, elsewhere = owned_by(0), owned_by(1)
+    marker = orjson.dumps({"k": "w", "q": 0, "t": T0 + 10_000_000})
+    markers = [
+        Message("engagement-rekeyed", q, q, marker.replace(b'"q":0', b'"q":%d' % i)) for q in range(2) for i in range(2)
+    ]
+    asyncio.run(processor.process([*markers, Message("likes", 0, 0, orjson.dumps(like("new", account, sec=10_000)))]))
+    ahead = int(time.time() * 1000) + 2 * 86_400_000
+    batch = [{**like("soon", account), "ts": ahead}, like("old", account), like("away", elsewhere)]
+    asyncio.run(processor.process([Message("likes", 0, 1, orjson.dumps(batch))]))
+    (forward,) = [v for t, k, v, _ in outbox.sent if t == "engagement-rekeyed" and k]
+    assert orjson.loads(forward)["x"] == 2
+    letters = sorted((d["element_index"], d["reason"]) for d in outbox.on("engagement-dead-letters"))
+    assert letters == [(0, "future_ts"), (1, "late")]
