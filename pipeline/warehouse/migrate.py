@@ -54,7 +54,9 @@ class Migration:
 
 
 def discover(directory: Path = SCHEMAS_DIR) -> list[Migration]:
-    """The migrations in ``directory``, ordered by number; a duplicated number is an error."""
+    """The migrations in ``directory``, ordered by number; a duplicated number is an error, and so is none
+    at all (FileNotFoundError): an installation without its ``schemas`` would otherwise start a worker on
+    a database with no tables, retrying its inserts forever."""
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         match = _FILE.match(path.name)
@@ -64,6 +66,8 @@ def discover(directory: Path = SCHEMAS_DIR) -> list[Migration]:
         if version in found:
             raise ValueError(f"two migrations numbered {version:03d}: {found[version].path.name}, {path.name}")
         found[version] = Migration(version, match.group(2), path)
+    if not found:
+        raise FileNotFoundError(f"no migrations (NNN_name.sql) in {directory}: is the schemas directory installed?")
     return [found[v] for v in sorted(found)]
 
 

@@ -142,6 +142,16 @@ def test_migrations_are_numbered_and_render_per_version() -> None:
         render("{{TTL_NOPE}}", settings, (26, 9))
 
 
+def test_a_schemas_directory_without_migrations_is_an_error_not_an_empty_database(tmp_path: Path) -> None:
+    """An installation missing its schemas must not start a worker on a database without tables (its
+    inserts would be retried forever)."""
+    with pytest.raises(FileNotFoundError, match="no migrations"):
+        discover(tmp_path)
+    (tmp_path / "notes.sql").write_text("SELECT 1;")  # not a numbered migration
+    with pytest.raises(FileNotFoundError, match="schemas directory"):
+        discover(tmp_path)
+
+
 def test_statements_split_on_line_ending_semicolons() -> None:
     assert statements("-- c\nCREATE TABLE a (x String DEFAULT ';');\nCREATE TABLE b (y UInt8);\n") == [
         "CREATE TABLE a (x String DEFAULT ';')",
