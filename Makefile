@@ -10,7 +10,7 @@ DURATION ?= 60
 # wait on brokers, servers and group joins, so two share two cores well.
 TEST_PROCESSES ?= 2
 
-.PHONY: demo test unit integration chaos lint typecheck bench bench-quick bench-report up down clean compiled
+.PHONY: demo test unit integration chaos lint typecheck bench bench-quick bench-report bench-steady up down clean compiled
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench: compiled
 bench-quick: compiled
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	ENGAGEMENT_COMPILED=required $(BIN)/python bench/harness.py --quick
+
+# The main thread's cost per event as the states age on live-paced traffic (no Kafka, no ClickHouse).
+bench-steady: compiled
+	ENGAGEMENT_COMPILED=required $(BIN)/python bench/steady_state.py
 
 # The account report over 10,000,000 raw events in the embedded store (issue 3's < 2 s target).
 bench-report: $(STAMP)
