@@ -35,7 +35,11 @@ def exact_bytes(raw: bytes) -> bytes:
 
 @dataclass
 class WindowCounts:
-    """Counters of one open window of one account; ``ids``/``response_ids`` deduplicate within it."""
+    """Counters of one open window of one account; ``ids``/``response_ids`` deduplicate within it.
+
+    A window only grows: every change adds to a counter or a set. ``encoded``/``encoded_size``: its JSON
+    as last stored (see :func:`encoded_window`) and :func:`window_size` then; neither is part of the
+    window's value (not compared, not stored)."""
 
     likes: int = 0
     replies: int = 0
@@ -46,6 +50,59 @@ class WindowCounts:
     engagers: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
     response_ids: set[str] = field(default_factory=set)
+    encoded: orjson.Fragment | None = field(default=None, compare=False, repr=False)
+    encoded_size: int = field(default=-1, compare=False, repr=False)
+
+
+# A window holding at least this many event ids keeps its JSON between stores (encoded_window). On live
+# traffic a state holds every event id of its open windows (the window and the allowed lateness) and is
+# stored whole every persist interval, while only its newest window changes: re-encoding the others was
+# most of a steady worker's persist (bench/RESULTS.md, "Live-paced steady state"). Smaller windows are
+# cheap to encode again and not worth a copy of their JSON (a worker holds a million of them).
+ENCODED_WINDOW_IDS = 32
+
+
+def window_size(w: WindowCounts) -> int:
+    """The sum of a window's counters and set sizes: it grows with every change (a window only grows)."""
+    return (
+        w.likes
+        + w.replies
+        + w.mentions
+        + w.follows
+        + w.unfollows
+        + w.responses
+        + len(w.engagers)
+        + len(w.ids)
+        + len(w.response_ids)
+    )
+
+
+def encoded_window(start: int, w: WindowCounts) -> object:
+    """The stored form of the window at ``start``: ``[start, likes, replies, mentions, follows, unfollows,
+    responses, engagers, ids, response_ids]``, for ``orjson.dumps``. A window of
+    :data:`ENCODED_WINDOW_IDS` event ids or more is encoded once per change: its JSON is kept (an
+    ``orjson.Fragment``) and given again while :func:`window_size` has not moved."""
+    size = window_size(w)
+    cached = w.encoded
+    if cached is not None and w.encoded_size == size:
+        return cached
+    value = [
+        start,
+        w.likes,
+        w.replies,
+        w.mentions,
+        w.follows,
+        w.unfollows,
+        w.responses,
+        list(w.engagers),
+        list(w.ids),
+        list(w.response_ids),
+    ]
+    if len(w.ids) < ENCODED_WINDOW_IDS:
+        return value
+    fragment = orjson.Fragment(exact_bytes(orjson.dumps(value)))
+    w.encoded, w.encoded_size = fragment, size
+    return fragment
 
 
 # More conversations than this: they go to segment records (see the module docstring); fewer than
@@ -221,21 +278,7 @@ class AccountState:
         conversations included, in one record."""
         ledger = self.ledger
         fields = [
-            [
-                [
-                    s,
-                    w.likes,
-                    w.replies,
-                    w.mentions,
-                    w.follows,
-                    w.unfollows,
-                    w.responses,
-                    list(w.engagers),
-                    list(w.ids),
-                    list(w.response_ids),
-                ]
-                for s, w in self.windows.items()
-            ],
+            [encoded_window(s, w) for s, w in self.windows.items()],
             self.final_through,
             self.conversations if conversations is None else conversations,
             self.pending,
