@@ -37,9 +37,12 @@ def exact_bytes(raw: bytes) -> bytes:
 class WindowCounts:
     """Counters of one open window of one account; ``ids``/``response_ids`` deduplicate within it.
 
-    A window only grows: every change adds to a counter or a set. ``encoded``/``encoded_size``: its JSON
-    as last stored (see :func:`encoded_window`) and :func:`window_size` then; neither is part of the
-    window's value (not compared, not stored)."""
+    A window only grows: every change adds to a counter or a set (the aggregator never removes or lowers
+    anything; a window ends whole when it becomes final), and it stays under one start. ``encoded`` /
+    ``encoded_size``: its JSON as last stored (see :func:`encoded_window`) and :func:`window_size` then;
+    neither is part of the window's value (not compared, not stored; not to be passed to the constructor:
+    a copy made with new contents must not carry them). A state holding an ``encoded`` window cannot be
+    pickled (``orjson.Fragment`` cannot)."""
 
     likes: int = 0
     replies: int = 0
@@ -50,6 +53,7 @@ class WindowCounts:
     engagers: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
     response_ids: set[str] = field(default_factory=set)
+    # Not init=False: mypyc's __init__ would then leave them unset.
     encoded: orjson.Fragment | None = field(default=None, compare=False, repr=False)
     encoded_size: int = field(default=-1, compare=False, repr=False)
 
@@ -81,11 +85,14 @@ def encoded_window(start: int, w: WindowCounts) -> object:
     """The stored form of the window at ``start``: ``[start, likes, replies, mentions, follows, unfollows,
     responses, engagers, ids, response_ids]``, for ``orjson.dumps``. A window of
     :data:`ENCODED_WINDOW_IDS` event ids or more is encoded once per change: its JSON is kept (an
-    ``orjson.Fragment``) and given again while :func:`window_size` has not moved."""
-    size = window_size(w)
-    cached = w.encoded
-    if cached is not None and w.encoded_size == size:
-        return cached
+    ``orjson.Fragment``) and given again while :func:`window_size` has not moved (a window only grows, so
+    one kept is never below the threshold again)."""
+    if len(w.ids) >= ENCODED_WINDOW_IDS:
+        size = window_size(w)
+        if w.encoded is not None and w.encoded_size == size:
+            return w.encoded
+    else:
+        size = -1
     value = [
         start,
         w.likes,
@@ -98,7 +105,7 @@ def encoded_window(start: int, w: WindowCounts) -> object:
         list(w.ids),
         list(w.response_ids),
     ]
-    if len(w.ids) < ENCODED_WINDOW_IDS:
+    if size < 0:
         return value
     fragment = orjson.Fragment(exact_bytes(orjson.dumps(value)))
     w.encoded, w.encoded_size = fragment, size
