@@ -46,35 +46,17 @@ def test_a_small_window_keeps_nothing() -> None:
     assert window.encoded is None
 
 
-def _like(w: WindowCounts) -> None:
-    w.ids.add("like-1")
-    w.engagers.add("u-new")
-    w.likes += 1
+def counted(event_id: str, counter: str, engager: str | None = None) -> Callable[[WindowCounts], None]:
+    """An event the aggregator counts in a window: its id added, ``counter`` raised, and its actor among
+    the engagers (likes, replies, mentions)."""
 
+    def change(w: WindowCounts) -> None:
+        w.ids.add(event_id)
+        setattr(w, counter, getattr(w, counter) + 1)
+        if engager is not None:
+            w.engagers.add(engager)
 
-def _like_by_an_engager_seen(w: WindowCounts) -> None:
-    w.ids.add("like-2")
-    w.likes += 1
-
-
-def _reply(w: WindowCounts) -> None:
-    w.ids.add("reply-1")
-    w.replies += 1
-
-
-def _mention(w: WindowCounts) -> None:
-    w.ids.add("mention-1")
-    w.mentions += 1
-
-
-def _follow(w: WindowCounts) -> None:
-    w.ids.add("follow-1")
-    w.follows += 1
-
-
-def _unfollow(w: WindowCounts) -> None:
-    w.ids.add("unfollow-1")
-    w.unfollows += 1
+    return change
 
 
 def _followers_snapshot(w: WindowCounts) -> None:  # its id only: no counter moves
@@ -87,12 +69,12 @@ def _response(w: WindowCounts) -> None:
 
 
 CHANGES: dict[str, Callable[[WindowCounts], None]] = {
-    "a like": _like,
-    "a like by an engager seen": _like_by_an_engager_seen,
-    "a reply": _reply,
-    "a mention": _mention,
-    "a follow": _follow,
-    "an unfollow": _unfollow,
+    "a like": counted("like-1", "likes", "u-new"),
+    "a like by an engager seen": counted("like-2", "likes", "u0"),
+    "a reply": counted("reply-1", "replies", "u-new"),
+    "a mention": counted("mention-1", "mentions", "u-new"),
+    "a follow": counted("follow-1", "follows"),
+    "an unfollow": counted("unfollow-1", "unfollows"),
     "a followers snapshot": _followers_snapshot,
     "a response": _response,
 }
