@@ -2,13 +2,18 @@
 
 Contract: ``AccountState.loads(state.dumps())`` equals ``state`` (minus the transient ``dirty`` marks), and
 so does ``AccountState.loads(records.main, segment)`` of ``records = state.store_records(...)``, where
-``segment`` reads the segment records written with it or before.
+``segment`` reads the window and segment records written with it or before.
 
-An account's conversations (7 days of inbound replies and mentions, for matching responses) grow with its
-history, not with what changed since it was last stored. Above :data:`SEGMENT_FROM` of them they are kept
-in *segment records* of their own (at most :data:`SEGMENT_SIZE` each, in the order they came): a store of
-the state rewrites only the segments that changed (the newest, and those that lost conversations to age),
-and its main record names the segments by generation (``pipeline.state_records`` writes and deletes them).
+Two parts of a state grow with more than what changed since it was last stored; they are kept in records
+of their own, written only when they change (``pipeline.state_records`` writes and deletes them; the main
+record names them by generation):
+
+- an open window holding :data:`WINDOW_RECORD_IDS` event ids or more: a *window record* (its main-record
+  entry is ``[start, generation]``), written again only when the window changed since;
+- an account's conversations (7 days of inbound replies and mentions, for matching responses), above
+  :data:`SEGMENT_FROM` of them: *segment records* (at most :data:`SEGMENT_SIZE` each, in the order they
+  came); a store rewrites only the segments that changed (the newest, and those that lost conversations
+  to age).
 """
 
 from __future__ import annotations
@@ -38,11 +43,7 @@ class WindowCounts:
     """Counters of one open window of one account; ``ids``/``response_ids`` deduplicate within it.
 
     A window only grows: every change adds to a counter or a set (the aggregator never removes or lowers
-    anything; a window ends whole when it becomes final), and it stays under one start. ``encoded`` /
-    ``encoded_size``: its JSON as last stored (see :func:`encoded_window`) and :func:`window_size` then;
-    neither is part of the window's value (not compared, not stored; not to be passed to the constructor:
-    a copy made with new contents must not carry them). A state holding an ``encoded`` window cannot be
-    pickled (``orjson.Fragment`` cannot)."""
+    anything; a window ends whole when it becomes final), and it stays under one start."""
 
     likes: int = 0
     replies: int = 0
@@ -53,17 +54,18 @@ class WindowCounts:
     engagers: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
     response_ids: set[str] = field(default_factory=set)
-    # Not init=False: mypyc's __init__ would then leave them unset.
-    encoded: orjson.Fragment | None = field(default=None, compare=False, repr=False)
-    encoded_size: int = field(default=-1, compare=False, repr=False)
 
 
-# A window holding at least this many event ids keeps its JSON between stores (encoded_window). On live
-# traffic a state holds every event id of its open windows (the window and the allowed lateness) and is
-# stored whole every persist interval, while only its newest window changes: re-encoding the others was
-# most of a steady worker's persist (bench/RESULTS.md, "Live-paced steady state"). Smaller windows are
-# cheap to encode again and not worth a copy of their JSON (a worker holds a million of them).
-ENCODED_WINDOW_IDS = 32
+# A window holding at least this many event ids is stored in a *window record* of its own, written only
+# when the window changed (see AccountState.store_records). On live traffic a state holds every event id
+# of its open windows (the window and the allowed lateness, 6 minutes by default) while only its newest
+# window changes: stored whole at every persist, each id was written up to 72 times (bench/RESULTS.md,
+# "Live-paced steady state"). Smaller windows stay in the main record: cheap to write again, and not
+# worth a record (a worker holds a million of them).
+WINDOW_RECORD_IDS = 32
+# A window whose JSON is larger than this stays in the main record (which is then stored in chunks, see
+# pipeline.state_records): a record must stay under Kafka's limit (1 MiB by default).
+WINDOW_RECORD_BYTES = 512 * 1024
 
 
 def window_size(w: WindowCounts) -> int:
@@ -81,19 +83,10 @@ def window_size(w: WindowCounts) -> int:
     )
 
 
-def encoded_window(start: int, w: WindowCounts) -> object:
-    """The stored form of the window at ``start``: ``[start, likes, replies, mentions, follows, unfollows,
-    responses, engagers, ids, response_ids]``, for ``orjson.dumps``. A window of
-    :data:`ENCODED_WINDOW_IDS` event ids or more is encoded once per change: its JSON is kept (an
-    ``orjson.Fragment``) and given again while :func:`window_size` has not moved (a window only grows, so
-    one kept is never below the threshold again)."""
-    if len(w.ids) >= ENCODED_WINDOW_IDS:
-        size = window_size(w)
-        if w.encoded is not None and w.encoded_size == size:
-            return w.encoded
-    else:
-        size = -1
-    value = [
+def window_value(start: int, w: WindowCounts) -> list[object]:
+    """The stored form of the window at ``start`` (for ``orjson.dumps``): ``[start, likes, replies,
+    mentions, follows, unfollows, responses, engagers, ids, response_ids]``."""
+    return [
         start,
         w.likes,
         w.replies,
@@ -105,17 +98,19 @@ def encoded_window(start: int, w: WindowCounts) -> object:
         list(w.ids),
         list(w.response_ids),
     ]
-    if size < 0:
-        return value
-    fragment = orjson.Fragment(exact_bytes(orjson.dumps(value)))
-    w.encoded, w.encoded_size = fragment, size
-    return fragment
+
+
+def window_from_value(w: list[Any]) -> WindowCounts:
+    return WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9]))
 
 
 # More conversations than this: they go to segment records (see the module docstring); fewer than
-# SEGMENT_FROM // 4 again: back into the main record.
-SEGMENT_FROM = 4_000
-SEGMENT_SIZE = 2_000  # conversations per segment record at most
+# SEGMENT_FROM // 4 again: back into the main record. Conversations in the main record are written again
+# at every store of the state, and the newest segment at every store that added one: both grow with what
+# an active account gathers, not with what changed (bench/RESULTS.md, "Live-paced steady state"), so both
+# stay small. An account with a week of conversations at 0.6 a second has ~3,000 segment records.
+SEGMENT_FROM = 128
+SEGMENT_SIZE = 128  # conversations per segment record at most
 # ...and encoded bytes at most (plus one conversation): an event id's 128 characters take up to 768 bytes
 # in JSON (escaped control characters), so a count alone does not keep a record under Kafka's limit.
 SEGMENT_BYTES = 256 * 1024
@@ -145,8 +140,9 @@ class GenerationSource(Protocol):
 
 
 class StoredRecords(NamedTuple):
-    """What one store of a state writes: its main record, its new segment records (generation, value),
-    and the generations of the segment records it no longer names (to delete once the main is stored)."""
+    """What one store of a state writes: its main record, its new window and segment records (generation,
+    value: the store keeps both kinds alike, as *segment records* keyed by generation), and the generations
+    of those it no longer names (to delete once the main is stored)."""
 
     main: bytes
     segments: list[tuple[int, bytes]]
@@ -190,6 +186,15 @@ class AccountState:
     # longer named (deleted with the next store). How the state is stored, not what it holds: not compared.
     segments: list[Segment] | None = field(default=None, compare=False)
     replaced: list[int] = field(default_factory=list, compare=False)
+    # The windows stored in window records: start -> (generation, window_size when stored); None if none.
+    window_records: dict[int, tuple[int, int]] | None = field(default=None, compare=False)
+
+    def needs_records(self) -> bool:
+        """Whether storing this state takes :meth:`store_records` (window or segment records, or the
+        deletion of some); if not, :meth:`dumps` alone is its one record."""
+        if self.segments is not None or self.window_records or len(self.conversations) > SEGMENT_FROM:
+            return True
+        return any(len(w.ids) >= WINDOW_RECORD_IDS for w in self.windows.values())
 
     def note_conversation(self, event_id: str, ts: int, previous: int | None) -> None:
         """Call on a segmented state before ``conversations[event_id] = ts`` (``previous``: its time until
@@ -239,11 +244,13 @@ class AccountState:
         self.segments = kept
 
     def store_records(self, generations: GenerationSource, stored: Callable[[int], bool]) -> StoredRecords:
-        """The records that store this state now (see :class:`StoredRecords`); marks its segments stored.
-        Segments the conversations when there are more than :data:`SEGMENT_FROM` of them, and keeps them in
-        the main record again when fewer than a quarter of that remain. ``stored``: whether the store holds
-        the segment record of a generation; one it lost (a changelog write that dropped the records of a
-        partition not owned at that moment) is written again."""
+        """The records that store this state now (see :class:`StoredRecords`); marks its window and
+        segment records stored. A window of :data:`WINDOW_RECORD_IDS` event ids or more gets a window
+        record, written again only when the window changed (its :func:`window_size` moved); one that became
+        final is deleted. Segments the conversations when there are more than :data:`SEGMENT_FROM` of them,
+        and keeps them in the main record again when fewer than a quarter of that remain. ``stored``:
+        whether the store holds the record of a generation; one it lost (a changelog write that dropped the
+        records of a partition not owned at that moment) is written again."""
         conversations = self.conversations
         segments = self.segments
         if segments is None and len(conversations) > SEGMENT_FROM:
@@ -254,9 +261,10 @@ class AccountState:
             self.replaced += [segment.generation for segment in segments if segment.generation]
             segments = self.segments = None
         replaced, self.replaced = self.replaced, []
+        written: list[tuple[int, bytes]] = []
+        windows = self._window_entries(generations, stored, written, replaced)
         if segments is None:
-            return StoredRecords(self.dumps(), [], replaced)
-        written = []
+            return StoredRecords(self._dumps(windows, conversations, None), written, replaced)
         for segment in segments:
             if segment.generation and not stored(segment.generation):  # its record was lost: write it again
                 segment.generation = 0
@@ -264,8 +272,45 @@ class AccountState:
                 segment.generation = generations.next()
                 value = orjson.dumps({i: conversations[i] for i in segment.ids if i in conversations})
                 written.append((segment.generation, exact_bytes(value)))
-        main = self.dumps(conversations={}, listing=[segment.generation for segment in segments])
-        return StoredRecords(main, written, replaced)
+        listing = [segment.generation for segment in segments]
+        return StoredRecords(self._dumps(windows, {}, listing), written, replaced)
+
+    def _window_entries(
+        self,
+        generations: GenerationSource,
+        stored: Callable[[int], bool],
+        written: list[tuple[int, bytes]],
+        replaced: list[int],
+    ) -> list[object]:
+        """The main record's window entries: small windows whole, large ones ``[start, generation]`` of
+        their window record (new ones added to ``written``; those no longer named to ``replaced``)."""
+        before = self.window_records or {}
+        now: dict[int, tuple[int, int]] = {}
+        entries: list[object] = []
+        for start, w in self.windows.items():
+            if len(w.ids) < WINDOW_RECORD_IDS:
+                entries.append(window_value(start, w))
+                continue
+            size = window_size(w)
+            record = before.get(start)
+            if record is not None and record[1] == size and stored(record[0]):
+                now[start] = record
+                entries.append([start, record[0]])
+                continue
+            value = exact_bytes(orjson.dumps(window_value(start, w)))
+            if len(value) > WINDOW_RECORD_BYTES:  # too large for a record: in the main record (chunked)
+                entries.append(orjson.Fragment(value))
+                continue
+            generation = generations.next()
+            written.append((generation, value))
+            now[start] = (generation, size)
+            entries.append([start, generation])
+        for start, (generation, _) in before.items():
+            record = now.get(start)
+            if record is None or record[0] != generation:
+                replaced.append(generation)
+        self.window_records = now or None
+        return entries
 
     def fold_applied(self) -> None:
         """Record the inputs applied since the state was last stored as stored (call right before
@@ -276,18 +321,21 @@ class AccountState:
                 applied[origin] = position
         self.applying.clear()
 
-    def dumps(self, conversations: dict[str, int] | None = None, listing: list[int] | None = None) -> bytes:
-        """Compact JSON: ``[windows, final_through, conversations, pending, ledger base, folded_until,
-        ledger entries, applied, drop, decay]`` and, for segmented conversations, ``listing`` (the
-        generations of their segment records; ``conversations`` is then empty), each window as ``[start,
-        likes, replies, mentions, follows, unfollows, responses, engagers, ids, response_ids]`` (a
-        positional layout: no key strings to write or read). Without arguments: the whole state, its
-        conversations included, in one record."""
+    def dumps(self) -> bytes:
+        """The whole state, every window and conversation in it, as one record: compact JSON, ``[windows,
+        final_through, conversations, pending, ledger base, folded_until, ledger entries, applied, drop,
+        decay]``, each window as :func:`window_value` gives it (a positional layout: no key strings to
+        write or read). :meth:`store_records` writes the same main record, where a window entry may be
+        ``[start, generation]`` of a window record instead, ``conversations`` empty and an 11th field, the
+        generations of the conversations' segment records."""
+        return self._dumps([window_value(s, w) for s, w in self.windows.items()], self.conversations, None)
+
+    def _dumps(self, windows: list[object], conversations: dict[str, int], listing: list[int] | None) -> bytes:
         ledger = self.ledger
         fields = [
-            [encoded_window(s, w) for s, w in self.windows.items()],
+            windows,
             self.final_through,
-            self.conversations if conversations is None else conversations,
+            conversations,
             self.pending,
             ledger.base,
             ledger.folded_until,
@@ -301,26 +349,38 @@ class AccountState:
         return exact_bytes(orjson.dumps(fields))
 
     @classmethod
-    def loads(cls, raw: bytes, segment: Callable[[int], bytes] = no_segments) -> AccountState:
-        """The state stored as ``raw`` (a main record); ``segment`` reads the segment record of a
-        generation that a segmented state names."""
+    def loads(
+        cls, raw: bytes, segment: Callable[[int], bytes] = no_segments, conversations_too: bool = True
+    ) -> AccountState:
+        """The state stored as ``raw`` (a main record); ``segment`` reads the window or segment record of
+        a generation that it names. Without ``conversations_too``, the segment records of its
+        conversations are not read: what it gives is not the state, only its windows and other fields."""
         fields = orjson.loads(raw)
         windows, final_through, conversations, pending, base, folded_until, entries = fields[:7]
         applied = fields[7] if len(fields) > 7 else {}  # states stored by earlier versions have none
         drop = fields[8] if len(fields) > 8 else None
         decay = fields[9] if len(fields) > 9 else 0
         segments = None
-        if len(fields) > 10:  # segmented: later segments hold the later time of a conversation seen twice
+        # Segmented: later segments hold the later time of a conversation seen twice.
+        if len(fields) > 10 and conversations_too:
             segments = []
             for generation in fields[10]:
                 record = segment(generation)
                 part: dict[str, int] = orjson.loads(record)
                 conversations.update(part)
                 segments.append(Segment(list(part), generation, min(part.values(), default=_NEVER), len(record)))
+        loaded: dict[int, WindowCounts] = {}
+        window_records: dict[int, tuple[int, int]] | None = None
+        for w in windows:
+            if len(w) == 2:  # [start, generation] of a window record
+                window = loaded[w[0]] = window_from_value(orjson.loads(segment(w[1])))
+                if window_records is None:
+                    window_records = {}
+                window_records[w[0]] = (w[1], window_size(window))
+            else:
+                loaded[w[0]] = window_from_value(w)
         return cls(
-            windows={
-                w[0]: WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9])) for w in windows
-            },
+            windows=loaded,
             final_through=final_through,
             conversations=conversations,
             pending=pending,
@@ -328,6 +388,7 @@ class AccountState:
             applied=applied,
             drop=None if drop is None else DropState.from_list(drop, decay),
             segments=segments,
+            window_records=window_records,
         )
 
 

@@ -32,7 +32,7 @@ from functools import partial
 from itertools import islice
 from typing import Any, NamedTuple, Protocol
 
-from pipeline.account_state import SEGMENT_FROM, AccountState, WindowCounts
+from pipeline.account_state import AccountState, WindowCounts
 from pipeline.drops import Alert, DropDetector, DropState
 from pipeline.events import FOLLOW, FOLLOWERS, LIKE, MENTION, REPLY, UNFOLLOW, Event
 from pipeline.followers import FOLLOW as LEDGER_FOLLOW
@@ -169,11 +169,6 @@ class DictStore:
 
     def accounts(self) -> Iterable[str]:
         return list(self.data)
-
-
-def _unread(generation: int) -> bytes:
-    """A segment record not read (the state loaded is not kept): no conversations."""
-    return b"{}"
 
 
 class EndIndex:
@@ -620,7 +615,9 @@ class Aggregator:
             raw = self.store.get(account_id)
             if raw is None:
                 continue
-            state = AccountState.loads(raw, _unread)  # read for its windows and drop state only, then dropped
+            state = AccountState.loads(  # read for its windows and drop state only, then dropped
+                raw, partial(self.store.get_segment, account_id), conversations_too=False
+            )
             for start in state.windows:
                 self._index(partition, account_id, start + self.config.window_ms)
             drop = state.drop
@@ -769,7 +766,7 @@ class Aggregator:
     def _store(self, account_id: str, state: AccountState) -> None:
         if state.applying:
             state.fold_applied()
-        if state.segments is None and len(state.conversations) <= SEGMENT_FROM:
+        if not state.needs_records():
             self.store.put(account_id, state.dumps())  # the common case: one record
         else:
             self.store.put(

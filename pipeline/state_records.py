@@ -11,9 +11,10 @@ size, plus a small *main* record that names them:
 - chunk record: key = ``0xFF`` + generation (8 bytes, big-endian) + index (4 bytes) + the account id
   (UTF-8); value = one slice of the serialized state. No UTF-8 text holds the byte 0xFF, so no account's
   key is a chunk's key;
-- segment record (an account's conversations in parts, :mod:`pipeline.account_state`): keyed as a chunk
-  with index :data:`SEGMENT_INDEX`; the serialized state names its segments' generations. New segment
-  records go in the chunks' phase of a write, the deletions of those replaced in the last.
+- segment record (a large open window of an account, or its conversations in parts,
+  :mod:`pipeline.account_state`): keyed as a chunk with index :data:`SEGMENT_INDEX`; the serialized state
+  names their generations. New segment records go in the chunks' phase of a write, the deletions of
+  those replaced in the last.
 
 A state rewritten in chunks gets a new generation (keys never reused). :func:`layout` makes one write three
 phases: the new chunks, then the main records, then the deletions (tombstones) of the chunks the old main
@@ -79,9 +80,14 @@ def segment_key(generation: int, account_key: bytes) -> bytes:
 
 
 def segment_listing(state: bytes) -> frozenset[int]:
-    """The generations of the segment records a serialized state names (its 11th field)."""
+    """The generations of the records a serialized state names that are keyed as segments: its window
+    records (window entries ``[start, generation]``) and its conversations' segment records (its 11th
+    field)."""
     fields = orjson.loads(state)
-    return frozenset(fields[10]) if len(fields) > 10 else frozenset()
+    named = {w[1] for w in fields[0] if len(w) == 2}
+    if len(fields) > 10:
+        named.update(fields[10])
+    return frozenset(named)
 
 
 def is_chunk_key(key: bytes) -> bool:

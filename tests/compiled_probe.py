@@ -32,7 +32,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import account_state, aggregator, compiled, metrics
+from pipeline import account_state, compiled, metrics
 from pipeline.decode import decode_message
 from pipeline.events import REKEY_TOPIC, TOPIC_TYPES
 from pipeline.generate import TrafficModel, lines
@@ -236,7 +236,7 @@ async def run() -> dict[str, Any]:
         processor.writer.close()
 
     # Conversations in segment records from 12 on (4,000 in production): segments written, read back, pruned.
-    account_state.SEGMENT_FROM, account_state.SEGMENT_SIZE, aggregator.SEGMENT_FROM = 12, 5, 12
+    account_state.SEGMENT_FROM, account_state.SEGMENT_SIZE = 12, 5
     source = messages(settings)
     await feed(started(), [*source, *late_messages(settings)], [1, 7, 50], 20)
     # A restart: a new processor on the same changelog table, given the last 400 source messages again (as

@@ -1,8 +1,8 @@
 """An account whose state outgrows Kafka's record limit (1 MiB by default) is stored in chunks on the real
-broker, and its 12,000 conversations in segment records; a restarted worker recovers it whole from the
-changelog: re-delivered events do not count twice, and a reply matches a conversation that only a segment
-held. (The embedded broker takes records of any size,
-unlike Kafka: so the test checks that no record of the changelog is larger than a chunk.)"""
+broker, its next window in a window record, and its 12,000 conversations in segment records; a restarted
+worker recovers it whole from the changelog: re-delivered events do not count twice, and a reply matches
+a conversation that only a segment held. (The embedded broker takes records of any size, unlike Kafka: so
+the test checks that no record of the changelog is larger than a chunk.)"""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000
 MENTIONS = 12_000  # ids of 100 characters, kept twice (window ids, conversations): ~2.6 MB in all
 PAD = "m" * 94
+LATER = 100  # mentions in the next window: a window record of their own
 
 
 def mention(i: int) -> dict[str, object]:
@@ -55,7 +56,8 @@ def changelog_records(settings: Settings) -> list[tuple[bytes, bytes | None]]:
 def test_a_state_over_the_record_limit_is_stored_in_chunks_and_recovered_whole(live_settings: Settings) -> None:
     settings = live_settings
     mentions = [mention(i) for i in range(MENTIONS)]
-    publish(settings, "mentions", mentions)
+    later = [{**mention(MENTIONS + i), "ts": T0 + 60_000 + i} for i in range(LATER)]  # the next window
+    publish(settings, "mentions", mentions + later)
     with running_worker(settings):
         wait_processed(settings)
     records = changelog_records(settings)
@@ -65,8 +67,11 @@ def test_a_state_over_the_record_limit_is_stored_in_chunks_and_recovered_whole(l
     assert len(segments) >= MENTIONS // SEGMENT_SIZE  # the conversations, in segments of their own
     assert len(chunks) >= 2, [len(v or b"") for _, v in records]  # the open window's ids: a state of ~1.3 MB
     assert max(len(v or b"") for _, v in records) <= CHUNK_BYTES  # no record near the broker's limit
+    windows = [orjson.loads(value) for value in segments if value[:1] == b"["]  # window records, in order
+    assert [len(w[8]) for w in windows if w[0] == T0 + 60_000][-1:] == [LATER]  # the next window's, whole
 
-    # After the restart: the first 1,000 mentions again (replayed, not counted), and A answers the first one.
+    # After the restart: the first 1,000 mentions and 50 of the later ones again (replayed, not counted),
+    # and A answers the first one.
     reply = {
         "event_id": "answer",
         "type": "reply",
@@ -75,7 +80,7 @@ def test_a_state_over_the_record_limit_is_stored_in_chunks_and_recovered_whole(l
         "account_id": "fan0",
         "in_reply_to": mentions[0]["event_id"],
     }
-    publish(settings, "mentions", mentions[:1000])
+    publish(settings, "mentions", mentions[:1000] + later[:50])
     publish(settings, "replies", [reply])
     with running_worker(settings):
         wait_processed(settings)
@@ -85,4 +90,4 @@ def test_a_state_over_the_record_limit_is_stored_in_chunks_and_recovered_whole(l
         settings,
         "SELECT sum(mentions), sum(responses), min(final) FROM engagement_windows FINAL WHERE account_id = 'A'",
     )
-    assert rows.rows == [(MENTIONS, 1, 1)]
+    assert rows.rows == [(MENTIONS + LATER, 1, 1)]

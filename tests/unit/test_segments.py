@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from pipeline import account_state, aggregator
+from pipeline import account_state
 from pipeline.account_state import AccountState
 from pipeline.aggregator import Aggregator, DictStore, WindowConfig, response_candidate
 from pipeline.events import Event
@@ -27,7 +28,6 @@ CFG = WindowConfig(window_ms=60_000, lateness_ms=60_000, conversation_horizon_ms
 def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     """Segments from 20 conversations on, of 8 each."""
     monkeypatch.setattr(account_state, "SEGMENT_FROM", 20)
-    monkeypatch.setattr(aggregator, "SEGMENT_FROM", 20)
     monkeypatch.setattr(account_state, "SEGMENT_SIZE", 8)
 
 
@@ -140,9 +140,9 @@ def test_segmented_conversations_count_exactly_as_whole_ones_across_restarts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events = stream()
+    monkeypatch.setattr(account_state, "SEGMENT_FROM", 10**9)
     whole, whole_store, _ = run(events)
     monkeypatch.setattr(account_state, "SEGMENT_FROM", 40)
-    monkeypatch.setattr(aggregator, "SEGMENT_FROM", 40)
     monkeypatch.setattr(account_state, "SEGMENT_SIZE", 16)
     segmented, store, most = run(events)
     assert most >= 10 and not whole_store.segments  # segments were used, and aged out along the way
@@ -158,18 +158,32 @@ def test_a_segmented_write_cut_short_anywhere_leaves_a_whole_state_and_no_unname
 ) -> None:
     """Through the worker's store: new segments go with the chunks before the main record, deletions
     after it; every prefix of the write leaves a state that loads whole, and the sweep deletes the rest."""
+
+    def change(state: AccountState) -> None:
+        for event_id, ts in conversations(12, start=30).items():
+            state.note_conversation(event_id, ts, None)
+            state.conversations[event_id] = ts
+        state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 9_000}
+        state.prune_segments(T0 + 9_000)
+
+    kinds = write_cut_everywhere(AccountState(conversations=conversations(30)), change)
+    assert kinds == sorted(kinds, key=["record", "main", "delete"].index) and "delete" in kinds
+
+
+def write_cut_everywhere(
+    state: AccountState, change: Callable[[AccountState], None], account: str = "star"
+) -> list[str]:
+    """Store ``state`` through the worker's store, ``change`` it, store it again: every prefix of that
+    second write (as the changelog received it) must leave the old state or the new one loading whole,
+    and the sweep must leave exactly the records the main record names. Returns the second write's
+    records' kinds in order (``record``: a chunk, window or segment record; ``main``; ``delete``)."""
     generations = Generations()
-    state = AccountState(conversations=conversations(30))
     table = FakeTable()
     first = StagedStore(table)
-    first.put("star", *state.store_records(generations, lambda g: first.has_segment("star", g)))
+    first.put(account, *state.store_records(generations, lambda g: first.has_segment(account, g)))
     asyncio.run(_commit(first))
     before = dict(table)
-    for event_id, ts in conversations(12, start=30).items():
-        state.note_conversation(event_id, ts, None)
-        state.conversations[event_id] = ts
-    state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 9_000}
-    state.prune_segments(T0 + 9_000)
+    change(state)
     received: list[Record] = []
 
     async def changelog(phases: list[list[Record]]) -> Any:
@@ -177,22 +191,22 @@ def test_a_segmented_write_cut_short_anywhere_leaves_a_whole_state_and_no_unname
         return asyncio.gather()
 
     second = StagedStore(FakeTable(before), changelog)
-    second.put("star", *state.store_records(generations, lambda g: second.has_segment("star", g)))
+    second.put(account, *state.store_records(generations, lambda g: second.has_segment(account, g)))
     asyncio.run(_commit(second))
-    kinds = [("segment" if is_chunk_key(k) else "main") if v is not None else "delete" for k, v, _ in received]
-    assert kinds == sorted(kinds, key=["segment", "main", "delete"].index) and "delete" in kinds
-    old_state = AccountState.loads(before[b"star"], lambda g: StagedStore(FakeTable(before)).get_segment("star", g))
+    key = account.encode("utf-8")
+    old_state = AccountState.loads(before[key], lambda g: StagedStore(FakeTable(before)).get_segment(account, g))
     for cut in range(len(received) + 1):
         survived = replayed(before, received[:cut])
         recovered = StagedStore(survived)
-        raw = recovered.get("star")
+        raw = recovered.get(account)
         assert raw is not None
-        loaded = AccountState.loads(raw, lambda g, store=recovered: store.get_segment("star", g))
+        loaded = AccountState.loads(raw, lambda g, store=recovered: store.get_segment(account, g))
         assert loaded in (old_state, state), cut
         recovered.sweep({0})
         asyncio.run(_commit(recovered))
-        named = segment_listing(survived[b"star"])
+        named = segment_listing(survived[key])
         assert {parse_chunk_key(k)[0] for k in survived if is_chunk_key(k)} == named, cut
+    return [("record" if is_chunk_key(k) else "main") if v is not None else "delete" for k, v, _ in received]
 
 
 async def _commit(store: StagedStore) -> None:

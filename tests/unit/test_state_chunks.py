@@ -11,8 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline import account_state
 from pipeline.processor import Message, StagedStore
 from pipeline.state_records import (
+    SEGMENT_INDEX,
     Generations,
     Record,
     StateCorrupted,
@@ -224,14 +226,18 @@ def run_stream(chunk_bytes: int | None) -> tuple[list[tuple[Any, ...]], bool]:
         asyncio.run(processor.process([Message(topic, 0, next(offsets), orjson.dumps(batch))]))
         rekeyed = [v for t, _, v, _ in outbox.sent if t == "engagement-rekeyed"]
         asyncio.run(processor.process([Message("engagement-rekeyed", 0, next(offsets), v) for v in rekeyed]))
-        chunked = chunked or any(is_chunk_key(k) for k in table)
+        chunked = chunked or any(is_chunk_key(k) and parse_chunk_key(k)[1] != SEGMENT_INDEX for k in table)
     asyncio.run(processor.flush())
     rows += warehouse.rows("engagement_windows")
     final = sorted(tuple(v for k, v in r.items() if k != "version") for r in rows if r["final"] == 1)
     return final, chunked
 
 
-def test_chunked_states_count_exactly_as_whole_ones_across_a_restart() -> None:
+def test_chunked_states_count_exactly_as_whole_ones_across_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """States whole in their main records (no window or segment records), so that a small chunk size
+    chunks them."""
+    monkeypatch.setattr(account_state, "WINDOW_RECORD_IDS", 10**9)
+    monkeypatch.setattr(account_state, "SEGMENT_FROM", 10**9)
     whole, chunked_whole = run_stream(None)
     chunked, was_chunked = run_stream(2048)
     assert was_chunked and not chunked_whole

@@ -1,0 +1,284 @@
+"""A large open window is stored in a window record of its own (account_state.store_records), written only
+when the window changed: a store must never miss a change, never name a record the store lacks, never leave
+one unnamed, and a write cut short anywhere leaves the old state or the new one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import account_state
+from pipeline.account_state import WINDOW_RECORD_IDS, AccountState, StoredRecords, WindowCounts, window_value
+from pipeline.aggregator import Aggregator, DictStore, WindowConfig, response_candidate
+from pipeline.events import Event
+from pipeline.state_records import Generations, segment_listing
+from tests.unit.test_segments import write_cut_everywhere
+
+T0 = 1_767_225_600_000  # a window start (60 s windows)
+WINDOW_MS = 60_000
+
+
+def large_window(tag: str = "e") -> WindowCounts:
+    ids = {f"{tag}{i}" for i in range(WINDOW_RECORD_IDS)}
+    return WindowCounts(likes=len(ids), engagers={f"u{i}" for i in range(5)}, ids=ids)
+
+
+def store(state: AccountState, into: DictStore, generations: Generations) -> StoredRecords:
+    """Store ``state`` as the aggregator does (one record when it needs no others)."""
+    if not state.needs_records():
+        records = StoredRecords(state.dumps(), [], [])
+    else:
+        records = state.store_records(generations, lambda g: into.has_segment("a", g))
+    into.put("a", *records)
+    return records
+
+
+def load(from_store: DictStore) -> AccountState:
+    return AccountState.loads(from_store.data["a"], lambda g: from_store.get_segment("a", g))
+
+
+def named_exactly(from_store: DictStore, account: str = "a") -> bool:
+    """Whether the store holds exactly the window and segment records the account's main record names."""
+    held = {g for a, g in from_store.segments if a == account}
+    return held == segment_listing(from_store.data[account])
+
+
+def test_a_large_window_is_written_once_per_change() -> None:
+    into, generations = DictStore(), Generations()
+    window = large_window()
+    state = AccountState(windows={T0: window, T0 + WINDOW_MS: WindowCounts(likes=1, engagers={"u"}, ids={"x"})})
+    first = store(state, into, generations)
+    assert len(first.segments) == 1 and first.replaced == []
+    assert orjson.loads(first.main)[0][0] == [T0, first.segments[0][0]]  # named; the small one stays inline
+    assert orjson.loads(first.segments[0][1]) == orjson.loads(orjson.dumps(window_value(T0, window)))
+    assert load(into) == state
+    again = store(state, into, generations)
+    assert again.segments == [] and again.replaced == [] and again.main == first.main
+    window.ids.add("late")
+    window.likes += 1
+    changed = store(state, into, generations)
+    assert len(changed.segments) == 1 and changed.replaced == [first.segments[0][0]]
+    assert load(into) == state and named_exactly(into)
+
+
+def test_a_small_window_stays_in_the_main_record() -> None:
+    state = AccountState(windows={T0: WindowCounts(likes=1, engagers={"u1"}, ids={"e1"})})
+    assert not state.needs_records()
+    assert AccountState.loads(state.dumps()) == state
+
+
+def counted(event_id: str, counter: str, engager: str | None = None) -> Callable[[WindowCounts], None]:
+    """An event the aggregator counts in a window: its id added, ``counter`` raised, and its actor among
+    the engagers (likes, replies, mentions)."""
+
+    def change(w: WindowCounts) -> None:
+        w.ids.add(event_id)
+        setattr(w, counter, getattr(w, counter) + 1)
+        if engager is not None:
+            w.engagers.add(engager)
+
+    return change
+
+
+def _followers_snapshot(w: WindowCounts) -> None:  # its id only: no counter moves
+    w.ids.add("snapshot-1")
+
+
+def _response(w: WindowCounts) -> None:
+    w.response_ids.add("r-1")
+    w.responses += 1
+
+
+CHANGES: dict[str, Callable[[WindowCounts], None]] = {
+    "a like": counted("like-1", "likes", "u-new"),
+    "a like by an engager seen": counted("like-2", "likes", "u0"),
+    "a reply": counted("reply-1", "replies", "u-new"),
+    "a mention": counted("mention-1", "mentions", "u-new"),
+    "a follow": counted("follow-1", "follows"),
+    "an unfollow": counted("unfollow-1", "unfollows"),
+    "a followers snapshot": _followers_snapshot,
+    "a response": _response,
+}
+
+
+def test_every_kind_of_change_is_written() -> None:
+    """Each way the aggregator changes a window (aggregator.apply_event, _count_response) moves its size,
+    so its record is written again."""
+    for what, change in CHANGES.items():
+        into, generations = DictStore(), Generations()
+        window = large_window()
+        state = AccountState(windows={T0: window})
+        store(state, into, generations)
+        change(window)
+        assert len(store(state, into, generations).segments) == 1, what
+        assert load(into) == state, what
+
+
+def test_a_window_record_the_store_lost_is_written_again() -> None:
+    """A changelog write drops the records of a partition not owned at that moment; if the partition comes
+    back before the worker notices, its states believe their records stored. The next store writes any
+    window record the store does not hold, so the main record never names a missing one."""
+    into, generations = DictStore(), Generations()
+    state = AccountState(windows={T0: large_window("a"), T0 + WINDOW_MS: large_window("b")})
+    store(state, into, generations)
+    lost = next(iter(into.segments))
+    del into.segments[lost]
+    assert len(store(state, into, generations).segments) == 1  # the lost one only
+    assert load(into) == state and named_exactly(into)
+
+
+def test_a_window_too_large_for_a_record_stays_in_the_main_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window record must stay under Kafka's record limit: a window larger than WINDOW_RECORD_BYTES goes
+    in the main record (chunked when large), and the record it had is deleted."""
+    into, generations = DictStore(), Generations()
+    window = large_window()
+    state = AccountState(windows={T0: window})
+    store(state, into, generations)
+    size = len(next(iter(into.segments.values())))
+    monkeypatch.setattr(account_state, "WINDOW_RECORD_BYTES", size + 5)
+    window.ids.update(f"more{i}" for i in range(10))
+    records = store(state, into, generations)
+    assert records.segments == [] and len(records.replaced) == 1 and not into.segments
+    assert orjson.loads(records.main)[0][0][8]  # the window whole, its ids in the main record
+    assert load(into) == state
+
+
+def test_a_final_window_s_record_is_deleted_and_the_state_goes_back_to_one_record() -> None:
+    """Through the aggregator: a window filled, events only in the next one (the first's record is not
+    written again), a late event into the first (written again), then both final: no record left."""
+    into = DictStore()
+    written: set[int] = set()  # generations of the window records stored so far (never reused)
+    config = WindowConfig(window_ms=WINDOW_MS, lateness_ms=WINDOW_MS)
+    aggregator = Aggregator(config, into, lambda account_id: 0)
+    aggregator.assign({0})
+    kinds = ("like", "reply", "mention", "follow")
+
+    def apply(n: int, start: int) -> None:
+        aggregator.apply_event(Event(f"e{n}", kinds[n % 4], start + n % 1000, f"u{n % 7}", "a", "p1"), 0)
+
+    def persisted() -> AccountState:
+        aggregator.take_rows()
+        aggregator.persist()
+        stored = load(into)
+        assert stored.windows == aggregator._peek("a").windows and named_exactly(into)
+        written.update(g for _, g in into.segments)
+        return stored
+
+    for n in range(WINDOW_RECORD_IDS + 5):
+        apply(n, T0)
+    persisted()
+    assert len(written) == 1
+    for n in range(1000, 1000 + WINDOW_RECORD_IDS):
+        apply(n, T0 + WINDOW_MS)
+        if n % 8 == 0:
+            persisted()
+    persisted()
+    assert len(written) == 2  # the second window's, once it reached WINDOW_RECORD_IDS; the first's not again
+    apply(2000, T0)  # late, into the first window
+    assert "e2000" in persisted().windows[T0].ids and len(written) == 3
+    aggregator.advance(0, T0 + 4 * WINDOW_MS)  # both windows final
+    rows = aggregator.end_batch()
+    assert sum(1 for row in rows if row.final) == 2
+    aggregator.persist()
+    assert not into.segments and not load(into).windows
+    assert segment_listing(into.data["a"]) == frozenset()
+
+
+@st.composite
+def traffic(draw: st.DrawFn) -> list[tuple[str, Any]]:
+    """Events over three accounts and four windows (duplicates, self events, responses, snapshots
+    included), with persists, restarts from the store and advances of the frontier in between."""
+    steps: list[tuple[str, Any]] = []
+    accounts = ["a", "b", "c"]
+    for n in range(draw(st.integers(1, 150))):
+        roll = draw(st.integers(0, 19))
+        if roll < 2:
+            steps.append(("persist", None))
+            continue
+        if roll == 2:
+            steps.append(("restart", None))
+            continue
+        if roll == 3:
+            steps.append(("advance", T0 + draw(st.integers(0, 6 * WINDOW_MS))))
+            continue
+        kind = draw(st.sampled_from(["like", "reply", "mention", "follow", "unfollow", "followers"]))
+        account = draw(st.sampled_from(accounts))
+        actor = draw(st.sampled_from([*accounts, "u1", "u2", "u3"]))
+        event_id = f"e{draw(st.integers(0, n))}"  # sometimes an id seen before: a duplicate
+        ts = T0 + draw(st.integers(0, 4 * WINDOW_MS - 1))
+        in_reply_to = f"e{draw(st.integers(0, n))}" if kind == "reply" else None
+        followers = draw(st.integers(0, 1000)) if kind == "followers" else None
+        if kind == "followers":
+            actor = ""
+        steps.append(("event", Event(event_id, kind, ts, actor, account, "p1", in_reply_to, followers)))
+    return steps
+
+
+def final_rows(steps: list[tuple[str, Any]], threshold: int) -> list[tuple[Any, ...]]:
+    """Run ``steps`` with window records from ``threshold`` ids; after each persist, every stored state's
+    windows are the live ones and the store holds exactly the records its main records name."""
+    before = account_state.WINDOW_RECORD_IDS
+    account_state.WINDOW_RECORD_IDS = threshold
+    try:
+        into = DictStore()
+        config = WindowConfig(window_ms=WINDOW_MS, lateness_ms=WINDOW_MS)
+        aggregator = Aggregator(config, into, lambda account_id: 0)
+        aggregator.assign({0})
+        frontier = 0
+        rows = []
+        for step, value in [*steps, ("persist", None)]:
+            if step == "event":
+                aggregator.apply_event(value, 0)
+                candidate = response_candidate(value)
+                if candidate is not None and candidate.responder in ("a", "b", "c"):
+                    aggregator.apply_response(candidate, 0)
+                continue
+            rows += aggregator.end_batch()
+            if step == "advance":
+                frontier = max(frontier, value)
+                aggregator.advance(0, frontier)
+                rows += aggregator.end_batch()
+            elif step == "restart":  # a new process recovering the same store
+                aggregator = Aggregator(config, into, lambda account_id: 0)
+                aggregator.assign({0})
+                aggregator.advance(0, frontier)
+            for account in into.data:
+                assert load_account(into, account).windows == aggregator._peek(account).windows
+                assert named_exactly(into, account)
+        aggregator.flush()
+        rows += aggregator.end_batch()
+        return sorted(row.values() for row in rows if row.final)
+    finally:
+        account_state.WINDOW_RECORD_IDS = before
+
+
+def load_account(from_store: DictStore, account: str) -> AccountState:
+    return AccountState.loads(from_store.data[account], lambda g: from_store.get_segment(account, g))
+
+
+@settings(max_examples=60, deadline=None)
+@given(traffic())
+def test_window_records_change_no_result_whatever_the_traffic(steps: list[tuple[str, Any]]) -> None:
+    """Every window in a record (threshold 0) against none (threshold out of reach): the same final rows;
+    and with records, after each persist, stored states equal live ones and no record is missing or left
+    unnamed (end_batch persists: the aggregator's stores go through store_records)."""
+    assert final_rows(steps, 0) == final_rows(steps, 10**9)
+
+
+def test_a_window_record_write_cut_short_anywhere_leaves_a_whole_state_and_no_unnamed_record() -> None:
+    """Through the worker's store: a changed window's new record goes with the chunks before the main
+    record, the deletions (its old record, a final window's) after it; every prefix of the write leaves
+    a state that loads whole, and the sweep deletes the rest."""
+
+    def change(state: AccountState) -> None:
+        del state.windows[T0]  # final
+        state.windows[T0 + WINDOW_MS].ids.add("b-late")
+        state.windows[T0 + WINDOW_MS].likes += 1
+
+    state = AccountState(windows={T0: large_window("a"), T0 + WINDOW_MS: large_window("b")})
+    assert write_cut_everywhere(state, change, "a") == ["record", "main", "delete", "delete"]
