@@ -149,6 +149,10 @@ class StoredRecords(NamedTuple):
     replaced: list[int]
 
 
+def _held(generation: int) -> bool:
+    return True
+
+
 def no_segments(generation: int) -> bytes:
     raise ValueError(f"a segmented state names segment {generation}, and no segment reader was given")
 
@@ -188,6 +192,9 @@ class AccountState:
     replaced: list[int] = field(default_factory=list, compare=False)
     # The windows stored in window records: start -> (generation, window_size when stored); None if none.
     window_records: dict[int, tuple[int, int]] | None = field(default=None, compare=False)
+    # The store's count of lost writes when this state's window and segment records were last checked as
+    # held (see store_records' ``recheck``); -1: never.
+    checked: int = field(default=-1, compare=False)
 
     def needs_records(self) -> bool:
         """Whether storing this state takes :meth:`store_records` (window or segment records, or the
@@ -243,14 +250,19 @@ class AccountState:
                 self.replaced.append(segment.generation)
         self.segments = kept
 
-    def store_records(self, generations: GenerationSource, stored: Callable[[int], bool]) -> StoredRecords:
+    def store_records(
+        self, generations: GenerationSource, stored: Callable[[int], bool], recheck: bool = True
+    ) -> StoredRecords:
         """The records that store this state now (see :class:`StoredRecords`); marks its window and
         segment records stored. A window of :data:`WINDOW_RECORD_IDS` event ids or more gets a window
         record, written again only when the window changed (its :func:`window_size` moved); one that became
         final is deleted. Segments the conversations when there are more than :data:`SEGMENT_FROM` of them,
         and keeps them in the main record again when fewer than a quarter of that remain. ``stored``:
-        whether the store holds the record of a generation; one it lost (a changelog write that dropped the
-        records of a partition not owned at that moment) is written again."""
+        whether the store holds the record of a generation; with ``recheck``, every record the state names
+        is looked up, and one the store lost (a changelog write that dropped the records of a partition not
+        owned at that moment) is written again. Without, only those written anew are: the caller knows the
+        store lost nothing since the state was last stored (an account with a week of conversations names
+        thousands of segments)."""
         conversations = self.conversations
         segments = self.segments
         if segments is None and len(conversations) > SEGMENT_FROM:
@@ -262,11 +274,11 @@ class AccountState:
             segments = self.segments = None
         replaced, self.replaced = self.replaced, []
         written: list[tuple[int, bytes]] = []
-        windows = self._window_entries(generations, stored, written, replaced)
+        windows = self._window_entries(generations, stored if recheck else _held, written, replaced)
         if segments is None:
             return StoredRecords(self._dumps(windows, conversations, None), written, replaced)
         for segment in segments:
-            if segment.generation and not stored(segment.generation):  # its record was lost: write it again
+            if recheck and segment.generation and not stored(segment.generation):  # lost: write it again
                 segment.generation = 0
             if not segment.generation:
                 segment.generation = generations.next()

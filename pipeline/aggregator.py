@@ -124,7 +124,12 @@ class StateStore(Protocol):
 
     ``put`` stores a state's main record with its new segment records (generation, value) and drops the
     segment records of the ``replaced`` generations (:class:`~pipeline.account_state.StoredRecords`);
-    ``get_segment`` raises :class:`~pipeline.state_records.StateCorrupted` for a segment it does not hold."""
+    ``get_segment`` raises :class:`~pipeline.state_records.StateCorrupted` for a segment it does not hold.
+    ``losses``: how many of its writes so far lost segment records it was given (a changelog write drops
+    the records of partitions not owned at that moment); while it does not move, a state's segment
+    records stored before are still held."""
+
+    losses: int
 
     def get(self, account_id: str) -> bytes | None: ...
 
@@ -145,6 +150,7 @@ class DictStore:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.segments: dict[tuple[str, int], bytes] = {}
+        self.losses = 0
 
     def get(self, account_id: str) -> bytes | None:
         return self.data.get(account_id)
@@ -766,12 +772,14 @@ class Aggregator:
     def _store(self, account_id: str, state: AccountState) -> None:
         if state.applying:
             state.fold_applied()
+        store = self.store
         if not state.needs_records():
-            self.store.put(account_id, state.dumps())  # the common case: one record
-        else:
-            self.store.put(
-                account_id, *state.store_records(self.generations, partial(self.store.has_segment, account_id))
-            )
+            store.put(account_id, state.dumps())  # the common case: one record
+            return
+        losses = store.losses  # records lost since the state was stored: look them all up
+        records = state.store_records(self.generations, partial(store.has_segment, account_id), state.checked != losses)
+        state.checked = losses
+        store.put(account_id, *records)
 
     def _evict(self) -> None:
         """Bound the live cache: evict the least recently used states. One still touched stays held by

@@ -184,6 +184,7 @@ class StagedStore:
         self.staged_segments: dict[str, dict[int, bytes]] = {}  # account -> new segment records
         self.staged_replaced: dict[str, set[int]] = {}  # account -> stored segment records to delete
         self.generations = Generations()
+        self.losses = 0  # commits whose changelog write dropped segment records (StateStore.losses)
         self._sweep: frozenset[int] | None = None  # partitions whose orphans to look for at the next commit
         self._large: set[str] = set()  # accounts whose large state was logged
 
@@ -282,30 +283,36 @@ class StagedStore:
         """Hand every staged change to the table, laid out as records (and the deletion of orphaned chunks,
         see :meth:`sweep`); returns what completes once its changelog has them. Publishes the largest
         state's size (``engagement_account_state_largest_bytes``) and logs, once per account, a state
-        above ``LARGE_STATE_BYTES``."""
+        above ``LARGE_STATE_BYTES``. Counts in ``losses`` a write whose changelog dropped any of its new
+        segment records (the states naming them write them again at their next store)."""
         staged, self.staged = self.staged, {}
         if staged:
             self._watch_sizes(staged)
         owner = self.partition_of
         segments, self.staged_segments = self.staged_segments, {}
         replaced, self.staged_replaced = self.staged_replaced, {}
+        new_segments = [
+            (segment_key(g, a.encode("utf-8")), value, owner(a))
+            for a, written in segments.items()
+            for g, value in written.items()
+        ]
         phases = layout(
             [(a.encode("utf-8"), value, owner(a)) for a, value in staged.items()],
             self.contents,
             self.generations,
             self.chunk_bytes,
-            before=[
-                (segment_key(g, a.encode("utf-8")), value, owner(a))
-                for a, written in segments.items()
-                for g, value in written.items()
-            ],
+            before=new_segments,
             after=[(segment_key(g, a.encode("utf-8")), None, owner(a)) for a, gone in replaced.items() for g in gone],
         )
         orphaned = self._orphans()  # before this write: none of its chunks is taken for one
         if orphaned:  # named by nothing: deleted with the last phase, in any order
             phases = [*phases[:-1], phases[-1] + orphaned] if phases else [orphaned]
         if self.changelog is not None:
-            return await self.changelog(phases)
+            done = await self.changelog(phases)
+            contents = self.contents  # the write applied what it kept: were segment records dropped?
+            if any(key not in contents for key, _, _ in new_segments):
+                self.losses += 1
+            return done
         for key, value, _ in (record for phase in phases for record in phase):
             if value is None:
                 with contextlib.suppress(KeyError):

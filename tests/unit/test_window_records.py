@@ -4,6 +4,7 @@ one unnamed, and a write cut short anywhere leaves the old state or the new one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,9 @@ from pipeline import account_state
 from pipeline.account_state import WINDOW_RECORD_IDS, AccountState, StoredRecords, WindowCounts, window_value
 from pipeline.aggregator import Aggregator, DictStore, WindowConfig, response_candidate
 from pipeline.events import Event
-from pipeline.state_records import Generations, segment_listing
+from pipeline.processor import StagedStore
+from pipeline.state_records import Generations, Record, is_chunk_key, parse_chunk_key, segment_listing
+from tests.unit.test_processor import FakeTable
 from tests.unit.test_segments import write_cut_everywhere
 
 T0 = 1_767_225_600_000  # a window start (60 s windows)
@@ -282,3 +285,63 @@ def test_a_window_record_write_cut_short_anywhere_leaves_a_whole_state_and_no_un
 
     state = AccountState(windows={T0: large_window("a"), T0 + WINDOW_MS: large_window("b")})
     assert write_cut_everywhere(state, change, "a") == ["record", "main", "delete", "delete"]
+
+
+def test_records_are_looked_up_again_only_after_a_write_lost_some() -> None:
+    """A state names records stored before; looking each up at every store would cost an account with a
+    week of conversations thousands of lookups a persist. The worker's store counts the writes whose
+    changelog dropped segment records (records of a partition not owned at that moment): while that count
+    does not move, a store looks nothing up; once it moved, every state looks its records up at its next
+    store and writes again those lost, so a main record never names a missing one."""
+    owned = {0}
+    contents: dict[bytes, bytes] = {}
+
+    async def changelog(phases: list[list[Record]]) -> Any:  # as the worker's: drops what it does not own
+        for key, value, partition in (record for phase in phases for record in phase):
+            if partition not in owned:
+                continue
+            if value is None:
+                contents.pop(key, None)
+            else:
+                contents[key] = value
+        return asyncio.gather()
+
+    staged = StagedStore(FakeTable(), changelog, contents=contents)
+    lookups: list[int] = []
+    has_segment = staged.has_segment
+
+    def counted(account_id: str, generation: int) -> bool:
+        lookups.append(generation)
+        return has_segment(account_id, generation)
+
+    staged.has_segment = counted  # type: ignore[method-assign]
+    aggregator = Aggregator(WindowConfig(window_ms=WINDOW_MS, lateness_ms=WINDOW_MS), staged, lambda a: 0)
+    aggregator.assign({0})
+    n = iter(range(10**6))
+
+    def stored_after(*starts: int) -> AccountState:
+        for start in starts:
+            aggregator.apply_event(Event(f"e{next(n)}", "like", start, f"u{next(n) % 5}", "a", "p1"), 0)
+        aggregator.take_rows()
+        aggregator.persist()
+        asyncio.run(_commit(staged))
+        return AccountState.loads(contents[b"a"], lambda g: staged.get_segment("a", g))
+
+    stored_after(*[T0] * WINDOW_RECORD_IDS)  # the first window: a record
+    lookups.clear()
+    stored_after(T0 + WINDOW_MS)  # the next window, small: the first's record is not looked up
+    assert lookups == [] and staged.losses == 0
+    owned.clear()  # the partition moves away and comes back before the worker notices
+    stored_after(T0)  # the first window changed: its new record is dropped with the main record
+    assert staged.losses == 1
+    owned.add(0)
+    recovered = stored_after(T0 + WINDOW_MS)  # losses moved: looked up, the lost record written again
+    assert lookups and recovered.windows == aggregator._peek("a").windows
+    assert segment_listing(contents[b"a"]) <= {parse_chunk_key(k)[0] for k in contents if is_chunk_key(k)}
+    lookups.clear()
+    stored_after(T0 + WINDOW_MS)
+    assert lookups == []  # checked once after the loss, not again
+
+
+async def _commit(staged: StagedStore) -> None:
+    await (await staged.commit())
