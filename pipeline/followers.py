@@ -56,13 +56,27 @@ class FollowerLedger:
     base: int = 0
     folded_until: int = -1
     entries: list[LedgerEntry] = field(default_factory=list)
+    # Counts given by at() since the entries last changed, by end: a window row asks for its end's count
+    # at every upsert, and scanning the entries each time took 7 % of a steady worker's main thread
+    # (bench/RESULTS.md, "Window records"). Not part of the value; not for the constructor.
+    counted: dict[int, int] | None = field(default=None, compare=False, repr=False)
 
     def add(self, entry: LedgerEntry) -> None:
         self.entries.append(entry)
+        self.counted = None
 
     def at(self, end: int) -> int:
         """Followers at ``end`` (clamped at 0). ``end`` must be after ``folded_until``."""
-        return max(0, followers_unclamped(self.base, self.entries, end))
+        counted = self.counted
+        if counted is None:
+            counted = self.counted = {}
+        else:
+            count = counted.get(end)
+            if count is not None:
+                return count
+        count = max(0, followers_unclamped(self.base, self.entries, end))
+        counted[end] = count
+        return count
 
     def fold(self, until: int) -> None:
         """Fold entries with ``ts < until`` into the base; no count at an end > ``until`` changes."""
@@ -72,4 +86,5 @@ class FollowerLedger:
         if old:
             self.base = followers_unclamped(self.base, self.entries, until)
             self.entries = [e for e in self.entries if e[0] >= until]
+        self.counted = None  # later counts do not change; this keeps the cache to the open windows' ends
         self.folded_until = until

@@ -61,3 +61,27 @@ def test_folding_never_changes_a_later_count(raw: list[LedgerEntry], fold_at: in
     for end in ends:
         if end > fold_at:
             assert folded.at(end) == whole.at(end)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "fold", "at"]), entries, st.sampled_from([5, 60, 120, 180, 240, 260])),
+        max_size=25,
+    )
+)
+def test_a_count_given_again_is_the_count_now(steps: list[tuple[str, list[LedgerEntry], int]]) -> None:
+    """at() keeps the counts it gave until the entries change: whatever the adds and folds in between,
+    it gives what the entries say now (a fresh ledger of the same entries). A few ends, so that each is
+    asked for again after entries changed."""
+    kept = FollowerLedger()
+    for step, raw, value in steps:
+        if step == "add":
+            for ts, kind, count, eid in raw[:3]:
+                kept.add((ts, kind, count if kind == SNAPSHOT else 0, eid))
+        elif step == "fold":
+            kept.fold(value)
+        elif value > kept.folded_until:
+            fresh = FollowerLedger(kept.base, kept.folded_until, list(kept.entries))
+            assert kept.at(value) == fresh.at(value)
+            assert kept.at(value) == fresh.at(value)  # given again
