@@ -8,8 +8,10 @@ Two parts of a state grow with more than what changed since it was last stored; 
 of their own, written only when they change (``pipeline.state_records`` writes and deletes them; the main
 record names them by generation):
 
-- an open window holding :data:`WINDOW_RECORD_IDS` event ids or more: a *window record* (its main-record
-  entry is ``[start, generation]``), written again only when the window changed since;
+- an open window holding :data:`WINDOW_RECORD_IDS` event ids or more: *window records* (its main-record
+  entry is ``[start, listed generations]``, see :func:`listed`): a base record (the window whole), then a
+  *delta record* at each store where it had changed (its counters, and what its sets gained since), a
+  new base after :data:`WINDOW_DELTAS` of them;
 - an account's conversations (7 days of inbound replies and mentions, for matching responses), above
   :data:`SEGMENT_FROM` of them: *segment records* (at most :data:`SEGMENT_SIZE` each, in the order they
   came); a store rewrites only the segments that changed (the newest, and those that lost conversations
@@ -39,11 +41,23 @@ def exact_bytes(raw: bytes) -> bytes:
 
 
 @dataclass
+class Fresh:
+    """What was added to a window's sets since its window record (or its last delta) was written, in order."""
+
+    engagers: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    response_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
 class WindowCounts:
     """Counters of one open window of one account; ``ids``/``response_ids`` deduplicate within it.
 
     A window only grows: every change adds to a counter or a set (the aggregator never removes or lowers
-    anything; a window ends whole when it becomes final), and it stays under one start."""
+    anything; a window ends whole when it becomes final), and it stays under one start. Its sets are
+    added to only through :meth:`add_id`, :meth:`add_engager` and :meth:`add_response`, which note the
+    additions in ``fresh`` while the window has a window record (None otherwise; not part of the value,
+    not for the constructor): the next store writes only those (a delta record)."""
 
     likes: int = 0
     replies: int = 0
@@ -54,6 +68,37 @@ class WindowCounts:
     engagers: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
     response_ids: set[str] = field(default_factory=set)
+    # Not init=False: mypyc's __init__ would then leave it unset.
+    fresh: Fresh | None = field(default=None, compare=False, repr=False)
+
+    def add_id(self, event_id: str) -> None:
+        fresh = self.fresh
+        _add(self.ids, event_id, None if fresh is None else fresh.ids)
+
+    def add_engager(self, actor_id: str) -> None:
+        fresh = self.fresh
+        _add(self.engagers, actor_id, None if fresh is None else fresh.engagers)
+
+    def add_response(self, event_id: str) -> None:
+        fresh = self.fresh
+        _add(self.response_ids, event_id, None if fresh is None else fresh.response_ids)
+
+
+def _add(items: set[str], item: str, added: list[str] | None) -> None:
+    """Add ``item`` to ``items``, and note it in ``added`` (if given) when it is new there."""
+    held = len(items)
+    items.add(item)
+    if added is not None and len(items) != held:
+        added.append(item)
+
+
+@dataclass
+class WindowRecord:
+    """How a window is stored in window records: its base record's generation, then its deltas', and its
+    :func:`window_size` when the last of them was written."""
+
+    generations: list[int]
+    size: int
 
 
 # A window holding at least this many event ids is stored in a *window record* of its own, written only
@@ -66,6 +111,25 @@ WINDOW_RECORD_IDS = 32
 # A window whose JSON is larger than this stays in the main record (which is then stored in chunks, see
 # pipeline.state_records): a record must stay under Kafka's limit (1 MiB by default).
 WINDOW_RECORD_BYTES = 512 * 1024
+# A changed window with a window record gets a *delta record* (its counters, and what its sets gained
+# since the record before), so each event id is written about once, not once per store while its
+# window fills (or takes late events); after this many deltas, the window is written whole again as a
+# new base and the old records are deleted (a window's records, read back on a recovery, stay few).
+WINDOW_DELTAS = 16
+
+
+def listed(generations: list[int]) -> list[int]:
+    """A window's record generations as its main-record entry lists them: its base's, then each delta's
+    above it (generations are nanoseconds: an offset of minutes takes 11 digits where a generation
+    takes 19, and a steady account lists its open windows' records at every store)."""
+    base = generations[0]
+    return [base, *[g - base for g in generations[1:]]]
+
+
+def unlisted(entry: list[int]) -> list[int]:
+    """The generations that :func:`listed` gave ``entry`` for."""
+    base = entry[0]
+    return [base, *[base + offset for offset in entry[1:]]]
 
 
 def window_size(w: WindowCounts) -> int:
@@ -83,25 +147,32 @@ def window_size(w: WindowCounts) -> int:
     )
 
 
+def counters(w: WindowCounts) -> list[object]:
+    """``[likes, replies, mentions, follows, unfollows, responses]``."""
+    return [w.likes, w.replies, w.mentions, w.follows, w.unfollows, w.responses]
+
+
 def window_value(start: int, w: WindowCounts) -> list[object]:
     """The stored form of the window at ``start`` (for ``orjson.dumps``): ``[start, likes, replies,
     mentions, follows, unfollows, responses, engagers, ids, response_ids]``."""
-    return [
-        start,
-        w.likes,
-        w.replies,
-        w.mentions,
-        w.follows,
-        w.unfollows,
-        w.responses,
-        list(w.engagers),
-        list(w.ids),
-        list(w.response_ids),
-    ]
+    return [start, *counters(w), list(w.engagers), list(w.ids), list(w.response_ids)]
 
 
 def window_from_value(w: list[Any]) -> WindowCounts:
     return WindowCounts(w[1], w[2], w[3], w[4], w[5], w[6], set(w[7]), set(w[8]), set(w[9]))
+
+
+def delta_value(w: WindowCounts, fresh: Fresh) -> list[object]:
+    """A delta record's value: ``[likes, replies, mentions, follows, unfollows, responses, engagers added,
+    ids added, response_ids added]`` (the counters whole: they replace those of the records before)."""
+    return [*counters(w), fresh.engagers, fresh.ids, fresh.response_ids]
+
+
+def apply_delta(w: WindowCounts, d: list[Any]) -> None:
+    w.likes, w.replies, w.mentions, w.follows, w.unfollows, w.responses = d[0], d[1], d[2], d[3], d[4], d[5]
+    w.engagers.update(d[6])
+    w.ids.update(d[7])
+    w.response_ids.update(d[8])
 
 
 # More conversations than this: they go to segment records (see the module docstring); fewer than
@@ -190,8 +261,8 @@ class AccountState:
     # longer named (deleted with the next store). How the state is stored, not what it holds: not compared.
     segments: list[Segment] | None = field(default=None, compare=False)
     replaced: list[int] = field(default_factory=list, compare=False)
-    # The windows stored in window records: start -> (generation, window_size when stored); None if none.
-    window_records: dict[int, tuple[int, int]] | None = field(default=None, compare=False)
+    # The windows stored in window records, by start; None if none.
+    window_records: dict[int, WindowRecord] | None = field(default=None, compare=False)
     # The store's count of lost writes when this state's window and segment records were last checked as
     # held (see store_records' ``recheck``); -1: never.
     checked: int = field(default=-1, compare=False)
@@ -294,10 +365,10 @@ class AccountState:
         written: list[tuple[int, bytes]],
         replaced: list[int],
     ) -> list[object]:
-        """The main record's window entries: small windows whole, large ones ``[start, generation]`` of
-        their window record (new ones added to ``written``; those no longer named to ``replaced``)."""
+        """The main record's window entries: small windows whole, large ones ``[start, generations]`` of
+        their window records (new records added to ``written``; those no longer named to ``replaced``)."""
         before = self.window_records or {}
-        now: dict[int, tuple[int, int]] = {}
+        now: dict[int, WindowRecord] = {}
         entries: list[object] = []
         for start, w in self.windows.items():
             if len(w.ids) < WINDOW_RECORD_IDS:
@@ -305,22 +376,33 @@ class AccountState:
                 continue
             size = window_size(w)
             record = before.get(start)
-            if record is not None and record[1] == size and stored(record[0]):
-                now[start] = record
-                entries.append([start, record[0]])
-                continue
-            value = exact_bytes(orjson.dumps(window_value(start, w)))
-            if len(value) > WINDOW_RECORD_BYTES:  # too large for a record: in the main record (chunked)
-                entries.append(orjson.Fragment(value))
-                continue
-            generation = generations.next()
-            written.append((generation, value))
-            now[start] = (generation, size)
-            entries.append([start, generation])
-        for start, (generation, _) in before.items():
-            record = now.get(start)
-            if record is None or record[0] != generation:
-                replaced.append(generation)
+            if record is not None and not all(map(stored, record.generations)):
+                record = None  # one of its records was lost: written whole again
+            if record is not None and record.size != size:
+                fresh = w.fresh
+                if fresh is None or len(record.generations) > WINDOW_DELTAS:
+                    record = None  # written whole again: a new base
+                else:
+                    generation = generations.next()
+                    written.append((generation, exact_bytes(orjson.dumps(delta_value(w, fresh)))))
+                    w.fresh = Fresh()
+                    record.generations.append(generation)
+                    record.size = size
+            if record is None:
+                value = exact_bytes(orjson.dumps(window_value(start, w)))
+                if len(value) > WINDOW_RECORD_BYTES:  # too large for a record: in the main record (chunked)
+                    w.fresh = None
+                    entries.append(orjson.Fragment(value))
+                    continue
+                generation = generations.next()
+                written.append((generation, value))
+                w.fresh = Fresh()
+                record = WindowRecord([generation], size)
+            now[start] = record
+            entries.append([start, listed(record.generations)])
+        for start, record in before.items():
+            if now.get(start) is not record:
+                replaced += record.generations
         self.window_records = now or None
         return entries
 
@@ -382,13 +464,17 @@ class AccountState:
                 conversations.update(part)
                 segments.append(Segment(list(part), generation, min(part.values(), default=_NEVER), len(record)))
         loaded: dict[int, WindowCounts] = {}
-        window_records: dict[int, tuple[int, int]] | None = None
+        window_records: dict[int, WindowRecord] | None = None
         for w in windows:
-            if len(w) == 2:  # [start, generation] of a window record
-                window = loaded[w[0]] = window_from_value(orjson.loads(segment(w[1])))
+            if len(w) == 2:  # [start, generations] of a window's records: its base, then its deltas
+                chain = unlisted(w[1])
+                window = loaded[w[0]] = window_from_value(orjson.loads(segment(chain[0])))
+                for generation in chain[1:]:
+                    apply_delta(window, orjson.loads(segment(generation)))
+                window.fresh = Fresh()
                 if window_records is None:
                     window_records = {}
-                window_records[w[0]] = (w[1], window_size(window))
+                window_records[w[0]] = WindowRecord(chain, window_size(window))
             else:
                 loaded[w[0]] = window_from_value(w)
         return cls(

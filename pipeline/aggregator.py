@@ -343,17 +343,17 @@ class Aggregator:
             return Outcome.DUPLICATE
         else:
             state.dirty.add(start)
-        window.ids.add(event.event_id)
+        window.add_id(event.event_id)
         kind = event.type
         if kind == LIKE:
             window.likes += 1
-            window.engagers.add(event.actor_id)
+            window.add_engager(event.actor_id)
         elif kind in (REPLY, MENTION):
             if kind == REPLY:
                 window.replies += 1
             else:
                 window.mentions += 1
-            window.engagers.add(event.actor_id)
+            window.add_engager(event.actor_id)
             if state.segments is not None:
                 state.note_conversation(event.event_id, ts, state.conversations.get(event.event_id))
             state.conversations[event.event_id] = ts
@@ -452,7 +452,7 @@ class Aggregator:
 
     def _count_response(self, account_id: str, state: AccountState, event_id: str, start: int, partition: int) -> None:
         window = self._window(account_id, state, start, partition)
-        window.response_ids.add(event_id)
+        window.add_response(event_id)
         window.responses += 1
 
     def _match_pending(

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from pipeline.account_state import unlisted
+
 # A state larger than this is stored in chunks of at most this size: half of Kafka's default record limit.
 CHUNK_BYTES = 512 * 1024
 
@@ -81,10 +83,10 @@ def segment_key(generation: int, account_key: bytes) -> bytes:
 
 def segment_listing(state: bytes) -> frozenset[int]:
     """The generations of the records a serialized state names that are keyed as segments: its window
-    records (window entries ``[start, generation]``) and its conversations' segment records (its 11th
+    records (window entries ``[start, generations]``) and its conversations' segment records (its 11th
     field)."""
     fields = orjson.loads(state)
-    named = {w[1] for w in fields[0] if len(w) == 2}
+    named = {generation for w in fields[0] if len(w) == 2 for generation in unlisted(w[1])}
     if len(fields) > 10:
         named.update(fields[10])
     return frozenset(named)

@@ -57,16 +57,46 @@ def test_a_large_window_is_written_once_per_change() -> None:
     state = AccountState(windows={T0: window, T0 + WINDOW_MS: WindowCounts(likes=1, engagers={"u"}, ids={"x"})})
     first = store(state, into, generations)
     assert len(first.segments) == 1 and first.replaced == []
-    assert orjson.loads(first.main)[0][0] == [T0, first.segments[0][0]]  # named; the small one stays inline
+    base = first.segments[0][0]
+    assert orjson.loads(first.main)[0][0] == [T0, [base]]  # named; the small one stays inline
     assert orjson.loads(first.segments[0][1]) == orjson.loads(orjson.dumps(window_value(T0, window)))
     assert load(into) == state
     again = store(state, into, generations)
     assert again.segments == [] and again.replaced == [] and again.main == first.main
-    window.ids.add("late")
+    window.add_id("late")
+    window.add_engager("u-late")
+    window.add_engager("u0")  # an engager it has: not added
     window.likes += 1
-    changed = store(state, into, generations)
-    assert len(changed.segments) == 1 and changed.replaced == [first.segments[0][0]]
+    changed = store(state, into, generations)  # a delta: the counters and what was added, nothing deleted
+    assert changed.replaced == [] and len(changed.segments) == 1
+    delta = changed.segments[0][0]
+    assert orjson.loads(changed.segments[0][1]) == [WINDOW_RECORD_IDS + 1, 0, 0, 0, 0, 0, ["u-late"], ["late"], []]
+    assert orjson.loads(changed.main)[0][0] == [T0, [base, delta - base]]  # the delta's above the base
     assert load(into) == state and named_exactly(into)
+
+
+def test_after_its_deltas_a_window_is_written_whole_again() -> None:
+    """A window's records stay few: after WINDOW_DELTAS deltas, its next change writes it whole (a new
+    base) and deletes the records before; a state reloaded from its records goes on with deltas."""
+    into, generations = DictStore(), Generations()
+    window = large_window()
+    state = AccountState(windows={T0: window})
+    chain = [g for g, _ in store(state, into, generations).segments]
+    for i in range(account_state.WINDOW_DELTAS):
+        window.add_id(f"d{i}")
+        chain += [g for g, _ in store(state, into, generations).segments]
+    assert len(chain) == 1 + account_state.WINDOW_DELTAS and load(into) == state
+    reloaded = load(into)  # as after a restart: its deltas go on from what is stored
+    reloaded.windows[T0].add_id("after-reload")
+    window.add_id("after-reload")
+    records = store(reloaded, into, generations)
+    assert sorted(records.replaced) == sorted(chain) and len(records.segments) == 1
+    assert orjson.loads(records.segments[0][1])[0] == T0  # a base: the window whole
+    assert load(into) == state and named_exactly(into)
+    window = reloaded.windows[T0]
+    window.add_id("next")
+    assert [len(orjson.loads(v)) for _, v in store(reloaded, into, generations).segments] == [9]  # a delta again
+    assert load(into) == reloaded and named_exactly(into)
 
 
 def test_a_small_window_stays_in_the_main_record() -> None:
@@ -80,20 +110,20 @@ def counted(event_id: str, counter: str, engager: str | None = None) -> Callable
     the engagers (likes, replies, mentions)."""
 
     def change(w: WindowCounts) -> None:
-        w.ids.add(event_id)
+        w.add_id(event_id)
         setattr(w, counter, getattr(w, counter) + 1)
         if engager is not None:
-            w.engagers.add(engager)
+            w.add_engager(engager)
 
     return change
 
 
 def _followers_snapshot(w: WindowCounts) -> None:  # its id only: no counter moves
-    w.ids.add("snapshot-1")
+    w.add_id("snapshot-1")
 
 
 def _response(w: WindowCounts) -> None:
-    w.response_ids.add("r-1")
+    w.add_response("r-1")
     w.responses += 1
 
 
@@ -144,7 +174,9 @@ def test_a_window_too_large_for_a_record_stays_in_the_main_record(monkeypatch: p
     store(state, into, generations)
     size = len(next(iter(into.segments.values())))
     monkeypatch.setattr(account_state, "WINDOW_RECORD_BYTES", size + 5)
-    window.ids.update(f"more{i}" for i in range(10))
+    monkeypatch.setattr(account_state, "WINDOW_DELTAS", 0)  # every change writes the window whole
+    for i in range(10):
+        window.add_id(f"more{i}")
     records = store(state, into, generations)
     assert records.segments == [] and len(records.replaced) == 1 and not into.segments
     assert orjson.loads(records.main)[0][0][8]  # the window whole, its ids in the main record
@@ -222,11 +254,12 @@ def traffic(draw: st.DrawFn) -> list[tuple[str, Any]]:
     return steps
 
 
-def final_rows(steps: list[tuple[str, Any]], threshold: int) -> list[tuple[Any, ...]]:
-    """Run ``steps`` with window records from ``threshold`` ids; after each persist, every stored state's
-    windows are the live ones and the store holds exactly the records its main records name."""
-    before = account_state.WINDOW_RECORD_IDS
-    account_state.WINDOW_RECORD_IDS = threshold
+def final_rows(steps: list[tuple[str, Any]], threshold: int, deltas: int = 16) -> list[tuple[Any, ...]]:
+    """Run ``steps`` with window records from ``threshold`` ids, written whole again after ``deltas``
+    deltas; after each persist, every stored state's windows are the live ones and the store holds exactly
+    the records its main records name."""
+    before = account_state.WINDOW_RECORD_IDS, account_state.WINDOW_DELTAS
+    account_state.WINDOW_RECORD_IDS, account_state.WINDOW_DELTAS = threshold, deltas
     try:
         into = DictStore()
         config = WindowConfig(window_ms=WINDOW_MS, lateness_ms=WINDOW_MS)
@@ -257,7 +290,7 @@ def final_rows(steps: list[tuple[str, Any]], threshold: int) -> list[tuple[Any, 
         rows += aggregator.end_batch()
         return sorted(row.values() for row in rows if row.final)
     finally:
-        account_state.WINDOW_RECORD_IDS = before
+        account_state.WINDOW_RECORD_IDS, account_state.WINDOW_DELTAS = before
 
 
 def load_account(from_store: DictStore, account: str) -> AccountState:
@@ -267,24 +300,27 @@ def load_account(from_store: DictStore, account: str) -> AccountState:
 @settings(max_examples=60, deadline=None)
 @given(traffic())
 def test_window_records_change_no_result_whatever_the_traffic(steps: list[tuple[str, Any]]) -> None:
-    """Every window in a record (threshold 0) against none (threshold out of reach): the same final rows;
-    and with records, after each persist, stored states equal live ones and no record is missing or left
-    unnamed (end_batch persists: the aggregator's stores go through store_records)."""
-    assert final_rows(steps, 0) == final_rows(steps, 10**9)
+    """Every window in records (threshold 0; new bases after 2 deltas, and after 16) against none
+    (threshold out of reach): the same final rows; and with records, after each persist, stored states
+    equal live ones and no record is missing or left unnamed (end_batch persists: the aggregator's stores
+    go through store_records)."""
+    whole = final_rows(steps, 10**9)
+    assert final_rows(steps, 0, deltas=2) == whole
+    assert final_rows(steps, 0) == whole
 
 
 def test_a_window_record_write_cut_short_anywhere_leaves_a_whole_state_and_no_unnamed_record() -> None:
-    """Through the worker's store: a changed window's new record goes with the chunks before the main
-    record, the deletions (its old record, a final window's) after it; every prefix of the write leaves
-    a state that loads whole, and the sweep deletes the rest."""
+    """Through the worker's store: a changed window's delta record goes with the chunks before the main
+    record, the deletion of a final window's record after it; every prefix of the write leaves a state
+    that loads whole, and the sweep deletes the rest."""
 
     def change(state: AccountState) -> None:
         del state.windows[T0]  # final
-        state.windows[T0 + WINDOW_MS].ids.add("b-late")
+        state.windows[T0 + WINDOW_MS].add_id("b-late")
         state.windows[T0 + WINDOW_MS].likes += 1
 
     state = AccountState(windows={T0: large_window("a"), T0 + WINDOW_MS: large_window("b")})
-    assert write_cut_everywhere(state, change, "a") == ["record", "main", "delete", "delete"]
+    assert write_cut_everywhere(state, change, "a") == ["record", "main", "delete"]  # a delta; the final's base
 
 
 def test_records_are_looked_up_again_only_after_a_write_lost_some() -> None:
