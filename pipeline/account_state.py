@@ -380,11 +380,16 @@ class AccountState:
                 record = None  # one of its records was lost: written whole again
             if record is not None and record.size != size:
                 fresh = w.fresh
-                if fresh is None or len(record.generations) > WINDOW_DELTAS:
-                    record = None  # written whole again: a new base
+                delta = (
+                    None
+                    if fresh is None or len(record.generations) > WINDOW_DELTAS
+                    else orjson.dumps(delta_value(w, fresh))
+                )
+                if delta is None or len(delta) > WINDOW_RECORD_BYTES:  # (a burst: too large for a record)
+                    record = None  # written whole again: a new base (or in the main record, if too large)
                 else:
                     generation = generations.next()
-                    written.append((generation, exact_bytes(orjson.dumps(delta_value(w, fresh)))))
+                    written.append((generation, exact_bytes(delta)))
                     w.fresh = Fresh()
                     record.generations.append(generation)
                     record.size = size

@@ -183,6 +183,24 @@ def test_a_window_too_large_for_a_record_stays_in_the_main_record(monkeypatch: p
     assert load(into) == state
 
 
+def test_a_burst_too_large_for_a_delta_puts_the_window_in_the_main_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delta must stay under Kafka's record limit too: what a window gained between two stores (a burst
+    on a popular account, a backlog replayed after a restart) larger than WINDOW_RECORD_BYTES is not a
+    delta; the window is written whole, here in the main record (chunked when large), its records deleted."""
+    into, generations = DictStore(), Generations()
+    window = large_window()
+    state = AccountState(windows={T0: window})
+    store(state, into, generations)
+    monkeypatch.setattr(account_state, "WINDOW_RECORD_BYTES", 2_000)
+    for i in range(200):
+        window.add_id(f"burst-{i:04d}")
+        window.likes += 1
+    records = store(state, into, generations)
+    assert records.segments == [] and len(records.replaced) == 1 and not into.segments
+    assert len(orjson.loads(records.main)[0][0][8]) == WINDOW_RECORD_IDS + 200  # the window whole, inline
+    assert load(into) == state
+
+
 def test_a_final_window_s_record_is_deleted_and_the_state_goes_back_to_one_record() -> None:
     """Through the aggregator: a window filled, events only in the next one (the first's record is not
     written again), a late event into the first (written again), then both final: no record left."""
