@@ -9,9 +9,9 @@ of their own, written only when they change (``pipeline.state_records`` writes a
 record names them by generation):
 
 - an open window holding :data:`WINDOW_RECORD_IDS` event ids or more: *window records* (its main-record
-  entry is ``[start, listed generations]``, see :func:`listed`): a base record (the window whole), then a
-  *delta record* at each store where it had changed (its counters, and what its sets gained since), a
-  new base after :data:`WINDOW_DELTAS` of them;
+  entry is ``[start, [base generation, deltas]]``, see :func:`listed`): a base record (the window
+  whole), then a *delta record* at each store where it had changed (its counters, and what its sets
+  gained since), a new base after :data:`WINDOW_DELTAS` of them;
 - an account's conversations (7 days of inbound replies and mentions, for matching responses), above
   :data:`SEGMENT_FROM` of them: *segment records* (at most :data:`SEGMENT_SIZE` each, in the order they
   came); a store rewrites only the segments that changed (the newest, and those that lost conversations
@@ -119,17 +119,17 @@ WINDOW_DELTAS = 16
 
 
 def listed(generations: list[int]) -> list[int]:
-    """A window's record generations as its main-record entry lists them: its base's, then each delta's
-    above it (generations are nanoseconds: an offset of minutes takes 11 digits where a generation
-    takes 19, and a steady account lists its open windows' records at every store)."""
-    base = generations[0]
-    return [base, *[g - base for g in generations[1:]]]
+    """A window's record generations as its main-record entry lists them: ``[base, deltas]``. Its deltas'
+    generations follow its base's (the base reserves :data:`WINDOW_DELTAS` above it, see
+    ``_window_entries``): a steady account lists its open windows' records at every store, and a
+    generation takes 19 digits."""
+    return [generations[0], len(generations) - 1]
 
 
 def unlisted(entry: list[int]) -> list[int]:
     """The generations that :func:`listed` gave ``entry`` for."""
-    base = entry[0]
-    return [base, *[base + offset for offset in entry[1:]]]
+    base, deltas = entry
+    return [base + i for i in range(deltas + 1)]
 
 
 def window_size(w: WindowCounts) -> int:
@@ -388,7 +388,7 @@ class AccountState:
                 if delta is None or len(delta) > WINDOW_RECORD_BYTES:  # (a burst: too large for a record)
                     record = None  # written whole again: a new base (or in the main record, if too large)
                 else:
-                    generation = generations.next()
+                    generation = record.generations[-1] + 1  # reserved by its base
                     written.append((generation, exact_bytes(delta)))
                     w.fresh = Fresh()
                     record.generations.append(generation)
@@ -400,6 +400,7 @@ class AccountState:
                     entries.append(orjson.Fragment(value))
                     continue
                 generation = generations.next()
+                generations.next(above=generation + WINDOW_DELTAS)  # its deltas' generations, reserved
                 written.append((generation, value))
                 w.fresh = Fresh()
                 record = WindowRecord([generation], size)

@@ -58,7 +58,7 @@ def test_a_large_window_is_written_once_per_change() -> None:
     first = store(state, into, generations)
     assert len(first.segments) == 1 and first.replaced == []
     base = first.segments[0][0]
-    assert orjson.loads(first.main)[0][0] == [T0, [base]]  # named; the small one stays inline
+    assert orjson.loads(first.main)[0][0] == [T0, [base, 0]]  # named; the small one stays inline
     assert orjson.loads(first.segments[0][1]) == orjson.loads(orjson.dumps(window_value(T0, window)))
     assert load(into) == state
     again = store(state, into, generations)
@@ -71,21 +71,23 @@ def test_a_large_window_is_written_once_per_change() -> None:
     assert changed.replaced == [] and len(changed.segments) == 1
     delta = changed.segments[0][0]
     assert orjson.loads(changed.segments[0][1]) == [WINDOW_RECORD_IDS + 1, 0, 0, 0, 0, 0, ["u-late"], ["late"], []]
-    assert orjson.loads(changed.main)[0][0] == [T0, [base, delta - base]]  # the delta's above the base
+    assert delta == base + 1 and orjson.loads(changed.main)[0][0] == [T0, [base, 1]]  # a base and one delta
     assert load(into) == state and named_exactly(into)
 
 
 def test_after_its_deltas_a_window_is_written_whole_again() -> None:
     """A window's records stay few: after WINDOW_DELTAS deltas, its next change writes it whole (a new
-    base) and deletes the records before; a state reloaded from its records goes on with deltas."""
-    into, generations = DictStore(), Generations()
+    base) and deletes the records before; a state reloaded from its records goes on with deltas. (A
+    stopped clock: generations come only from the count, so a delta's must have been reserved.)"""
+    into, generations = DictStore(), Generations(lambda: 1_000)
     window = large_window()
     state = AccountState(windows={T0: window})
     chain = [g for g, _ in store(state, into, generations).segments]
     for i in range(account_state.WINDOW_DELTAS):
         window.add_id(f"d{i}")
         chain += [g for g, _ in store(state, into, generations).segments]
-    assert len(chain) == 1 + account_state.WINDOW_DELTAS and load(into) == state
+    assert chain == list(range(chain[0], chain[0] + 1 + account_state.WINDOW_DELTAS))  # reserved by the base
+    assert generations.next() > chain[-1] and load(into) == state  # nothing else was given those
     reloaded = load(into)  # as after a restart: its deltas go on from what is stored
     reloaded.windows[T0].add_id("after-reload")
     window.add_id("after-reload")
