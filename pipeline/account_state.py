@@ -14,8 +14,8 @@ record names them by generation):
   gained since), a new base after :data:`WINDOW_DELTAS` of them;
 - an account's conversations (7 days of inbound replies and mentions, for matching responses), above
   :data:`SEGMENT_FROM` of them: *segment records* (at most :data:`SEGMENT_SIZE` each, in the order they
-  came); a store rewrites only the segments that changed (the newest, and those that lost conversations
-  to age).
+  came); a store writes only the segments that changed (a new one for the conversations it adds, small
+  ones merged, those that lost conversations to age).
 """
 
 from __future__ import annotations
@@ -177,11 +177,13 @@ def apply_delta(w: WindowCounts, d: list[Any]) -> None:
 
 # More conversations than this: they go to segment records (see the module docstring); fewer than
 # SEGMENT_FROM // 4 again: back into the main record. Conversations in the main record are written again
-# at every store of the state, and the newest segment at every store that added one: both grow with what
-# an active account gathers, not with what changed (bench/RESULTS.md, "Live-paced steady state"), so both
-# stay small. An account with a week of conversations at 0.6 a second has ~3,000 segment records.
-SEGMENT_FROM = 128
+# at every store of the state: that grows with what an active account gathers, not with what changed
+# (bench/RESULTS.md, "Live-paced steady state"), so it stays small. Each store that added conversations
+# begins a segment; SEGMENT_TAIL small ones are merged (AccountState._merge_tail). An account with a week
+# of conversations at 0.6 a second has ~3,000 segment records.
+SEGMENT_FROM = 64
 SEGMENT_SIZE = 128  # conversations per segment record at most
+SEGMENT_TAIL = 4
 # ...and encoded bytes at most (plus one conversation): an event id's 128 characters take up to 768 bytes
 # in JSON (escaped control characters), so a count alone does not keep a record under Kafka's limit.
 SEGMENT_BYTES = 256 * 1024
@@ -276,9 +278,11 @@ class AccountState:
 
     def note_conversation(self, event_id: str, ts: int, previous: int | None) -> None:
         """Call on a segmented state before ``conversations[event_id] = ts`` (``previous``: its time until
-        now, None if new): it joins the newest segment, whose record then holds the new time (a later
-        segment's wins on loading). An id seen again at an earlier time lowers every segment's ``oldest``
-        (it may be in any of them): the next pruning looks at them all."""
+        now, None if new): it joins the newest segment if that one is not stored yet, else a new one
+        (a stored segment is not written again to add to it: see :meth:`_merge_tail`); that segment's
+        record then holds the new time (a later segment's wins on loading). An id seen again at an
+        earlier time lowers every segment's ``oldest`` (it may be in any of them): the next pruning looks
+        at them all."""
         if previous == ts:
             return
         segments = self.segments
@@ -289,16 +293,44 @@ class AccountState:
                     segment.oldest = ts
         size = conversation_bytes(event_id)
         newest = segments[-1] if segments else None
-        if newest is None or len(newest.ids) >= SEGMENT_SIZE or newest.size + size > SEGMENT_BYTES:
+        if newest is None or newest.generation or len(newest.ids) >= SEGMENT_SIZE or newest.size + size > SEGMENT_BYTES:
             newest = Segment([])
             segments.append(newest)
-        elif newest.generation:
-            self.replaced.append(newest.generation)
-            newest.generation = 0
         newest.ids.append(event_id)
         newest.size += size
         if ts < newest.oldest:
             newest.oldest = ts
+
+    def _merge_tail(self, segments: list[Segment]) -> None:
+        """Once :data:`SEGMENT_TAIL` segments or more at the end are small (each store that added
+        conversations began one), merge them into as few as :data:`SEGMENT_SIZE` and
+        :data:`SEGMENT_BYTES` allow, written at this store (those stored, replaced). So a conversation is
+        written a few times at most, where appending to the newest segment rewrote it at every store
+        until that segment was full."""
+        small = 0
+        for segment in reversed(segments):
+            if len(segment.ids) >= SEGMENT_SIZE or 2 * segment.size > SEGMENT_BYTES:
+                break
+            small += 1
+        if small < SEGMENT_TAIL:
+            return
+        tail = segments[-small:]
+        del segments[-small:]
+        self.replaced += [segment.generation for segment in tail if segment.generation]
+        conversations = self.conversations
+        merged: Segment | None = None
+        for event_id in dict.fromkeys(i for segment in tail for i in segment.ids):
+            ts = conversations.get(event_id)
+            if ts is None:  # pruned
+                continue
+            size = conversation_bytes(event_id)
+            if merged is None or len(merged.ids) >= SEGMENT_SIZE or merged.size + size > SEGMENT_BYTES:
+                merged = Segment([])
+                segments.append(merged)
+            merged.ids.append(event_id)
+            merged.size += size
+            if ts < merged.oldest:
+                merged.oldest = ts
 
     def prune_segments(self, oldest_useful: int) -> None:
         """Call after conversations older than ``oldest_useful`` were dropped from a segmented state: the
@@ -343,6 +375,8 @@ class AccountState:
         elif segments is not None and len(conversations) < SEGMENT_FROM // 4:
             self.replaced += [segment.generation for segment in segments if segment.generation]
             segments = self.segments = None
+        if segments is not None:
+            self._merge_tail(segments)
         replaced, self.replaced = self.replaced, []
         written: list[tuple[int, bytes]] = []
         windows = self._window_entries(generations, stored if recheck else _held, written, replaced)

@@ -52,7 +52,7 @@ def test_a_store_rewrites_only_the_segments_that_changed(small_segments: None) -
     for event_id, ts in conversations(3, start=30).items():  # three more: the newest segment fills up
         state.note_conversation(event_id, ts, None)
         state.conversations[event_id] = ts
-    assert stored(state, store, generations) == (2, 1)  # the newest, rewritten (8), and a new one (1)
+    assert stored(state, store, generations) == (1, 0)  # a new segment: the stored newest is not rewritten
     state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 10_000}
     state.prune_segments(T0 + 10_000)  # the first 10 age out: the first segment goes, the second shrinks
     assert stored(state, store, generations) == (1, 2)
@@ -63,6 +63,24 @@ def test_a_store_rewrites_only_the_segments_that_changed(small_segments: None) -
     state.prune_segments(T0 + 29_000)  # 4 left, under a quarter of 20: back into the main record
     assert stored(state, store, generations) == (0, 4) and state.segments is None
     assert not store.segments and orjson_fields(store.data["star"])[2] == state.conversations
+
+
+def test_small_segments_at_the_end_are_merged(small_segments: None) -> None:
+    """Each store that added conversations begins a segment (a stored one is not written again to add
+    to it); once SEGMENT_TAIL small ones end the list, the next store merges them into one."""
+    store, generations = DictStore(), Generations()
+    state = AccountState(conversations=conversations(24))
+    assert stored(state, store, generations) == (3, 0)  # three full segments of 8
+    for i in range(24, 24 + account_state.SEGMENT_TAIL):
+        event_id, ts = f"q{i}", T0 + i * 1000
+        state.note_conversation(event_id, ts, None)
+        state.conversations[event_id] = ts
+        written = stored(state, store, generations)
+        assert written == ((1, 0) if i < 23 + account_state.SEGMENT_TAIL else (1, account_state.SEGMENT_TAIL - 1))
+    assert [len(s.ids) for s in state.segments or []] == [8, 8, 8, account_state.SEGMENT_TAIL]
+    loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
+    assert loaded == state and list(loaded.conversations) == list(state.conversations)
+    assert len(store.segments) == 4
 
 
 def orjson_fields(raw: bytes) -> list[Any]:
@@ -242,7 +260,7 @@ def test_a_segment_record_the_store_lost_is_written_again(small_segments: None) 
     del store.segments[lost]
     state.note_conversation("q99", T0 + 99_000, None)
     state.conversations["q99"] = T0 + 99_000
-    assert stored(state, store, generations) == (2, 1)  # the lost one again, and the newest
+    assert stored(state, store, generations) == (2, 0)  # the lost one again, and a new one
     loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
     assert loaded == state
 
