@@ -502,7 +502,9 @@ class AccountState:
                 record = segment(generation)
                 part: dict[str, int] = orjson.loads(record)
                 conversations.update(part)
-                segments.append(Segment(list(part), generation, min(part.values(), default=_NEVER), len(record)))
+                segments.append(Segment(list(part), generation, _NEVER, len(record)))
+            for loaded_segment in segments:  # the times held now: a later segment's may be earlier (seen again)
+                loaded_segment.oldest = min((conversations[i] for i in loaded_segment.ids), default=_NEVER)
         loaded: dict[int, WindowCounts] = {}
         window_records: dict[int, WindowRecord] | None = None
         for w in windows:

@@ -306,6 +306,11 @@ class StagedStore:
         )
         orphaned = self._orphans()  # before this write: none of its chunks is taken for one
         if orphaned:  # named by nothing: deleted with the last phase, in any order
+            # ...but a key this write stores again is not deleted after it: a window's delta record takes
+            # the generation after its last one, which a write cut short may have left as an orphan.
+            rewritten = {key for phase in phases for key, value, _ in phase if value is not None}
+            orphaned = [record for record in orphaned if record[0] not in rewritten]
+        if orphaned:
             phases = [*phases[:-1], phases[-1] + orphaned] if phases else [orphaned]
         if self.changelog is not None:
             done = await self.changelog(phases)

@@ -280,3 +280,22 @@ def test_an_id_seen_again_earlier_is_pruned_from_every_segment_that_holds_it(sma
     stored(state, store, generations)
     loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
     assert "q20" not in loaded.conversations and loaded == state
+
+
+def test_an_id_seen_again_earlier_is_pruned_after_a_reload_too(small_segments: None) -> None:
+    """As above, with a restart between: the reloaded segments take their times from the conversations as
+    loaded (a later segment's time wins), so the pruning after the reload still looks at the segment
+    holding the id's first time, and no later load brings the id back."""
+    store, generations = DictStore(), Generations()
+    state = AccountState(conversations=conversations(30))
+    stored(state, store, generations)
+    earlier = T0 - 50_000
+    state.note_conversation("q5", earlier, state.conversations["q5"])  # in the first segment
+    state.conversations["q5"] = earlier
+    stored(state, store, generations)
+    reloaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))  # a restart
+    reloaded.conversations = {k: v for k, v in reloaded.conversations.items() if v >= T0}
+    reloaded.prune_segments(T0)
+    stored(reloaded, store, generations)
+    loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
+    assert "q5" not in loaded.conversations and loaded == reloaded

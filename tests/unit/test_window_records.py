@@ -401,3 +401,52 @@ def test_records_are_looked_up_again_only_after_a_write_lost_some() -> None:
 
 async def _commit(staged: StagedStore) -> None:
     await (await staged.commit())
+
+
+def test_a_delta_written_again_after_a_cut_short_write_is_not_swept() -> None:
+    """A write cut short after its first phase leaves a window's new delta record as an orphan; the next
+    owner reloads the state and its next delta takes the same generation (the one after the last
+    listed). The sweep of orphans in that first commit must not delete it after the write stores it."""
+    contents: dict[bytes, bytes] = {}
+
+    def changelog(phases_kept: int) -> Callable[[list[list[Record]]], Any]:
+        async def write(phases: list[list[Record]]) -> Any:
+            for phase in phases[:phases_kept]:
+                for key, value, _ in phase:
+                    if value is None:
+                        contents.pop(key, None)
+                    else:
+                        contents[key] = value
+            return asyncio.gather()
+
+        return write
+
+    def grow(state: AccountState, tag: str, n: int) -> None:
+        window = state.windows.setdefault(T0, WindowCounts())
+        for i in range(n):
+            window.add_id(f"{tag}{i}")
+            window.likes += 1
+
+    def stored(state: AccountState, staged: StagedStore, generations: Generations) -> None:
+        staged.put("a", *state.store_records(generations, lambda g: staged.has_segment("a", g)))
+        asyncio.run(_commit(staged))
+
+    generations = Generations()
+    staged = StagedStore(FakeTable(), changelog(3), contents=contents)
+    state = AccountState()
+    grow(state, "a", WINDOW_RECORD_IDS)
+    stored(state, staged, generations)  # a base
+    grow(state, "b", 3)
+    staged.changelog = changelog(1)  # the worker dies once the delta record is acknowledged
+    stored(state, staged, generations)
+    orphan = segment_listing(contents[b"a"]) ^ {parse_chunk_key(k)[0] for k in contents if is_chunk_key(k)}
+    assert len(orphan) == 1
+    restarted = StagedStore(FakeTable(), changelog(3), contents=contents)
+    restarted.sweep({0})  # on its assignment
+    recovered = AccountState.loads(contents[b"a"], lambda g: restarted.get_segment("a", g))
+    grow(recovered, "c", 3)
+    stored(recovered, restarted, Generations())
+    assert orphan <= segment_listing(contents[b"a"])  # the generation taken again, and named
+    held = {parse_chunk_key(k)[0] for k in contents if is_chunk_key(k)}
+    assert held == segment_listing(contents[b"a"])
+    assert AccountState.loads(contents[b"a"], lambda g: restarted.get_segment("a", g)) == recovered
