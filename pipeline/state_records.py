@@ -83,7 +83,7 @@ def segment_key(generation: int, account_key: bytes) -> bytes:
 
 def segment_listing(state: bytes) -> frozenset[int]:
     """The generations of the records a serialized state names that are keyed as segments: its window
-    records (window entries ``[start, generations]``) and its conversations' segment records (its 11th
+    records (window entries ``[start, [base, deltas]]``) and its conversations' segment records (its 11th
     field)."""
     fields = orjson.loads(state)
     named = {generation for w in fields[0] if len(w) == 2 for generation in unlisted(w[1])}
