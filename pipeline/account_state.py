@@ -208,6 +208,20 @@ class Segment:
     size: int = 0  # bytes of its record, at most (see SEGMENT_BYTES)
 
 
+def _joined(segment: Segment | None, segments: list[Segment], event_id: str, ts: int) -> Segment:
+    """Add a conversation to ``segment``, or, when that is None, stored or full, to a new segment appended
+    to ``segments``; returns the segment it joined."""
+    size = conversation_bytes(event_id)
+    if segment is None or segment.generation or len(segment.ids) >= SEGMENT_SIZE or segment.size + size > SEGMENT_BYTES:
+        segment = Segment([])
+        segments.append(segment)
+    segment.ids.append(event_id)
+    segment.size += size
+    if ts < segment.oldest:
+        segment.oldest = ts
+    return segment
+
+
 class GenerationSource(Protocol):
     def next(self, above: int = 0) -> int: ...
 
@@ -291,15 +305,7 @@ class AccountState:
             for segment in segments:
                 if ts < segment.oldest:
                     segment.oldest = ts
-        size = conversation_bytes(event_id)
-        newest = segments[-1] if segments else None
-        if newest is None or newest.generation or len(newest.ids) >= SEGMENT_SIZE or newest.size + size > SEGMENT_BYTES:
-            newest = Segment([])
-            segments.append(newest)
-        newest.ids.append(event_id)
-        newest.size += size
-        if ts < newest.oldest:
-            newest.oldest = ts
+        _joined(segments[-1] if segments else None, segments, event_id, ts)
 
     def _merge_tail(self, segments: list[Segment]) -> None:
         """Once :data:`SEGMENT_TAIL` segments or more at the end are small (each store that added
@@ -321,16 +327,8 @@ class AccountState:
         merged: Segment | None = None
         for event_id in dict.fromkeys(i for segment in tail for i in segment.ids):
             ts = conversations.get(event_id)
-            if ts is None:  # pruned
-                continue
-            size = conversation_bytes(event_id)
-            if merged is None or len(merged.ids) >= SEGMENT_SIZE or merged.size + size > SEGMENT_BYTES:
-                merged = Segment([])
-                segments.append(merged)
-            merged.ids.append(event_id)
-            merged.size += size
-            if ts < merged.oldest:
-                merged.oldest = ts
+            if ts is not None:  # (else pruned)
+                merged = _joined(merged, segments, event_id, ts)
 
     def prune_segments(self, oldest_useful: int) -> None:
         """Call after conversations older than ``oldest_useful`` were dropped from a segmented state: the
@@ -399,8 +397,8 @@ class AccountState:
         written: list[tuple[int, bytes]],
         replaced: list[int],
     ) -> list[object]:
-        """The main record's window entries: small windows whole, large ones ``[start, generations]`` of
-        their window records (new records added to ``written``; those no longer named to ``replaced``)."""
+        """The main record's window entries: small windows whole, large ones ``[start, [base, deltas]]``
+        of their window records (new records added to ``written``; those no longer named to ``replaced``)."""
         before = self.window_records or {}
         now: dict[int, WindowRecord] = {}
         entries: list[object] = []
