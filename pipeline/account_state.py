@@ -16,6 +16,12 @@ record names them by generation):
   :data:`SEGMENT_FROM` of them: *segment records* (at most :data:`SEGMENT_SIZE` each, in the order they
   came); a store writes only the segments that changed (a new one for the conversations it adds, small
   ones merged, those that lost conversations to age).
+
+A third part is held for the lateness horizon while a store changes little of it: the windows under
+:data:`WINDOW_RECORD_IDS` ids and the follower ledger's entries. Once they hold :data:`JOURNAL_FROM` ids
+and entries or more, they are kept in the account's *journal* (the main record's 12th field, ``[base
+generation, deltas]``; its window entries ``[start]``): a base record (all of them), then a delta record
+at each store where they changed (see :class:`Journal`).
 """
 
 from __future__ import annotations
@@ -56,8 +62,9 @@ class WindowCounts:
     A window only grows: every change adds to a counter or a set (the aggregator never removes or lowers
     anything; a window ends whole when it becomes final), and it stays under one start. Its sets are
     added to only through :meth:`add_id`, :meth:`add_engager` and :meth:`add_response`, which note the
-    additions in ``fresh`` while the window has a window record (None otherwise; not part of the value,
-    not for the constructor): the next store writes only those (a delta record)."""
+    additions in ``fresh`` while the window has a window record or is in its account's journal (None
+    otherwise; not part of the value, not for the constructor): the next store writes only those (a
+    delta record)."""
 
     likes: int = 0
     replies: int = 0
@@ -175,6 +182,35 @@ def apply_delta(w: WindowCounts, d: list[Any]) -> None:
     w.response_ids.update(d[8])
 
 
+@dataclass
+class Journal:
+    """How a state's journal is stored: its base record's generation, then its deltas' (listed as a
+    window's records are, :func:`listed`), and the :func:`window_size` of each window it holds as last
+    written, by start.
+
+    A journal record is ``[windows whole, window deltas, ledger entries added]``: a base holds every
+    window under :data:`WINDOW_RECORD_IDS` ids whole (:func:`window_value`), no deltas, and the ledger's
+    entries; a delta holds the windows new to the journal whole, ``[start, *delta_value]`` of those that
+    changed since, and the entries added since. Read in order, a later window replaces an earlier one;
+    the main record says which windows are open (its entries ``[start]``), and the ledger's entries are
+    those read at or after its ``folded_until`` (a fold drops exactly those before, and no later entry
+    is before it: its window would be final)."""
+
+    generations: list[int]
+    sizes: dict[int, int]
+
+
+# Windows under WINDOW_RECORD_IDS ids and follower ledger entries: from this many ids and entries in all,
+# they go to the account's journal; under a quarter of it again, back into the main record. Stored in the
+# main record they were written again at every store while the state held them (the lateness horizon):
+# over half the bytes a steady worker persisted (bench/RESULTS.md, "An account's journal").
+JOURNAL_FROM = 32
+# Deltas after which the journal is written whole again as a new base (its older records deleted): a
+# recovery reads at most JOURNAL_DELTAS + 1 records of it, and what it holds of final windows and folded
+# entries stays bounded.
+JOURNAL_DELTAS = 16
+
+
 # More conversations than this: they go to segment records (see the module docstring); fewer than
 # SEGMENT_FROM // 4 again: back into the main record. Conversations in the main record are written again
 # at every store of the state: that grows with what an active account gathers, not with what changed
@@ -279,6 +315,8 @@ class AccountState:
     replaced: list[int] = field(default_factory=list, compare=False)
     # The windows stored in window records, by start; None if none.
     window_records: dict[int, WindowRecord] | None = field(default=None, compare=False)
+    # How its journal is stored; None: the small windows and ledger entries are in the main record.
+    journal: Journal | None = field(default=None, compare=False)
     # The store's count of lost writes when this state's window and segment records were last checked as
     # held (see store_records' ``recheck``); -1: never.
     checked: int = field(default=-1, compare=False)
@@ -286,9 +324,17 @@ class AccountState:
     def needs_records(self) -> bool:
         """Whether storing this state takes :meth:`store_records` (window or segment records, or the
         deletion of some); if not, :meth:`dumps` alone is its one record."""
-        if self.segments is not None or self.window_records or len(self.conversations) > SEGMENT_FROM:
+        if self.segments is not None or self.window_records or self.journal is not None:
             return True
-        return any(len(w.ids) >= WINDOW_RECORD_IDS for w in self.windows.values())
+        if len(self.conversations) > SEGMENT_FROM:
+            return True
+        weight = len(self.ledger.entries)
+        for w in self.windows.values():
+            held = len(w.ids)
+            if held >= WINDOW_RECORD_IDS:
+                return True
+            weight += held
+        return weight >= JOURNAL_FROM
 
     def note_conversation(self, event_id: str, ts: int, previous: int | None) -> None:
         """Call on a segmented state before ``conversations[event_id] = ts`` (``previous``: its time until
@@ -377,9 +423,12 @@ class AccountState:
             self._merge_tail(segments)
         replaced, self.replaced = self.replaced, []
         written: list[tuple[int, bytes]] = []
-        windows = self._window_entries(generations, stored if recheck else _held, written, replaced)
+        held = stored if recheck else _held
+        journaled = self._store_journal(generations, held, written, replaced)
+        windows = self._window_entries(generations, held, written, replaced, journaled)
+        journal = None if self.journal is None else listed(self.journal.generations)
         if segments is None:
-            return StoredRecords(self._dumps(windows, conversations, None), written, replaced)
+            return StoredRecords(self._dumps(windows, conversations, None, journal), written, replaced)
         for segment in segments:
             if recheck and segment.generation and not stored(segment.generation):  # lost: write it again
                 segment.generation = 0
@@ -388,7 +437,84 @@ class AccountState:
                 value = orjson.dumps({i: conversations[i] for i in segment.ids if i in conversations})
                 written.append((segment.generation, exact_bytes(value)))
         listing = [segment.generation for segment in segments]
-        return StoredRecords(self._dumps(windows, {}, listing), written, replaced)
+        return StoredRecords(self._dumps(windows, {}, listing, journal), written, replaced)
+
+    def _store_journal(
+        self,
+        generations: GenerationSource,
+        stored: Callable[[int], bool],
+        written: list[tuple[int, bytes]],
+        replaced: list[int],
+    ) -> bool:
+        """Write what the journal needs now (new records to ``written``, those no longer named to
+        ``replaced``): nothing if its windows and entries did not change, a delta if they did, a new base
+        after :data:`JOURNAL_DELTAS` deltas, or after a record of it was lost (``stored``). Begins the
+        journal once the small windows' ids and the ledger's entries reach :data:`JOURNAL_FROM`, ends it
+        under a quarter of that, or when it would not fit a record (:data:`WINDOW_RECORD_BYTES`: then
+        they go in the main record, which is chunked). Returns whether the journal holds them."""
+        ledger = self.ledger
+        small = [(start, w) for start, w in self.windows.items() if len(w.ids) < WINDOW_RECORD_IDS]
+        weight = len(ledger.entries) + sum(len(w.ids) for _, w in small)
+        journal = self.journal
+        if weight < (JOURNAL_FROM if journal is None else JOURNAL_FROM // 4):
+            self._end_journal(small, replaced)
+            return False
+        if journal is not None and len(journal.generations) <= JOURNAL_DELTAS and all(map(stored, journal.generations)):
+            sizes: dict[int, int] = {}
+            wholes: list[object] = []
+            deltas: list[object] = []
+            changed: list[WindowCounts] = []
+            before = journal.sizes
+            for start, w in small:
+                size = sizes[start] = window_size(w)
+                fresh = w.fresh
+                if fresh is None or start not in before:
+                    wholes.append(window_value(start, w))
+                    changed.append(w)
+                elif before[start] != size:
+                    deltas.append([start, *delta_value(w, fresh)])
+                    changed.append(w)
+            added = ledger.entries[ledger.journaled :]
+            if not (changed or added):
+                journal.sizes = sizes  # (less the windows now final)
+                return True
+            delta = orjson.dumps([wholes, deltas, added])
+            if len(delta) <= WINDOW_RECORD_BYTES:
+                generation = journal.generations[-1] + 1  # reserved by its base
+                written.append((generation, exact_bytes(delta)))
+                journal.generations.append(generation)
+                journal.sizes = sizes
+                for w in changed:
+                    w.fresh = Fresh()
+                ledger.journaled = len(ledger.entries)
+                return True
+        # A new base: the first, after JOURNAL_DELTAS deltas, after a lost record, or a delta too large.
+        value = exact_bytes(orjson.dumps([[window_value(start, w) for start, w in small], [], ledger.entries]))
+        if len(value) > WINDOW_RECORD_BYTES:  # (a burst of follows: too large for a record)
+            self._end_journal(small, replaced)
+            return False
+        if journal is not None:
+            replaced += journal.generations
+        generation = generations.next()
+        generations.next(above=generation + JOURNAL_DELTAS)  # its deltas' generations, reserved
+        written.append((generation, value))
+        self.journal = Journal([generation], {start: window_size(w) for start, w in small})
+        for _, w in small:
+            w.fresh = Fresh()
+        ledger.journaled = len(ledger.entries)
+        return True
+
+    def _end_journal(self, small: list[tuple[int, WindowCounts]], replaced: list[int]) -> None:
+        """Keep the small windows and the ledger's entries in the main record from now on (the journal's
+        records, if any, to delete)."""
+        journal = self.journal
+        if journal is None:
+            return
+        replaced += journal.generations
+        self.journal = None
+        for _, w in small:
+            w.fresh = None
+        self.ledger.journaled = 0
 
     def _window_entries(
         self,
@@ -396,15 +522,17 @@ class AccountState:
         stored: Callable[[int], bool],
         written: list[tuple[int, bytes]],
         replaced: list[int],
+        journaled: bool,
     ) -> list[object]:
-        """The main record's window entries: small windows whole, large ones ``[start, [base, deltas]]``
-        of their window records (new records added to ``written``; those no longer named to ``replaced``)."""
+        """The main record's window entries: small windows whole, or ``[start]`` when ``journaled``, large
+        ones ``[start, [base, deltas]]`` of their window records (new records added to ``written``; those
+        no longer named to ``replaced``)."""
         before = self.window_records or {}
         now: dict[int, WindowRecord] = {}
         entries: list[object] = []
         for start, w in self.windows.items():
             if len(w.ids) < WINDOW_RECORD_IDS:
-                entries.append(window_value(start, w))
+                entries.append([start] if journaled else window_value(start, w))
                 continue
             size = window_size(w)
             record = before.get(start)
@@ -459,10 +587,13 @@ class AccountState:
         decay]``, each window as :func:`window_value` gives it (a positional layout: no key strings to
         write or read). :meth:`store_records` writes the same main record, where a window entry may be
         ``[start, generation]`` of a window record instead, ``conversations`` empty and an 11th field, the
-        generations of the conversations' segment records."""
-        return self._dumps([window_value(s, w) for s, w in self.windows.items()], self.conversations, None)
+        generations of the conversations' segment records (null if none), and a 12th, its journal's records
+        (``[base, deltas]``, :class:`Journal`; its window entries ``[start]``, its ledger entries empty)."""
+        return self._dumps([window_value(s, w) for s, w in self.windows.items()], self.conversations, None, None)
 
-    def _dumps(self, windows: list[object], conversations: dict[str, int], listing: list[int] | None) -> bytes:
+    def _dumps(
+        self, windows: list[object], conversations: dict[str, int], listing: list[int] | None, journal: list[int] | None
+    ) -> bytes:
         ledger = self.ledger
         fields = [
             windows,
@@ -471,13 +602,15 @@ class AccountState:
             self.pending,
             ledger.base,
             ledger.folded_until,
-            ledger.entries,
+            [] if journal is not None else ledger.entries,
             self.applied,
             None if self.drop is None else self.drop.to_list(),
             0 if self.drop is None else self.drop.decay,  # apart from it: older readers take 6 fields
         ]
-        if listing is not None:
+        if listing is not None or journal is not None:
             fields.append(listing)
+        if journal is not None:
+            fields.append(journal)
         return exact_bytes(orjson.dumps(fields))
 
     @classmethod
@@ -494,7 +627,7 @@ class AccountState:
         decay = fields[9] if len(fields) > 9 else 0
         segments = None
         # Segmented: later segments hold the later time of a conversation seen twice.
-        if len(fields) > 10 and conversations_too:
+        if len(fields) > 10 and fields[10] is not None and conversations_too:
             segments = []
             for generation in fields[10]:
                 record = segment(generation)
@@ -503,10 +636,28 @@ class AccountState:
                 segments.append(Segment(list(part), generation, _NEVER, len(record)))
             for loaded_segment in segments:  # the times held now: a later segment's may be earlier (seen again)
                 loaded_segment.oldest = min((conversations[i] for i in loaded_segment.ids), default=_NEVER)
+        journal: Journal | None = None
+        journaled: dict[int, WindowCounts] = {}
+        if len(fields) > 11:  # the small windows and the ledger's entries are in its journal
+            journal = Journal(unlisted(fields[11]), {})
+            added: list[Any] = []
+            for generation in journal.generations:
+                wholes, deltas, more = orjson.loads(segment(generation))
+                for value in wholes:
+                    journaled[value[0]] = window_from_value(value)
+                for delta in deltas:
+                    apply_delta(journaled[delta[0]], delta[1:])
+                added += more
+            entries = [e for e in added if e[0] >= folded_until]
         loaded: dict[int, WindowCounts] = {}
         window_records: dict[int, WindowRecord] | None = None
         for w in windows:
-            if len(w) == 2:  # [start, generations] of a window's records: its base, then its deltas
+            if len(w) == 1:  # in the journal
+                assert journal is not None
+                window = loaded[w[0]] = journaled[w[0]]
+                window.fresh = Fresh()
+                journal.sizes[w[0]] = window_size(window)
+            elif len(w) == 2:  # [start, generations] of a window's records: its base, then its deltas
                 chain = unlisted(w[1])
                 window = loaded[w[0]] = window_from_value(orjson.loads(segment(chain[0])))
                 for generation in chain[1:]:
@@ -517,16 +668,20 @@ class AccountState:
                 window_records[w[0]] = WindowRecord(chain, window_size(window))
             else:
                 loaded[w[0]] = window_from_value(w)
+        ledger = FollowerLedger(base, folded_until, [(e[0], e[1], e[2], e[3]) for e in entries])
+        if journal is not None:
+            ledger.journaled = len(ledger.entries)
         return cls(
             windows=loaded,
             final_through=final_through,
             conversations=conversations,
             pending=pending,
-            ledger=FollowerLedger(base, folded_until, [(e[0], e[1], e[2], e[3]) for e in entries]),
+            ledger=ledger,
             applied=applied,
             drop=None if drop is None else DropState.from_list(drop, decay),
             segments=segments,
             window_records=window_records,
+            journal=journal,
         )
 
 

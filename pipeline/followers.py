@@ -60,6 +60,9 @@ class FollowerLedger:
     # at every upsert, and scanning the entries each time took 7 % of a steady worker's main thread
     # (bench/RESULTS.md, "Window records"). Not part of the value; not for the constructor.
     counted: dict[int, int] | None = field(default=None, compare=False, repr=False)
+    # How many of the entries, from the first, its account's journal holds (pipeline.account_state): the
+    # next store writes only those after them. Kept through folds. Not part of the value.
+    journaled: int = field(default=0, compare=False, repr=False)
 
     def add(self, entry: LedgerEntry) -> None:
         self.entries.append(entry)
@@ -84,7 +87,10 @@ class FollowerLedger:
             return
         old = [e for e in self.entries if e[0] < until]
         if old:
-            self.base = followers_unclamped(self.base, self.entries, until)
-            self.entries = [e for e in self.entries if e[0] >= until]
+            entries = self.entries
+            self.base = followers_unclamped(self.base, entries, until)
+            if self.journaled:
+                self.journaled -= sum(1 for e in entries[: self.journaled] if e[0] < until)
+            self.entries = [e for e in entries if e[0] >= until]
         self.counted = None  # later counts do not change; this keeps the cache to the open windows' ends
         self.folded_until = until
