@@ -17,11 +17,12 @@ record names them by generation):
   came); a store writes only the segments that changed (a new one for the conversations it adds, small
   ones merged, those that lost conversations to age).
 
-A third part is held for the lateness horizon while a store changes little of it: the windows under
-:data:`WINDOW_RECORD_IDS` ids and the follower ledger's entries. Once they hold :data:`JOURNAL_FROM` ids
-and entries or more, they are kept in the account's *journal* (the main record's 12th field, ``[base
-generation, deltas]``; its window entries ``[start]``): a base record (all of them), then a delta record
-at each store where they changed (see :class:`Journal`).
+The rest is held for the lateness horizon (or, for conversations, until there are enough to segment)
+while a store changes little of it: the windows under :data:`WINDOW_RECORD_IDS` ids, the follower
+ledger's entries and the conversations not in segments. Once they hold :data:`JOURNAL_FROM` ids, entries
+and conversations or more, they are kept in the account's *journal* (the main record's 12th field,
+``[base generation, deltas, conversations_from]``; its window entries ``[start]``): a base record (all of
+them), then a delta record at each store where they changed (see :class:`Journal`).
 """
 
 from __future__ import annotations
@@ -185,19 +186,22 @@ def apply_delta(w: WindowCounts, d: list[Any]) -> None:
 @dataclass
 class Journal:
     """How a state's journal is stored: its base record's generation, then its deltas' (listed as a
-    window's records are, :func:`listed`), and the :func:`window_size` of each window it holds as last
-    written, by start.
+    window's records are, :func:`listed`), the :func:`window_size` of each window it holds as last
+    written, by start, and whether it holds the state's conversations (not when they are in segments).
 
-    A journal record is ``[windows whole, window deltas, ledger entries added]``: a base holds every
-    window under :data:`WINDOW_RECORD_IDS` ids whole (:func:`window_value`), no deltas, and the ledger's
-    entries; a delta holds the windows new to the journal whole, ``[start, *delta_value]`` of those that
-    changed since, and the entries added since. Read in order, a later window replaces an earlier one;
-    the main record says which windows are open (its entries ``[start]``), and the ledger's entries are
-    those read at or after its ``folded_until`` (a fold drops exactly those before, and no later entry
-    is before it: its window would be final)."""
+    A journal record is ``[windows whole, window deltas, ledger entries added, conversations added]``: a
+    base holds every window under :data:`WINDOW_RECORD_IDS` ids whole (:func:`window_value`), no deltas,
+    the ledger's entries and the conversations (unless segmented); a delta holds the windows new to the
+    journal whole, ``[start, *delta_value]`` of those that changed since, and the entries and
+    conversations (``{event_id: ts}``) added since. Read in order, a later window or conversation
+    replaces an earlier one; the main record says which windows are open (its entries ``[start]``); the
+    ledger's entries are those read at or after its ``folded_until`` (a fold drops exactly those before,
+    and no later entry is before it: its window would be final), and the conversations those at or after
+    the cutoff of their last pruning, ``conversations_from`` (the same holds)."""
 
     generations: list[int]
     sizes: dict[int, int]
+    conversations: bool = False
 
 
 # Windows under WINDOW_RECORD_IDS ids and follower ledger entries: from this many ids and entries in all,
@@ -215,7 +219,7 @@ JOURNAL_DELTAS = 16
 # SEGMENT_FROM // 4 again: back into the main record. Conversations in the main record are written again
 # at every store of the state: that grows with what an active account gathers, not with what changed
 # (bench/RESULTS.md, "Live-paced steady state"), so it stays small. Each store that added conversations
-# begins a segment; SEGMENT_TAIL small ones are merged (AccountState._merge_tail). An account with a week
+# begins a segment; SEGMENT_TAIL small ones at the end are merged (AccountState._merge_tail). An account with a week
 # of conversations at 0.6 a second has ~3,000 segment records.
 SEGMENT_FROM = 64
 SEGMENT_SIZE = 128  # conversations per segment record at most
@@ -317,6 +321,10 @@ class AccountState:
     window_records: dict[int, WindowRecord] | None = field(default=None, compare=False)
     # How its journal is stored; None: the small windows and ledger entries are in the main record.
     journal: Journal | None = field(default=None, compare=False)
+    # The conversations added since the journal was last written (id, time), while it holds them (else
+    # None), and the cutoff of their pruning, the latest (none before it is held; -1: none known).
+    fresh_conversations: list[tuple[str, int]] | None = field(default=None, compare=False)
+    conversations_from: int = field(default=-1, compare=False)
     # The store's count of lost writes when this state's window and segment records were last checked as
     # held (see store_records' ``recheck``); -1: never.
     checked: int = field(default=-1, compare=False)
@@ -326,15 +334,37 @@ class AccountState:
         deletion of some); if not, :meth:`dumps` alone is its one record."""
         if self.segments is not None or self.window_records or self.journal is not None:
             return True
-        if len(self.conversations) > SEGMENT_FROM:
+        conversations = len(self.conversations)
+        if conversations > SEGMENT_FROM:
             return True
-        weight = len(self.ledger.entries)
+        weight = len(self.ledger.entries) + conversations
         for w in self.windows.values():
             held = len(w.ids)
             if held >= WINDOW_RECORD_IDS:
                 return True
             weight += held
         return weight >= JOURNAL_FROM
+
+    def add_conversation(self, event_id: str, ts: int) -> None:
+        """Hold an inbound reply or mention at ``ts`` (for matching responses; a later time for the same id
+        replaces the earlier), noted for the segment or journal record the next store writes."""
+        conversations = self.conversations
+        if self.segments is not None:
+            self.note_conversation(event_id, ts, conversations.get(event_id))
+        else:
+            fresh = self.fresh_conversations
+            if fresh is not None:
+                fresh.append((event_id, ts))
+        conversations[event_id] = ts
+
+    def prune_conversations(self, oldest_useful: int) -> None:
+        """Drop the conversations before ``oldest_useful`` (later conversations are at or after it, or
+        their windows would be final). A cutoff before an earlier one (a horizon raised since) keeps it."""
+        if self.conversations:
+            self.conversations = {k: v for k, v in self.conversations.items() if v >= oldest_useful}
+            if self.segments is not None:
+                self.prune_segments(oldest_useful)
+        self.conversations_from = max(self.conversations_from, oldest_useful)  # (a horizon raised: not back)
 
     def note_conversation(self, event_id: str, ts: int, previous: int | None) -> None:
         """Call on a segmented state before ``conversations[event_id] = ts`` (``previous``: its time until
@@ -355,15 +385,20 @@ class AccountState:
 
     def _merge_tail(self, segments: list[Segment]) -> None:
         """Once :data:`SEGMENT_TAIL` segments or more at the end are small (each store that added
-        conversations began one), merge them into as few as :data:`SEGMENT_SIZE` and
-        :data:`SEGMENT_BYTES` allow, written at this store (those stored, replaced). So a conversation is
-        written a few times at most, where appending to the newest segment rewrote it at every store
-        until that segment was full."""
-        small = 0
+        conversations began one), each holding no more than those after it together, merge them into as
+        few as :data:`SEGMENT_SIZE` and :data:`SEGMENT_BYTES` allow, written at this store (those stored,
+        replaced). A merge thus at least doubles the segment of every conversation it rewrites, so a
+        conversation is written a few times at most (log2 of SEGMENT_SIZE), where appending to the newest
+        segment rewrote it at every store until that segment was full. (Merging every small segment at
+        the end, as before, rewrote a segment growing by a few conversations a store up to ~20 times:
+        bench/RESULTS.md, "An account's journal".)"""
+        small = after = 0
         for segment in reversed(segments):
-            if len(segment.ids) >= SEGMENT_SIZE or 2 * segment.size > SEGMENT_BYTES:
+            held = len(segment.ids)
+            if held >= SEGMENT_SIZE or 2 * segment.size > SEGMENT_BYTES or (small and held > after):
                 break
             small += 1
+            after += held
         if small < SEGMENT_TAIL:
             return
         tail = segments[-small:]
@@ -426,9 +461,11 @@ class AccountState:
         held = stored if recheck else _held
         journaled = self._store_journal(generations, held, written, replaced)
         windows = self._window_entries(generations, held, written, replaced, journaled)
-        journal = None if self.journal is None else listed(self.journal.generations)
+        journal = None if self.journal is None else [*listed(self.journal.generations), self.conversations_from]
         if segments is None:
-            return StoredRecords(self._dumps(windows, conversations, None, journal), written, replaced)
+            return StoredRecords(
+                self._dumps(windows, {} if journaled else conversations, None, journal), written, replaced
+            )
         for segment in segments:
             if recheck and segment.generation and not stored(segment.generation):  # lost: write it again
                 segment.generation = 0
@@ -454,12 +491,22 @@ class AccountState:
         they go in the main record, which is chunked). Returns whether the journal holds them."""
         ledger = self.ledger
         small = [(start, w) for start, w in self.windows.items() if len(w.ids) < WINDOW_RECORD_IDS]
-        weight = len(ledger.entries) + sum(len(w.ids) for _, w in small)
+        inline = self.segments is None  # the conversations are the journal's too
+        conversations = self.conversations if inline else {}
+        weight = len(ledger.entries) + sum(len(w.ids) for _, w in small) + len(conversations)
         journal = self.journal
         if weight < (JOURNAL_FROM if journal is None else JOURNAL_FROM // 4):
             self._end_journal(small, replaced)
             return False
-        if journal is not None and len(journal.generations) <= JOURNAL_DELTAS and all(map(stored, journal.generations)):
+        if journal is not None and not inline:
+            journal.conversations = False  # (those it holds are read no more: the segments hold them)
+            self.fresh_conversations = None
+        if (
+            journal is not None
+            and len(journal.generations) <= JOURNAL_DELTAS
+            and journal.conversations == inline  # (back from segments: a new base holds them all)
+            and all(map(stored, journal.generations))
+        ):
             sizes: dict[int, int] = {}
             wholes: list[object] = []
             deltas: list[object] = []
@@ -475,10 +522,14 @@ class AccountState:
                     deltas.append([start, *delta_value(w, fresh)])
                     changed.append(w)
             added = ledger.entries[ledger.journaled :]
-            if not (changed or added):
+            noted = self.fresh_conversations
+            # Those pruned since too: an id seen again earlier and pruned by that time must not come back
+            # with the later time the journal held (its time here is before conversations_from).
+            talk = dict(noted) if noted else {}
+            if not (changed or added or talk):
                 journal.sizes = sizes  # (less the windows now final)
                 return True
-            delta = orjson.dumps([wholes, deltas, added])
+            delta = orjson.dumps([wholes, deltas, added, talk])
             if len(delta) <= WINDOW_RECORD_BYTES:
                 generation = journal.generations[-1] + 1  # reserved by its base
                 written.append((generation, exact_bytes(delta)))
@@ -487,9 +538,13 @@ class AccountState:
                 for w in changed:
                     w.fresh = Fresh()
                 ledger.journaled = len(ledger.entries)
+                if noted:
+                    self.fresh_conversations = []
                 return True
         # A new base: the first, after JOURNAL_DELTAS deltas, after a lost record, or a delta too large.
-        value = exact_bytes(orjson.dumps([[window_value(start, w) for start, w in small], [], ledger.entries]))
+        value = exact_bytes(
+            orjson.dumps([[window_value(start, w) for start, w in small], [], ledger.entries, conversations])
+        )
         if len(value) > WINDOW_RECORD_BYTES:  # (a burst of follows: too large for a record)
             self._end_journal(small, replaced)
             return False
@@ -498,10 +553,11 @@ class AccountState:
         generation = generations.next()
         generations.next(above=generation + JOURNAL_DELTAS)  # its deltas' generations, reserved
         written.append((generation, value))
-        self.journal = Journal([generation], {start: window_size(w) for start, w in small})
+        self.journal = Journal([generation], {start: window_size(w) for start, w in small}, inline)
         for _, w in small:
             w.fresh = Fresh()
         ledger.journaled = len(ledger.entries)
+        self.fresh_conversations = [] if inline else None
         return True
 
     def _end_journal(self, small: list[tuple[int, WindowCounts]], replaced: list[int]) -> None:
@@ -515,6 +571,7 @@ class AccountState:
         for _, w in small:
             w.fresh = None
         self.ledger.journaled = 0
+        self.fresh_conversations = None
 
     def _window_entries(
         self,
@@ -638,17 +695,28 @@ class AccountState:
                 loaded_segment.oldest = min((conversations[i] for i in loaded_segment.ids), default=_NEVER)
         journal: Journal | None = None
         journaled: dict[int, WindowCounts] = {}
-        if len(fields) > 11:  # the small windows and the ledger's entries are in its journal
-            journal = Journal(unlisted(fields[11]), {})
+        conversations_from = -1
+        if len(fields) > 11:  # the small windows, the ledger's entries and the conversations are in its journal
+            listing = fields[11]
+            # (A journal of the first form, [base, deltas], held no conversations: they are in the main record.)
+            held = len(listing) > 2
+            conversations_from = listing[2] if held else -1
+            journal = Journal(unlisted(listing[:2]), {}, held and fields[10] is None)
             added: list[Any] = []
+            talk: dict[str, int] = {}
             for generation in journal.generations:
-                wholes, deltas, more = orjson.loads(segment(generation))
+                parts: list[Any] = orjson.loads(segment(generation))  # (not `record`: that is bytes above)
+                wholes, deltas, more = parts[:3]
+                if held:
+                    talk.update(parts[3])
                 for value in wholes:
                     journaled[value[0]] = window_from_value(value)
                 for delta in deltas:
                     apply_delta(journaled[delta[0]], delta[1:])
                 added += more
             entries = [e for e in added if e[0] >= folded_until]
+            if journal.conversations:
+                conversations = {i: ts for i, ts in talk.items() if ts >= conversations_from}
         loaded: dict[int, WindowCounts] = {}
         window_records: dict[int, WindowRecord] | None = None
         for w in windows:
@@ -682,6 +750,8 @@ class AccountState:
             segments=segments,
             window_records=window_records,
             journal=journal,
+            fresh_conversations=[] if journal is not None and journal.conversations else None,
+            conversations_from=conversations_from,
         )
 
 

@@ -354,9 +354,7 @@ class Aggregator:
             else:
                 window.mentions += 1
             window.add_engager(event.actor_id)
-            if state.segments is not None:
-                state.note_conversation(event.event_id, ts, state.conversations.get(event.event_id))
-            state.conversations[event.event_id] = ts
+            state.add_conversation(event.event_id, ts)
             if state.pending:
                 self._match_pending(account_id, state, event.event_id, ts, partition)
         else:
@@ -581,10 +579,7 @@ class Aggregator:
     def _prune(self, state: AccountState) -> None:
         through = state.final_through
         oldest_useful = through - self.config.conversation_horizon_ms
-        if state.conversations:
-            state.conversations = {k: v for k, v in state.conversations.items() if v >= oldest_useful}
-            if state.segments is not None:
-                state.prune_segments(oldest_useful)
+        state.prune_conversations(oldest_useful)
         if state.pending:
             window_ms = self.config.window_ms
             kept: dict[str, list[list[Any]]] = {}

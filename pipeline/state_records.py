@@ -84,13 +84,13 @@ def segment_key(generation: int, account_key: bytes) -> bytes:
 def segment_listing(state: bytes) -> frozenset[int]:
     """The generations of the records a serialized state names that are keyed as segments: its window
     records (window entries ``[start, [base, deltas]]``), its conversations' segment records (its 11th
-    field) and its journal's (its 12th, ``[base, deltas]``)."""
+    field) and its journal's (its 12th, ``[base, deltas, conversations_from]``)."""
     fields = orjson.loads(state)
     named = {generation for w in fields[0] if len(w) == 2 for generation in unlisted(w[1])}
     if len(fields) > 10 and fields[10] is not None:
         named.update(fields[10])
     if len(fields) > 11:
-        named.update(unlisted(fields[11]))
+        named.update(unlisted(fields[11][:2]))
     return frozenset(named)
 
 

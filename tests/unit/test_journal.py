@@ -77,9 +77,9 @@ def test_small_windows_and_ledger_entries_go_to_the_journal_and_load_whole() -> 
     fields = orjson.loads(first.main)
     base = first.segments[0][0]
     assert fields[0] == [[start] for start in state.windows]  # its window entries name the journal's
-    assert fields[6] == [] and fields[10] is None and fields[11] == [base, 0]
-    wholes, deltas, entries = orjson.loads(first.segments[0][1])
-    assert len(wholes) == 6 and deltas == [] and len(entries) == 4
+    assert fields[6] == [] and fields[10] is None and fields[11] == [base, 0, -1]
+    wholes, deltas, entries, talk = orjson.loads(first.segments[0][1])
+    assert len(wholes) == 6 and deltas == [] and len(entries) == 4 and talk == {}
     assert_loads_whole(into, state)
     assert load(into).journal is not None  # a state read back goes on with its journal
 
@@ -101,10 +101,10 @@ def test_each_id_and_entry_is_written_once_and_an_unchanged_journal_not_at_all()
         state.ledger.add((T0 + 6000 + n, FOLLOW, 0, f"g{n}"))
         records = store(state, into, generations)
         assert len(records.segments) == 1 and records.replaced == []
-        wholes, deltas, entries = orjson.loads(records.segments[0][1])
+        wholes, deltas, entries, talk = orjson.loads(records.segments[0][1])
         # Only what changed: the newest window's delta (its counters whole, the one id it gained), one entry.
         assert wholes == [] and deltas == [[T0 + 5 * WINDOW_MS, 11 + n, 0, 0, 0, 0, 0, [], [f"new{n}"], []]]
-        assert entries == [[T0 + 6000 + n, FOLLOW, 0, f"g{n}"]]
+        assert entries == [[T0 + 6000 + n, FOLLOW, 0, f"g{n}"]] and talk == {}
         assert orjson.loads(records.main)[11][1] == n + 1  # [base, deltas]
         assert_loads_whole(into, state)
     unchanged = store(state, into, generations)
@@ -119,8 +119,8 @@ def test_a_window_new_to_the_journal_is_written_whole_and_a_final_one_no_more() 
     del state.windows[T0]  # final
     state.windows[T0 + 6 * WINDOW_MS] = small_window("w6-", 3)
     records = store(state, into, generations)
-    wholes, deltas, entries = orjson.loads(records.segments[0][1])
-    assert [w[0] for w in wholes] == [T0 + 6 * WINDOW_MS] and deltas == [] and entries == []
+    wholes, deltas, entries, talk = orjson.loads(records.segments[0][1])
+    assert [w[0] for w in wholes] == [T0 + 6 * WINDOW_MS] and deltas == [] and entries == [] and talk == {}
     assert T0 not in load(into).windows
     assert_loads_whole(into, state)
 
@@ -136,7 +136,7 @@ def test_a_new_base_after_journal_deltas_and_the_old_records_deleted() -> None:
     state.windows[T0].add_id("one more")
     rebased = store(state, into, generations)
     assert len(rebased.segments) == 1 and sorted(rebased.replaced) == chain
-    assert orjson.loads(rebased.main)[11] == [rebased.segments[0][0], 0]
+    assert orjson.loads(rebased.main)[11] == [rebased.segments[0][0], 0, -1]
     assert len(orjson.loads(rebased.segments[0][1])[0]) == 6  # whole again
     assert_loads_whole(into, state)
 
@@ -238,3 +238,119 @@ def test_a_ledger_fold_keeps_its_journaled_count() -> None:
     ledger.journaled = 3  # a, b, c stored
     ledger.fold(3)  # drops b (stored) and d (not)
     assert ledger.entries == [(5, FOLLOW, 0, "a"), (7, FOLLOW, 0, "c")] and ledger.journaled == 2
+
+
+def chatty_state(conversations: int = 40) -> AccountState:
+    """One small window of 10 ids and ``conversations`` inbound replies (under SEGMENT_FROM: not in
+    segments)."""
+    state = AccountState(windows={T0: small_window("w", 10)})
+    for i in range(conversations):
+        state.add_conversation(f"c{i}", T0 + i)
+    return state
+
+
+def test_conversations_not_in_segments_go_to_the_journal_each_written_once() -> None:
+    into, generations = DictStore(), Generations()
+    state = chatty_state()
+    assert state.needs_records()  # 10 ids and 40 conversations
+    first = store(state, into, generations)
+    fields = orjson.loads(first.main)
+    assert fields[2] == {} and fields[10] is None  # the journal holds them, no segments
+    assert len(orjson.loads(first.segments[0][1])[3]) == 40
+    assert_loads_whole(into, state)
+    state.add_conversation("new", T0 + 50)
+    state.add_conversation("c3", T0 + 60)  # seen again later: the later time replaces the earlier
+    records = store(state, into, generations)
+    assert orjson.loads(records.segments[0][1])[3] == {"new": T0 + 50, "c3": T0 + 60}
+    assert load(into).conversations["c3"] == T0 + 60
+    assert_loads_whole(into, state)
+    assert store(state, into, generations).segments == []  # nothing new: nothing written
+
+
+def test_pruned_conversations_are_not_read_back_from_the_journal() -> None:
+    into, generations = DictStore(), Generations()
+    state = chatty_state()
+    store(state, into, generations)
+    state.prune_conversations(T0 + 30)  # c0..c29 dropped; the journal's base still holds them
+    state.windows[T0].add_id("x")
+    records = store(state, into, generations)
+    assert orjson.loads(records.main)[11][2] == T0 + 30
+    assert sorted(load(into).conversations) == sorted(f"c{i}" for i in range(30, 40))
+    assert_loads_whole(into, state)
+
+
+def test_conversations_moving_into_segments_and_back_stay_whole() -> None:
+    """Over SEGMENT_FROM they go to segment records (the journal's copies are read no more); under a
+    quarter of it again, back to the journal, in a new base that holds them all."""
+    into, generations = DictStore(), Generations()
+    state = chatty_state()
+    base = store(state, into, generations).segments[0][0]
+    for i in range(40, 70):
+        state.add_conversation(f"c{i}", T0 + i)
+    segmented = store(state, into, generations)
+    assert state.segments is not None and state.journal is not None and not state.journal.conversations
+    assert orjson.loads(segmented.main)[10]  # listed segments
+    assert_loads_whole(into, state)
+    state.add_conversation("c70", T0 + 70)  # goes to a segment, not to the journal
+    store(state, into, generations)
+    assert_loads_whole(into, state)
+    state.prune_conversations(T0 + 60)  # 11 left: back from the segments
+    back = store(state, into, generations)
+    assert state.segments is None and state.journal is not None and state.journal.conversations
+    journal_records = [value for g, value in back.segments if g not in orjson.loads(back.main)[0]]
+    assert len(orjson.loads(journal_records[-1])[3]) == 11 and base in back.replaced  # a new base
+    assert_loads_whole(into, state)
+    state.add_conversation("c71", T0 + 71)
+    assert orjson.loads(store(state, into, generations).segments[0][1])[3] == {"c71": T0 + 71}
+    assert_loads_whole(into, state)
+
+
+def test_a_conversation_seen_again_earlier_and_pruned_before_the_store_does_not_come_back() -> None:
+    """Found by review: the journal held ``x`` at a later time; seen again earlier, then pruned by that
+    earlier time before the next store. The delta must still say so, or a reload reads the later time
+    back (after the cutoff) and a response to ``x`` would count after a restart only."""
+    into, generations = DictStore(), Generations()
+    state = chatty_state()
+    state.add_conversation("x", T0 + 100)
+    store(state, into, generations)
+    state.add_conversation("x", T0 + 1)  # again, in an earlier window
+    state.prune_conversations(T0 + 50)  # drops it (and c0..c39)
+    assert "x" not in state.conversations
+    store(state, into, generations)
+    assert_loads_whole(into, state)
+
+
+def test_a_pruning_cutoff_never_moves_back() -> None:
+    """Found by review: a horizon raised across a restart gives an earlier cutoff; conversations the later
+    one dropped must not come back from the journal's older records."""
+    into, generations = DictStore(), Generations()
+    state = chatty_state()
+    store(state, into, generations)
+    state.prune_conversations(T0 + 30)
+    store(state, into, generations)
+    state.prune_conversations(T0 + 10)
+    assert state.conversations_from == T0 + 30
+    state.windows[T0].add_id("x")
+    store(state, into, generations)
+    assert len(load(into).conversations) == 10
+    assert_loads_whole(into, state)
+
+
+def test_a_journal_of_the_first_form_is_read_and_then_written_anew() -> None:
+    """The first form (b2199d7): the listing ``[base, deltas]``, records of three fields, conversations in
+    the main record."""
+    into, generations = DictStore(), Generations()
+    window = small_window("w", 10)
+    entry = [T0, FOLLOW, 0, "f"]
+    base = generations.next()
+    value = [T0, 10, 0, 0, 0, 0, 0, sorted(window.engagers), sorted(window.ids), []]
+    main = [[[T0]], -1, {"c": T0}, {}, 0, -1, [], {}, None, 0, None, [base, 0]]
+    into.put("a", orjson.dumps(main), [(base, orjson.dumps([[value], [], [entry]]))])
+    loaded = load(into)
+    assert loaded.windows == {T0: window} and loaded.conversations == {"c": T0}
+    assert loaded.ledger.entries == [tuple(entry)]
+    assert loaded.journal is not None and not loaded.journal.conversations
+    loaded.add_conversation("d", T0 + 1)
+    records = store(loaded, into, generations)
+    assert records.replaced == [base] and orjson.loads(records.segments[0][1])[3] == {"c": T0, "d": T0 + 1}
+    assert_loads_whole(into, loaded)

@@ -81,6 +81,17 @@ def test_small_segments_at_the_end_are_merged(small_segments: None) -> None:
     loaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
     assert loaded == state and list(loaded.conversations) == list(state.conversations)
     assert len(store.segments) == 4
+    # A merged segment is not merged again with smaller ones after it: only once they hold as much.
+    sizes = []
+    for i in range(100, 100 + 2 * account_state.SEGMENT_TAIL):
+        event_id, ts = f"r{i}", T0 + i * 1000
+        state.note_conversation(event_id, ts, None)
+        state.conversations[event_id] = ts
+        stored(state, store, generations)
+        sizes.append([len(s.ids) for s in state.segments or []][3:])
+    tail = account_state.SEGMENT_TAIL
+    assert sizes[tail - 2] == [tail, *[1] * (tail - 1)]  # the merged one not rewritten for three more
+    assert sizes[tail - 1] == [8]  # with a fourth, all of them: a full segment (SEGMENT_SIZE 8)
 
 
 def orjson_fields(raw: bytes) -> list[Any]:
@@ -158,6 +169,7 @@ def test_segmented_conversations_count_exactly_as_whole_ones_across_restarts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events = stream()
+    monkeypatch.setattr(account_state, "JOURNAL_FROM", 10**9)  # whole: in the main record (journal: test_journal.py)
     monkeypatch.setattr(account_state, "SEGMENT_FROM", 10**9)
     whole, whole_store, _ = run(events)
     monkeypatch.setattr(account_state, "SEGMENT_FROM", 40)

@@ -234,9 +234,10 @@ def run_stream(chunk_bytes: int | None) -> tuple[list[tuple[Any, ...]], bool]:
 
 
 def test_chunked_states_count_exactly_as_whole_ones_across_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
-    """States whole in their main records (no window or segment records), so that a small chunk size
-    chunks them."""
+    """States whole in their main records (no window, segment or journal records), so that a small chunk
+    size chunks them."""
     monkeypatch.setattr(account_state, "WINDOW_RECORD_IDS", 10**9)
+    monkeypatch.setattr(account_state, "JOURNAL_FROM", 10**9)
     monkeypatch.setattr(account_state, "SEGMENT_FROM", 10**9)
     whole, chunked_whole = run_stream(None)
     chunked, was_chunked = run_stream(2048)

@@ -279,19 +279,26 @@ def traffic(draw: st.DrawFn) -> list[tuple[str, Any]]:
 
 
 def final_rows(
-    steps: list[tuple[str, Any]], threshold: int, deltas: int = 16, journal_from: int = 10**9, journal_deltas: int = 16
+    steps: list[tuple[str, Any]],
+    threshold: int,
+    deltas: int = 16,
+    journal_from: int = 10**9,
+    journal_deltas: int = 16,
+    segment_from: int = account_state.SEGMENT_FROM,
 ) -> list[tuple[Any, ...]]:
     """Run ``steps`` with window records from ``threshold`` ids, written whole again after ``deltas``
-    deltas, and a journal from ``journal_from`` ids and ledger entries, written whole again after
-    ``journal_deltas``; after each persist, every stored state's windows and follower ledger are the live
-    ones and the store holds exactly the records its main records name."""
-    names = ("WINDOW_RECORD_IDS", "WINDOW_DELTAS", "JOURNAL_FROM", "JOURNAL_DELTAS")
+    deltas, a journal from ``journal_from`` ids, ledger entries and conversations, written whole again
+    after ``journal_deltas``, and conversations in segments from ``segment_from``; after each persist,
+    every stored state's windows, follower ledger and conversations are the live ones and the store holds
+    exactly the records its main records name."""
+    names = ("WINDOW_RECORD_IDS", "WINDOW_DELTAS", "JOURNAL_FROM", "JOURNAL_DELTAS", "SEGMENT_FROM")
     before = [getattr(account_state, name) for name in names]
-    for name, value in zip(names, (threshold, deltas, journal_from, journal_deltas), strict=True):
+    for name, value in zip(names, (threshold, deltas, journal_from, journal_deltas, segment_from), strict=True):
         setattr(account_state, name, value)
     try:
         into = DictStore()
-        config = WindowConfig(window_ms=WINDOW_MS, lateness_ms=WINDOW_MS)
+        # Conversations kept two windows: the traffic spans four, so prunings drop some.
+        config = WindowConfig(window_ms=WINDOW_MS, lateness_ms=WINDOW_MS, conversation_horizon_ms=2 * WINDOW_MS)
         aggregator = Aggregator(config, into, lambda account_id: 0)
         aggregator.assign({0})
         frontier = 0
@@ -315,6 +322,7 @@ def final_rows(
             for account in into.data:
                 loaded, live = load_account(into, account), aggregator._peek(account)
                 assert loaded.windows == live.windows and loaded.ledger == live.ledger
+                assert loaded.conversations == live.conversations
                 assert named_exactly(into, account)
         aggregator.flush()
         rows += aggregator.end_batch()
@@ -343,14 +351,16 @@ def test_window_records_change_no_result_whatever_the_traffic(steps: list[tuple[
 @settings(max_examples=60, deadline=None)
 @given(traffic())
 def test_the_journal_changes_no_result_whatever_the_traffic(steps: list[tuple[str, Any]]) -> None:
-    """The small windows and the ledger's entries in a journal (from the first store, or from 4 ids and
-    entries and ended under 1; new bases after 2 deltas), beside window records from 3 ids or none,
+    """The small windows, the ledger's entries and the conversations in a journal (from the first store,
+    or from 4 ids, entries and conversations and ended under 1; new bases after 2 deltas), beside window
+    records from 3 ids or none, conversations in segments or not (from 64),
     against neither: the same final rows, and after each persist stored states equal live ones with no
     record missing or left unnamed."""
     whole = final_rows(steps, 10**9)
     assert final_rows(steps, 10**9, journal_from=0, journal_deltas=2) == whole
     assert final_rows(steps, 3, deltas=2, journal_from=4, journal_deltas=2) == whole
     assert final_rows(steps, 10**9, journal_from=4) == whole
+    assert final_rows(steps, 10**9, journal_from=4, journal_deltas=2, segment_from=4) == whole
 
 
 def test_a_window_record_write_cut_short_anywhere_leaves_a_whole_state_and_no_unnamed_record() -> None:
