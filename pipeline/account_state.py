@@ -204,10 +204,11 @@ class Journal:
     conversations: bool = False
 
 
-# Windows under WINDOW_RECORD_IDS ids and follower ledger entries: from this many ids and entries in all,
-# they go to the account's journal; under a quarter of it again, back into the main record. Stored in the
-# main record they were written again at every store while the state held them (the lateness horizon):
-# over half the bytes a steady worker persisted (bench/RESULTS.md, "An account's journal").
+# Windows under WINDOW_RECORD_IDS ids, follower ledger entries and conversations not in segments: from
+# this many ids, entries and conversations in all, they go to the account's journal; under a quarter of it
+# again, back into the main record. Stored in the main record they were written again at every store
+# while the state held them (minutes): three quarters of the bytes a steady worker persisted
+# (bench/RESULTS.md, "An account's journal").
 JOURNAL_FROM = 32
 # Deltas after which the journal is written whole again as a new base (its older records deleted): a
 # recovery reads at most JOURNAL_DELTAS + 1 records of it, and what it holds of final windows and folded
@@ -219,8 +220,8 @@ JOURNAL_DELTAS = 16
 # SEGMENT_FROM // 4 again: back into the main record. Conversations in the main record are written again
 # at every store of the state: that grows with what an active account gathers, not with what changed
 # (bench/RESULTS.md, "Live-paced steady state"), so it stays small. Each store that added conversations
-# begins a segment; SEGMENT_TAIL small ones at the end are merged (AccountState._merge_tail). An account with a week
-# of conversations at 0.6 a second has ~3,000 segment records.
+# begins a segment; SEGMENT_TAIL small ones at the end are merged (AccountState._merge_tail). An account
+# with a week of conversations at 0.6 a second has ~3,000 segment records.
 SEGMENT_FROM = 64
 SEGMENT_SIZE = 128  # conversations per segment record at most
 SEGMENT_TAIL = 4
@@ -319,7 +320,8 @@ class AccountState:
     replaced: list[int] = field(default_factory=list, compare=False)
     # The windows stored in window records, by start; None if none.
     window_records: dict[int, WindowRecord] | None = field(default=None, compare=False)
-    # How its journal is stored; None: the small windows and ledger entries are in the main record.
+    # How its journal is stored; None: the small windows, ledger entries and conversations not in
+    # segments are in the main record.
     journal: Journal | None = field(default=None, compare=False)
     # The conversations added since the journal was last written (id, time), while it holds them (else
     # None), and the cutoff of their pruning, the latest (none before it is held; -1: none known).
@@ -425,6 +427,7 @@ class AccountState:
                     if segment.generation:
                         self.replaced.append(segment.generation)
                     segment.ids, segment.generation = ids, 0
+                    segment.size = sum(map(conversation_bytes, ids))  # (conversations may join it again)
                 segment.oldest = min((conversations[i] for i in ids), default=_NEVER)
             if segment.ids:
                 kept.append(segment)
@@ -484,10 +487,11 @@ class AccountState:
         replaced: list[int],
     ) -> bool:
         """Write what the journal needs now (new records to ``written``, those no longer named to
-        ``replaced``): nothing if its windows and entries did not change, a delta if they did, a new base
-        after :data:`JOURNAL_DELTAS` deltas, or after a record of it was lost (``stored``). Begins the
-        journal once the small windows' ids and the ledger's entries reach :data:`JOURNAL_FROM`, ends it
-        under a quarter of that, or when it would not fit a record (:data:`WINDOW_RECORD_BYTES`: then
+        ``replaced``): nothing if its windows, entries and conversations did not change, a delta if they
+        did, a new base after :data:`JOURNAL_DELTAS` deltas, after a record of it was lost (``stored``),
+        or when its conversations come back from segments. Begins the journal once the small windows'
+        ids, the ledger's entries and the conversations not in segments reach :data:`JOURNAL_FROM`, ends
+        it under a quarter of that, or when it would not fit a record (:data:`WINDOW_RECORD_BYTES`: then
         they go in the main record, which is chunked). Returns whether the journal holds them."""
         ledger = self.ledger
         small = [(start, w) for start, w in self.windows.items() if len(w.ids) < WINDOW_RECORD_IDS]
@@ -561,8 +565,8 @@ class AccountState:
         return True
 
     def _end_journal(self, small: list[tuple[int, WindowCounts]], replaced: list[int]) -> None:
-        """Keep the small windows and the ledger's entries in the main record from now on (the journal's
-        records, if any, to delete)."""
+        """Keep the small windows, the ledger's entries and the conversations not in segments in the main
+        record from now on (the journal's records, if any, to delete)."""
         journal = self.journal
         if journal is None:
             return
@@ -645,7 +649,8 @@ class AccountState:
         write or read). :meth:`store_records` writes the same main record, where a window entry may be
         ``[start, generation]`` of a window record instead, ``conversations`` empty and an 11th field, the
         generations of the conversations' segment records (null if none), and a 12th, its journal's records
-        (``[base, deltas]``, :class:`Journal`; its window entries ``[start]``, its ledger entries empty)."""
+        and pruning cutoff (``[base, deltas, conversations_from]``, :class:`Journal`; its window entries
+        ``[start]``, its ledger entries and conversations empty)."""
         return self._dumps([window_value(s, w) for s, w in self.windows.items()], self.conversations, None, None)
 
     def _dumps(
@@ -707,7 +712,7 @@ class AccountState:
             for generation in journal.generations:
                 parts: list[Any] = orjson.loads(segment(generation))  # (not `record`: that is bytes above)
                 wholes, deltas, more = parts[:3]
-                if held:
+                if len(parts) > 3:  # (not in a record of the first form, which a later delta may follow)
                     talk.update(parts[3])
                 for value in wholes:
                     journaled[value[0]] = window_from_value(value)

@@ -185,6 +185,10 @@ class StagedStore:
         self.staged_replaced: dict[str, set[int]] = {}  # account -> stored segment records to delete
         self.generations = Generations()
         self.losses = 0  # commits whose changelog write dropped segment records (StateStore.losses)
+        # Segment keys whose stored value is not the one last written to them: a write that dropped its
+        # records rewrote the key of an orphan a write cut short had left (a delta takes the generation
+        # after its window's or journal's last one). Not "held" (has_segment) until written again.
+        self._stale: set[bytes] = set()
         self._sweep: frozenset[int] | None = None  # partitions whose orphans to look for at the next commit
         self._large: set[str] = set()  # accounts whose large state was logged
 
@@ -233,7 +237,8 @@ class StagedStore:
         staged = self.staged_segments.get(account_id)
         if staged and generation in staged:
             return True
-        return segment_key(generation, account_id.encode("utf-8")) in self.contents
+        key = segment_key(generation, account_id.encode("utf-8"))
+        return key in self.contents and not (self._stale and key in self._stale)
 
     def put(
         self, account_id: str, value: bytes, segments: Sequence[tuple[int, bytes]] = (), replaced: Sequence[int] = ()
@@ -284,7 +289,8 @@ class StagedStore:
         see :meth:`sweep`); returns what completes once its changelog has them. Publishes the largest
         state's size (``engagement_account_state_largest_bytes``) and logs, once per account, a state
         above ``LARGE_STATE_BYTES``. Counts in ``losses`` a write whose changelog dropped any of its new
-        segment records (the states naming them write them again at their next store)."""
+        segment records, or stored other bytes under one's key (the states naming them write them again at
+        their next store)."""
         staged, self.staged = self.staged, {}
         if staged:
             self._watch_sizes(staged)
@@ -315,7 +321,17 @@ class StagedStore:
         if self.changelog is not None:
             done = await self.changelog(phases)
             contents = self.contents  # the write applied what it kept: were segment records dropped?
-            if any(key not in contents for key, _, _ in new_segments):
+            lost = False
+            for key, written, _ in new_segments:
+                held = contents.get(key)
+                if held == written:
+                    if self._stale:
+                        self._stale.discard(key)
+                    continue
+                lost = True
+                if held is not None:  # an orphan's value under the key: not what the state names
+                    self._stale.add(key)
+            if lost:
                 self.losses += 1
             return done
         for key, value, _ in (record for phase in phases for record in phase):

@@ -6,6 +6,9 @@ aggregator: tests/unit/test_window_records.py, ``test_the_journal_changes_no_res
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import orjson
 import pytest
 
@@ -18,9 +21,12 @@ from pipeline.account_state import (
     StoredRecords,
     WindowCounts,
 )
-from pipeline.aggregator import DictStore
+from pipeline.aggregator import Aggregator, DictStore, WindowConfig
+from pipeline.events import Event
 from pipeline.followers import FOLLOW, SNAPSHOT, FollowerLedger
-from pipeline.state_records import Generations, segment_listing
+from pipeline.processor import StagedStore
+from pipeline.state_records import Generations, Record, segment_key, segment_listing
+from tests.unit.test_processor import FakeTable
 from tests.unit.test_segments import write_cut_everywhere
 
 T0 = 1_767_225_600_000  # a window start (60 s windows)
@@ -354,3 +360,77 @@ def test_a_journal_of_the_first_form_is_read_and_then_written_anew() -> None:
     records = store(loaded, into, generations)
     assert records.replaced == [base] and orjson.loads(records.segments[0][1])[3] == {"c": T0, "d": T0 + 1}
     assert_loads_whole(into, loaded)
+
+
+def test_a_journal_of_the_first_form_on_a_segmented_state_takes_deltas_of_the_second() -> None:
+    """Found by the second review: a first-form journal whose state has its conversations in segments
+    gets a delta of the new form at its next store (no new base: the journal holds no conversations
+    either way); reading the two forms together must work."""
+    into, generations = DictStore(), Generations()
+    window = small_window("w", 10)
+    value = [T0, 10, 0, 0, 0, 0, 0, sorted(window.engagers), sorted(window.ids), []]
+    base, segment = generations.next(), generations.next()
+    talk = {f"c{i}": T0 + i for i in range(70)}
+    main = [[[T0]], -1, {}, {}, 0, -1, [], {}, None, 0, [segment], [base, 0]]
+    into.put(
+        "a",
+        orjson.dumps(main),
+        [(base, orjson.dumps([[value], [], [[T0, FOLLOW, 0, "f"]]])), (segment, orjson.dumps(talk))],
+    )
+    state = load(into)
+    assert state.segments is not None and state.conversations == talk
+    state.windows[T0].add_id("x")
+    records = store(state, into, generations)
+    assert records.replaced == [] and orjson.loads(records.main)[11] == [base, 1, -1]  # a delta, the new listing
+    assert_loads_whole(into, state)
+
+
+def test_a_delta_key_holding_an_orphan_whose_rewrite_was_dropped_is_not_named() -> None:
+    """Found by the second review: a write cut short left a journal delta as an orphan under the
+    generation after the journal's last; after a restart the next delta takes that key again, in a write
+    that is dropped (its partition not owned at that moment). The key then holds the orphan's bytes: the
+    store counts it as lost and no longer holds it, so the next store writes a new base instead of
+    naming it."""
+    owned = {0}
+    contents: dict[bytes, bytes] = {}
+
+    async def changelog(phases: list[list[Record]]) -> Any:  # as the worker's: drops what it does not own
+        for key, value, partition in (record for phase in phases for record in phase):
+            if partition in owned:
+                if value is None:
+                    contents.pop(key, None)
+                else:
+                    contents[key] = value
+        return asyncio.gather()
+
+    def worker() -> tuple[StagedStore, Aggregator]:
+        staged = StagedStore(FakeTable(), changelog, contents=contents)
+        aggregator = Aggregator(WindowConfig(window_ms=WINDOW_MS, lateness_ms=WINDOW_MS), staged, lambda a: 0)
+        aggregator.assign({0})
+        return staged, aggregator
+
+    def follow_and_store(staged: StagedStore, aggregator: Aggregator, name: str) -> None:
+        aggregator.apply_event(Event(name, "follow", T0 + len(name), name, "a", "p1"), 0)
+        aggregator.take_rows()
+        aggregator.persist()
+        asyncio.run(_commit(staged))
+
+    staged, aggregator = worker()
+    for i in range(39):
+        aggregator.apply_event(Event(f"f{i}", "follow", T0 + i, f"u{i}", "a", "p1"), 0)
+    follow_and_store(staged, aggregator, "f39")  # 40 follows: the journal's base
+    base = orjson.loads(contents[b"a"])[11][0]
+    orphan = [[], [], [[T0 + 1, FOLLOW, 0, "orphan"]], {}]  # what a write cut short left at base + 1
+    contents[segment_key(base + 1, b"a")] = orjson.dumps(orphan)
+    staged, aggregator = worker()  # a restart: the state read back names [base, 0]
+    owned.clear()
+    follow_and_store(staged, aggregator, "dropped")  # its delta at base + 1: dropped
+    assert staged.losses == 1 and not staged.has_segment("a", base + 1)
+    owned.add(0)
+    follow_and_store(staged, aggregator, "after")
+    loaded = AccountState.loads(contents[b"a"], lambda g: staged.get_segment("a", g))
+    assert loaded.ledger == aggregator._peek("a").ledger and "orphan" not in [e[3] for e in loaded.ledger.entries]
+
+
+async def _commit(staged: StagedStore) -> None:
+    await (await staged.commit())

@@ -55,6 +55,10 @@ def test_a_store_rewrites_only_the_segments_that_changed(small_segments: None) -
     assert stored(state, store, generations) == (1, 0)  # a new segment: the stored newest is not rewritten
     state.conversations = {k: v for k, v in state.conversations.items() if v >= T0 + 10_000}
     state.prune_segments(T0 + 10_000)  # the first 10 age out: the first segment goes, the second shrinks
+    # Its size is its conversations' again (found by review: it kept growing, and a segment reached
+    # SEGMENT_BYTES on paper while holding a few kilobytes).
+    shrunk = (state.segments or [])[0]
+    assert shrunk.size == sum(map(account_state.conversation_bytes, shrunk.ids)) and len(shrunk.ids) == 6
     assert stored(state, store, generations) == (1, 2)
     assert len(store.segments) == 4 and sum(len(s.ids) for s in state.segments or []) == 23
     reloaded = AccountState.loads(store.data["star"], lambda g: store.get_segment("star", g))
