@@ -55,6 +55,16 @@ class Fresh:
     ids: list[str] = field(default_factory=list)
     response_ids: list[str] = field(default_factory=list)
 
+    # Written out, like the constructors below: a dataclass's generated __init__ is interpreted Python
+    # even in the compiled build, and these are built per window and account on the hot path (6 % of a
+    # draining worker's main thread, bench/RESULTS.md).
+    def __init__(
+        self, engagers: list[str] | None = None, ids: list[str] | None = None, response_ids: list[str] | None = None
+    ) -> None:
+        self.engagers = [] if engagers is None else engagers
+        self.ids = [] if ids is None else ids
+        self.response_ids = [] if response_ids is None else response_ids
+
 
 @dataclass
 class WindowCounts:
@@ -76,8 +86,31 @@ class WindowCounts:
     engagers: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
     response_ids: set[str] = field(default_factory=set)
-    # Not init=False: mypyc's __init__ would then leave it unset.
     fresh: Fresh | None = field(default=None, compare=False, repr=False)
+
+    def __init__(
+        self,
+        likes: int = 0,
+        replies: int = 0,
+        mentions: int = 0,
+        follows: int = 0,
+        unfollows: int = 0,
+        responses: int = 0,
+        engagers: set[str] | None = None,
+        ids: set[str] | None = None,
+        response_ids: set[str] | None = None,
+        fresh: Fresh | None = None,
+    ) -> None:
+        self.likes = likes
+        self.replies = replies
+        self.mentions = mentions
+        self.follows = follows
+        self.unfollows = unfollows
+        self.responses = responses
+        self.engagers = set() if engagers is None else engagers
+        self.ids = set() if ids is None else ids
+        self.response_ids = set() if response_ids is None else response_ids
+        self.fresh = fresh
 
     def add_id(self, event_id: str) -> None:
         fresh = self.fresh
@@ -330,6 +363,42 @@ class AccountState:
     # The store's count of lost writes when this state's window and segment records were last checked as
     # held (see store_records' ``recheck``); -1: never.
     checked: int = field(default=-1, compare=False)
+
+    def __init__(
+        self,
+        windows: dict[int, WindowCounts] | None = None,
+        final_through: int = -1,
+        conversations: dict[str, int] | None = None,
+        pending: dict[str, list[list[Any]]] | None = None,
+        ledger: FollowerLedger | None = None,
+        applied: dict[str, int] | None = None,
+        applying: dict[str, int] | None = None,
+        drop: DropState | None = None,
+        dirty: set[int] | None = None,
+        segments: list[Segment] | None = None,
+        replaced: list[int] | None = None,
+        window_records: dict[int, WindowRecord] | None = None,
+        journal: Journal | None = None,
+        fresh_conversations: list[tuple[str, int]] | None = None,
+        conversations_from: int = -1,
+        checked: int = -1,
+    ) -> None:
+        self.windows = {} if windows is None else windows
+        self.final_through = final_through
+        self.conversations = {} if conversations is None else conversations
+        self.pending = {} if pending is None else pending
+        self.ledger = FollowerLedger() if ledger is None else ledger
+        self.applied = {} if applied is None else applied
+        self.applying = {} if applying is None else applying
+        self.drop = drop
+        self.dirty = set() if dirty is None else dirty
+        self.segments = segments
+        self.replaced = [] if replaced is None else replaced
+        self.window_records = window_records
+        self.journal = journal
+        self.fresh_conversations = fresh_conversations
+        self.conversations_from = conversations_from
+        self.checked = checked
 
     def needs_records(self) -> bool:
         """Whether storing this state takes :meth:`store_records` (window or segment records, or the

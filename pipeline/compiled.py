@@ -42,7 +42,7 @@ ENV = f"{PREFIX}COMPILED"  # the setting Settings.compiled, read here before any
 MODES: tuple[str, ...] = get_args(CompiledMode)
 # The per-event path, and what it calls per event. Each is plain typed Python: mypy --strict checks it and
 # mypyc compiles it unchanged. A class of these may not be subclassed outside them (mypyc native classes).
-MODULES = ("events", "decode", "followers", "drops", "account_state", "aggregator")
+MODULES = ("events", "decode", "followers", "drops", "account_state", "aggregator", "partitioning")
 # The interpreted modules they import: mypyc compiles against their annotations (a compiled call checks its
 # arguments' types), so a build is stale when one of these changes too. tests/unit/test_compiled.py checks
 # that this is every pipeline module MODULES import, directly or not.

@@ -64,6 +64,20 @@ class FollowerLedger:
     # next store writes only those after them. Kept through folds. Not part of the value.
     journaled: int = field(default=0, compare=False, repr=False)
 
+    def __init__(
+        self,
+        base: int = 0,
+        folded_until: int = -1,
+        entries: list[LedgerEntry] | None = None,
+        counted: dict[int, int] | None = None,
+        journaled: int = 0,
+    ) -> None:  # written out: a dataclass's generated __init__ stays interpreted in the compiled build
+        self.base = base
+        self.folded_until = folded_until
+        self.entries = [] if entries is None else entries
+        self.counted = counted
+        self.journaled = journaled
+
     def add(self, entry: LedgerEntry) -> None:
         self.entries.append(entry)
         self.counted = None

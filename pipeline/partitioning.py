@@ -2,25 +2,65 @@
 
 Producers that key messages by ``account_id`` with the Java/kafka-python/aiokafka default partitioner put
 every event of an account on its owning partition; the worker re-keys events that arrive elsewhere.
+
+Compiled with the hot path (:mod:`pipeline.compiled`): the worker asks for the partition of every
+responder it has not seen lately, and aiokafka's pure-Python murmur2 took ~3 % of a draining worker's
+main thread (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Final
 
-from aiokafka.partitioner import murmur2
+_SEED: Final = 0x9747B28C
+_M: Final = 0x5BD1E995  # murmur2's mixing constant
+_MASK: Final = 0xFFFFFFFF
+_M_LOW: Final = _M & 0xFFFF
+_M_HIGH: Final = _M >> 16
+
+
+def _times_m(x: int) -> int:
+    """``x * _M`` modulo 2**32, for ``0 <= x < 2**32``, from 16-bit halves: the compiled build multiplies
+    two ints in machine words only while each is under 2**30 (else it goes through Python's long
+    integers, which made this no faster than aiokafka's pure-Python murmur2)."""
+    low = x & 0xFFFF
+    return (low * _M_LOW + ((((x >> 16) * _M_LOW + low * _M_HIGH) & 0xFFFF) << 16)) & _MASK
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of ``data`` (``org.apache.kafka.common.utils.Utils.murmur2``), as an unsigned
+    32-bit int: the same value as aiokafka's and kafka-python's ``murmur2``."""
+    length = len(data)
+    h = _SEED ^ length
+    end = length & ~3
+    for i in range(0, end, 4):
+        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+        k = _times_m(k)
+        k ^= k >> 24
+        h = _times_m(h) ^ _times_m(k)
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[end + 2] << 16
+    if extra >= 2:
+        h ^= data[end + 1] << 8
+    if extra >= 1:
+        h = _times_m(h ^ data[end])
+    h ^= h >> 13
+    h = _times_m(h)
+    return h ^ (h >> 15)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+    """The partition Kafka's default partitioner gives a message keyed ``key`` among ``partitions``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def account_partitioner(partitions: int, cache_size: int = 1 << 18) -> Callable[[str], int]:
     """A cached ``account_id -> partition`` function for ``partitions`` partitions."""
 
-    @lru_cache(maxsize=cache_size)
     def owner(account_id: str) -> int:
         return partition_for(account_id.encode("utf-8"), partitions)
 
-    return owner
+    return lru_cache(maxsize=cache_size)(owner)
