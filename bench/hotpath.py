@@ -92,7 +92,9 @@ def main() -> int:
 
         import gc
 
-        gc.set_threshold(50_000, 20, 100)  # as the worker does
+        from pipeline.worker import GC_MIDDLE_EVERY
+
+        gc.set_threshold(50_000, GC_MIDDLE_EVERY, 100)  # as the worker does (run_worker)
         gc.freeze()
 
         async def run() -> tuple[float, float]:
