@@ -121,6 +121,19 @@ STATE_PERSIST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+GC_SWEEP_SECONDS = Histogram(
+    "engagement_gc_sweep_seconds",
+    "Pause of each sweep of the garbage collector (pipeline.collector): the states are frozen after every"
+    " chunk and a full collection runs every ENGAGEMENT_GC_SWEEP_SECONDS, or soon after the input pauses.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+GC_SWEEP_COLLECTED = Counter(
+    "engagement_gc_sweep_collected_total",
+    "Unreachable objects (reference cycles) the garbage collector's sweeps found: what freezing after each"
+    " chunk kept until the sweep. Steady growth between sweeps is memory held that long.",
+    registry=REGISTRY,
+)
 DEAD_LETTER_BRAKE_SHARE = Gauge(
     "engagement_dead_letter_brake_invalid_share",
     "Share of invalid messages among the last ENGAGEMENT_DEAD_LETTER_BRAKE_MESSAGES source messages, updated "

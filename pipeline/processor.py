@@ -51,6 +51,7 @@ from pipeline.aggregator import (
     WindowConfig,
 )
 from pipeline.brake import DeadLetterBrake
+from pipeline.collector import ChunkCollector
 from pipeline.deadletter import DeadLetter
 from pipeline.decode import InvalidEvent, decode_message, encode_element, validate_event
 from pipeline.drops import FIRING, Alert, DropConfig, DropDetector
@@ -396,6 +397,8 @@ class BatchProcessor:
             detector=DropDetector(DropConfig.of(settings)),
             watch=settings.drop_watch_accounts,
         )
+        # The garbage collector: paused through each chunk, its survivors frozen, swept now and then.
+        self.collector = ChunkCollector(settings.gc_sweep_seconds, monotonic)
         self.progress = Progress()
         self.brake = DeadLetterBrake(settings.dead_letter_brake_share, settings.dead_letter_brake_messages)
         self.lock = asyncio.Lock()
@@ -555,6 +558,7 @@ class BatchProcessor:
                 raise
             self._publish_counts()
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+            self.collector.sweep_if_due()
 
     async def persist(self) -> Awaitable[object]:
         """Write the account states changed by every batch processed so far to the table (waits for a
@@ -645,21 +649,23 @@ class BatchProcessor:
 
     def _process_chunk(self, messages: Sequence[SourceMessage]) -> Delivery:
         """Decode and aggregate ``messages`` now and start their inserts; returns the awaitable that
-        completes once the chunk is delivered (Kafka acknowledged its sends, ClickHouse its rows)."""
-        dead: list[DeadLetter] = []
-        rekeyed: list[tuple[str, bytes]] = []
-        candidates: list[ResponseCandidate] = []
-        raw: list[SourcedEvent] = []
-        touched: set[int] = set()
-        self._horizon = self._future_horizon()  # once per chunk: a chunk takes well under a second
-        for message in messages:
-            self._consume(message, dead, rekeyed, candidates, raw)
-            touched.add(message.partition)
-        for partition in touched:
-            self._advance(partition)
-        # What this chunk lets us announce, fixed now: later chunks' progress must wait for their sends.
-        frontiers = {q: self.source_frontier(q) for q in touched & self.owned}
-        return self._deliver(dead, rekeyed, candidates, raw, frontiers)
+        completes once the chunk is delivered (Kafka acknowledged its sends, ClickHouse its rows). The
+        garbage collector is paused meanwhile, and what is alive after it frozen (pipeline.collector)."""
+        with self.collector.chunk():
+            dead: list[DeadLetter] = []
+            rekeyed: list[tuple[str, bytes]] = []
+            candidates: list[ResponseCandidate] = []
+            raw: list[SourcedEvent] = []
+            touched: set[int] = set()
+            self._horizon = self._future_horizon()  # once per chunk: a chunk takes well under a second
+            for message in messages:
+                self._consume(message, dead, rekeyed, candidates, raw)
+                touched.add(message.partition)
+            for partition in touched:
+                self._advance(partition)
+            # What this chunk lets us announce, fixed now: later chunks' progress must wait for their sends.
+            frontiers = {q: self.source_frontier(q) for q in touched & self.owned}
+            return self._deliver(dead, rekeyed, candidates, raw, frontiers)
 
     def _deliver(
         self,

@@ -1,0 +1,165 @@
+"""pipeline.collector: the garbage collector paused through a chunk, its survivors frozen, swept when due."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline import metrics
+from pipeline.collector import IDLE_SWEEP_SECONDS, QUIET_SECONDS, ChunkCollector
+from pipeline.processor import Message
+from pipeline.settings import Settings, SettingsError
+from tests.unit.test_processor import like, make, owned_by
+
+
+class Node:
+    """A weak-referenceable object that can be made into a reference cycle."""
+
+    def __init__(self) -> None:
+        self.other: Any = None
+
+
+@pytest.fixture(autouse=True)
+def collector_state() -> Iterator[None]:
+    """Each test starts with the collector enabled and nothing frozen, and leaves it so."""
+    enabled = gc.isenabled()
+    gc.unfreeze()
+    gc.enable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.collect()
+        if enabled:
+            gc.enable()
+        else:
+            gc.disable()
+
+
+def garbage_cycle() -> weakref.ref[Node]:
+    """A two-object cycle, unreferenced once this returns: only the collector can free it."""
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def sample(name: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+def test_no_collection_runs_inside_a_chunk_and_the_collector_resumes_after() -> None:
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    threshold = gc.get_threshold()[0]
+    gc.callbacks.append(count)
+    try:
+        with ChunkCollector(300.0).chunk():
+            held = [[i] for i in range(threshold * 3)]  # tracked containers, three young thresholds' worth
+        assert collections == []
+        assert gc.isenabled()
+        gc.collect(0)
+        assert collections == [0]
+    finally:
+        gc.callbacks.remove(count)
+    assert len(held) == threshold * 3
+
+
+def test_what_a_chunk_leaves_alive_is_frozen_and_freed_by_refcount_when_dropped() -> None:
+    before = gc.get_freeze_count()
+    with ChunkCollector(300.0).chunk():
+        kept = [Node() for _ in range(1000)]
+    assert gc.get_freeze_count() >= before + 1000
+    ref = weakref.ref(kept[0])
+    del kept
+    assert ref() is None  # frozen objects are still freed by reference counting
+
+
+def test_a_cycle_frozen_by_a_chunk_survives_collections_until_a_sweep_frees_it() -> None:
+    collector = ChunkCollector(300.0)
+    with collector.chunk():
+        ref = garbage_cycle()
+    gc.collect()
+    assert ref() is not None  # frozen: no collection sees it
+    collections = sample("engagement_gc_sweep_seconds_count")
+    collected = sample("engagement_gc_sweep_collected_total")
+    found = collector.sweep()
+    assert ref() is None
+    assert found >= 2
+    assert sample("engagement_gc_sweep_seconds_count") == collections + 1
+    assert sample("engagement_gc_sweep_collected_total") == collected + found
+    assert collector.frozen_chunks == 0
+    assert gc.get_freeze_count() > 0  # what survived the sweep is frozen again
+
+
+def test_a_chunk_that_raises_still_freezes_and_resumes_the_collector() -> None:
+    collector = ChunkCollector(300.0)
+    with pytest.raises(ValueError, match="bad chunk"), collector.chunk():
+        kept = Node()
+        raise ValueError("bad chunk")
+    assert gc.isenabled()
+    assert collector.frozen_chunks == 1
+    assert kept is not None
+
+
+def test_a_collector_disabled_by_the_process_stays_disabled() -> None:
+    gc.disable()
+    with ChunkCollector(300.0).chunk():
+        pass
+    assert not gc.isenabled()
+
+
+def test_a_sweep_is_due_every_interval_or_once_the_input_paused() -> None:
+    now = [0.0]
+    collector = ChunkCollector(300.0, lambda: now[0])
+    now[0] = IDLE_SWEEP_SECONDS
+    assert not collector.sweep_if_due()  # quiet, but nothing frozen since the last sweep
+    with collector.chunk():
+        pass
+    assert not collector.sweep_if_due()  # a chunk just ended: not quiet
+    now[0] += QUIET_SECONDS
+    assert collector.sweep_if_due()  # quiet, a chunk frozen, the last sweep IDLE_SWEEP_SECONDS ago
+    assert collector.frozen_chunks == 0
+    now[0] += 10.0
+    with collector.chunk():
+        pass
+    now[0] += 30.0
+    assert not collector.sweep_if_due()  # quiet, but the last sweep was 40 s ago: a trickle waits
+    now[0] += IDLE_SWEEP_SECONDS - 40.0
+    assert collector.sweep_if_due()
+    for _ in range(299):  # under load (a chunk every second): only once the interval passed
+        now[0] += 1.0
+        with collector.chunk():
+            pass
+        assert not collector.sweep_if_due()
+    now[0] += 1.0
+    with collector.chunk():
+        pass
+    assert collector.sweep_if_due()
+    assert not collector.sweep_if_due()
+
+
+def test_the_processor_freezes_each_chunk_and_leaves_the_collector_running() -> None:
+    processor, _, warehouse, _, _ = make()
+    account = owned_by(0)
+    events = [like(f"e{i}", account, actor=f"u{i}") for i in range(5)]
+    asyncio.run(processor.process([Message("likes", 0, 1, orjson.dumps(events))]))
+    assert processor.collector.frozen_chunks == 1
+    assert gc.isenabled()
+    assert len(warehouse.rows("engagement_events")) == 5
+
+
+def test_the_sweep_interval_must_be_positive() -> None:
+    assert Settings.from_env({"ENGAGEMENT_GC_SWEEP_SECONDS": "60"}).gc_sweep_seconds == 60.0
+    with pytest.raises(SettingsError, match="ENGAGEMENT_GC_SWEEP_SECONDS"):
+        Settings.from_env({"ENGAGEMENT_GC_SWEEP_SECONDS": "0"})
