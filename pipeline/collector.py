@@ -8,12 +8,14 @@ or twice (young and middle collections) and through the whole heap at each full 
 event of a draining worker's main thread, ~15 % of it (bench/RESULTS.md, "The collector frozen").
 
 So :meth:`ChunkCollector.chunk` pauses it through a chunk and then moves everything alive into the
-permanent generation (``gc.freeze()``, constant time): later collections see only what was allocated
-since. Objects frozen are still freed by reference counting when unreferenced; what a freeze keeps is a
-cycle that became garbage before a collection found it. :meth:`ChunkCollector.sweep_if_due` unfreezes
-and collects everything now and then (every ``sweep_seconds``, or sooner once the input pauses), which
-frees those cycles: one full collection, as the collector would have run on its own, at a known time
-(~0.3 s with 20,000 accounts, ~0.9 s with 1,000,000).
+permanent generation (``gc.freeze()``, constant time; every thread's objects, the collector's state being
+the process's): later collections see only what was allocated since. Objects frozen are still freed by
+reference counting when unreferenced; what a freeze keeps until a sweep is reference cycles, garbage
+before the freeze or alive at it and garbage after (a failed batch's exception holding its delivery in
+flight, say). :meth:`ChunkCollector.sweep_if_due` unfreezes and collects everything now and then (every
+``sweep_seconds`` after a chunk was frozen, or sooner once the input pauses), which frees those cycles:
+one full collection, as the collector would have run on its own, at a known time (~0.3 s with 20,000
+accounts, ~0.9 s with 1,000,000).
 """
 
 from __future__ import annotations
@@ -52,32 +54,37 @@ class ChunkCollector:
             yield
         finally:
             gc.freeze()
-            self.frozen_chunks += 1
-            self._last_chunk = self._monotonic()
             if enabled:
                 gc.enable()
+            self.frozen_chunks += 1
+            self._last_chunk = self._monotonic()
 
     def sweep_if_due(self) -> bool:
-        """Sweep (:meth:`sweep`) when ``sweep_seconds`` passed since the last; or when the input paused (no
-        chunk for :data:`QUIET_SECONDS`), a chunk was frozen since the last sweep and that was
-        :data:`IDLE_SWEEP_SECONDS` ago. Call it between chunks, also while idle. Blocks for the sweep;
-        returns whether it swept."""
+        """Sweep (:meth:`sweep`) once a chunk was frozen since the last sweep and ``sweep_seconds`` passed
+        since it; or :data:`IDLE_SWEEP_SECONDS` did and the input paused (no chunk for
+        :data:`QUIET_SECONDS`). Call it between chunks, also while idle (a worker that froze nothing never
+        sweeps: the collector sees all it allocates). Blocks for the sweep; returns whether one ran."""
+        if not self.frozen_chunks:
+            return False
         now = self._monotonic()
         elapsed = now - self._last_sweep
-        quiet = now - self._last_chunk >= QUIET_SECONDS
-        if elapsed >= self.sweep_seconds or (quiet and self.frozen_chunks and elapsed >= IDLE_SWEEP_SECONDS):
-            self.sweep()
-            return True
+        if elapsed >= self.sweep_seconds or (elapsed >= IDLE_SWEEP_SECONDS and now - self._last_chunk >= QUIET_SECONDS):
+            return self.sweep() is not None
         return False
 
-    def sweep(self) -> int:
+    def sweep(self) -> int | None:
         """Unfreeze, collect every generation, and freeze what survived (it survived a full collection).
         Blocks for one full collection (its pause is ``engagement_gc_sweep_seconds``); returns the
-        unreachable objects it found (also counted in ``engagement_gc_sweep_collected_total``)."""
+        unreachable objects it found (also counted in ``engagement_gc_sweep_collected_total``). None if
+        another thread's collection was under way, so none ran (CPython then returns at once): the sweep
+        stays due, tried again at the next call."""
         started = time.perf_counter()
+        full = gc.get_stats()[-1]["collections"]
         gc.unfreeze()
         found = gc.collect()
         gc.freeze()
+        if gc.get_stats()[-1]["collections"] == full:
+            return None
         metrics.GC_SWEEP_SECONDS.observe(time.perf_counter() - started)
         metrics.GC_SWEEP_COLLECTED.inc(found)
         self._last_sweep = self._monotonic()

@@ -123,15 +123,16 @@ STATE_PERSIST_SECONDS = Histogram(
 )
 GC_SWEEP_SECONDS = Histogram(
     "engagement_gc_sweep_seconds",
-    "Pause of each sweep of the garbage collector (pipeline.collector): the states are frozen after every"
-    " chunk and a full collection runs every ENGAGEMENT_GC_SWEEP_SECONDS, or soon after the input pauses.",
+    "Pause of each sweep of the garbage collector (pipeline.collector): what is alive is frozen after every"
+    " chunk, and a full collection runs every ENGAGEMENT_GC_SWEEP_SECONDS after a chunk, or once the input"
+    " pauses if the last sweep was a minute ago or more.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
 GC_SWEEP_COLLECTED = Counter(
     "engagement_gc_sweep_collected_total",
-    "Unreachable objects (reference cycles) the garbage collector's sweeps found: what freezing after each"
-    " chunk kept until the sweep. Steady growth between sweeps is memory held that long.",
+    "Unreachable objects the garbage collector's sweeps found (gc.collect's count): the reference cycles that"
+    " freezing after each chunk kept until the sweep, and those still young. Memory held until a sweep.",
     registry=REGISTRY,
 )
 DEAD_LETTER_BRAKE_SHARE = Gauge(
