@@ -29,17 +29,19 @@ from typing import Final
 from pipeline import metrics
 
 # Once no chunk ended for QUIET_SECONDS (the input paused), a sweep is due if a chunk was frozen since the
-# last and that was IDLE_SWEEP_SECONDS ago or more (a trickle of input does not sweep after every chunk).
+# last and that was ``idle_sweep_seconds`` ago or more (a trickle of input does not sweep after every chunk).
 QUIET_SECONDS: Final = 1.0
-IDLE_SWEEP_SECONDS: Final = 60.0
 
 
 class ChunkCollector:
     """Freezes the collector's view after each chunk and sweeps every ``sweep_seconds``. Not thread-safe:
     one processor's thread calls it (the collector's state is the process's)."""
 
-    def __init__(self, sweep_seconds: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, sweep_seconds: float, idle_sweep_seconds: float = 60.0, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.sweep_seconds = sweep_seconds
+        self.idle_sweep_seconds = idle_sweep_seconds
         self._monotonic = monotonic
         self._last_sweep = self._last_chunk = monotonic()
         self.frozen_chunks = 0  # chunks frozen since the last sweep
@@ -61,14 +63,15 @@ class ChunkCollector:
 
     def sweep_if_due(self) -> bool:
         """Sweep (:meth:`sweep`) once a chunk was frozen since the last sweep and ``sweep_seconds`` passed
-        since it; or :data:`IDLE_SWEEP_SECONDS` did and the input paused (no chunk for
+        since it; or ``idle_sweep_seconds`` did and the input paused (no chunk for
         :data:`QUIET_SECONDS`). Call it between chunks, also while idle (a worker that froze nothing never
         sweeps: the collector sees all it allocates). Blocks for the sweep; returns whether one ran."""
         if not self.frozen_chunks:
             return False
         now = self._monotonic()
         elapsed = now - self._last_sweep
-        if elapsed >= self.sweep_seconds or (elapsed >= IDLE_SWEEP_SECONDS and now - self._last_chunk >= QUIET_SECONDS):
+        quiet = now - self._last_chunk >= QUIET_SECONDS
+        if elapsed >= self.sweep_seconds or (quiet and elapsed >= self.idle_sweep_seconds):
             return self.sweep() is not None
         return False
 

@@ -125,7 +125,7 @@ GC_SWEEP_SECONDS = Histogram(
     "engagement_gc_sweep_seconds",
     "Pause of each sweep of the garbage collector (pipeline.collector): what is alive is frozen after every"
     " chunk, and a full collection runs every ENGAGEMENT_GC_SWEEP_SECONDS after a chunk, or once the input"
-    " pauses if the last sweep was a minute ago or more.",
+    " pauses if the last sweep was ENGAGEMENT_GC_IDLE_SWEEP_SECONDS ago or more.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )

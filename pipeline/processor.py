@@ -398,7 +398,7 @@ class BatchProcessor:
             watch=settings.drop_watch_accounts,
         )
         # The garbage collector: paused through each chunk, its survivors frozen, swept now and then.
-        self.collector = ChunkCollector(settings.gc_sweep_seconds, monotonic)
+        self.collector = ChunkCollector(settings.gc_sweep_seconds, settings.gc_idle_sweep_seconds, monotonic)
         self.progress = Progress()
         self.brake = DeadLetterBrake(settings.dead_letter_brake_share, settings.dead_letter_brake_messages)
         self.lock = asyncio.Lock()

@@ -133,8 +133,9 @@ class Settings:
     persist_interval_seconds: float = 5.0  # under load, states are persisted (and batches acked) this often
     # The garbage collector is paused through each chunk and its survivors frozen (pipeline.collector); a
     # full collection (a pause: ~engagement_gc_sweep_seconds) frees the cycles frozen meanwhile this often,
-    # or soon after the input pauses.
+    # and once the input pauses if the last was gc_idle_sweep_seconds ago or more.
     gc_sweep_seconds: float = 300.0
+    gc_idle_sweep_seconds: float = 60.0
 
     # The compiled hot path (pipeline.compiled): read when `pipeline` is first imported, before any other
     # setting; a setting too, so that it is checked and shown like the others.
@@ -260,8 +261,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_FETCH_MAX_WAIT_MS must be > 0")
         if self.persist_interval_seconds < 0:
             raise SettingsError("ENGAGEMENT_PERSIST_INTERVAL_SECONDS must be >= 0")
-        if not self.gc_sweep_seconds > 0:
-            raise SettingsError("ENGAGEMENT_GC_SWEEP_SECONDS must be > 0")
+        if not self.gc_sweep_seconds > 0 or not self.gc_idle_sweep_seconds >= 0:
+            raise SettingsError("ENGAGEMENT_GC_SWEEP_SECONDS must be > 0, ENGAGEMENT_GC_IDLE_SWEEP_SECONDS >= 0")
         if min(self.batch_max_events, self.batch_max_seconds, self.batch_max_messages, self.batch_max_bytes) <= 0:
             raise SettingsError("ENGAGEMENT_BATCH_MAX_EVENTS, _MESSAGES, _BYTES and _SECONDS must be > 0")
         if not 0 <= self.dead_letter_brake_share <= 1:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -35,8 +37,13 @@ def sql(settings: Settings, query: str, fmt: str = "json") -> subprocess.Complet
     )
 
 
+def sample(metrics: str, name: str) -> float:
+    return next((float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " ")), 0.0)
+
+
 def test_worker_end_to_end(live_settings: Settings) -> None:
-    settings = live_settings
+    # The collector swept only by the worker's timer: never on the interval, at once when the input pauses.
+    settings = replace(live_settings, gc_sweep_seconds=3600.0, gc_idle_sweep_seconds=0.0)
     owner = account_partitioner(2)
     home = next(f"acct-{i}" for i in range(100) if owner(f"acct-{i}") == 0)
     away = next(f"acct-{i}" for i in range(100) if owner(f"acct-{i}") == 1)
@@ -126,6 +133,13 @@ def test_worker_end_to_end(live_settings: Settings) -> None:
         # re-key topic also carries watermark announcements, a number that depends on timing)
         taken = next(line for line in metrics.splitlines() if line.startswith("engagement_messages_taken_total "))
         assert float(taken.split()[1]) >= len(sends) + 1
+        # the chunks froze what they left alive; once the input paused, the worker's timer swept it
+        deadline = time.monotonic() + 30
+        while sample(metrics, "engagement_gc_sweep_seconds_count") < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert sample(metrics, "engagement_gc_sweep_seconds_count") >= 1
+        assert "\nengagement_gc_sweep_collected_total " in metrics
         health = orjson.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
         assert health["status"] == "ok" and health["partitions"] == [0, 1]
         request = urllib.request.Request(base + "/query", data=orjson.dumps({"sql": "INSERT INTO x VALUES (1)"}))

@@ -12,10 +12,12 @@ import orjson
 import pytest
 
 from pipeline import metrics
-from pipeline.collector import IDLE_SWEEP_SECONDS, QUIET_SECONDS, ChunkCollector
+from pipeline.collector import QUIET_SECONDS, ChunkCollector
 from pipeline.processor import Message
 from pipeline.settings import Settings, SettingsError
 from tests.unit.test_processor import like, make, owned_by
+
+IDLE_SWEEP_SECONDS = Settings.gc_idle_sweep_seconds
 
 
 class Node:
@@ -122,11 +124,11 @@ def test_a_collector_disabled_by_the_process_stays_disabled() -> None:
 
 def test_a_sweep_is_due_every_interval_or_once_the_input_paused() -> None:
     now = [0.0]
-    collector = ChunkCollector(300.0, lambda: now[0])
+    collector = ChunkCollector(300.0, IDLE_SWEEP_SECONDS, lambda: now[0])
     now[0] = IDLE_SWEEP_SECONDS
     assert not collector.sweep_if_due()  # quiet, but nothing frozen since the last sweep
     later = [0.0]
-    idle = ChunkCollector(300.0, lambda: later[0])
+    idle = ChunkCollector(300.0, IDLE_SWEEP_SECONDS, lambda: later[0])
     later[0] = 300.0
     assert not idle.sweep_if_due()  # nor after the interval: the collector saw everything
     with collector.chunk():
@@ -156,7 +158,7 @@ def test_a_sweep_is_due_every_interval_or_once_the_input_paused() -> None:
 
 def test_a_sweep_that_finds_another_collection_under_way_stays_due(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [0.0]
-    collector = ChunkCollector(300.0, lambda: now[0])
+    collector = ChunkCollector(300.0, IDLE_SWEEP_SECONDS, lambda: now[0])
     with collector.chunk():
         ref = garbage_cycle()
     now[0] = 300.0
@@ -195,7 +197,9 @@ def test_the_processor_freezes_each_chunk_and_leaves_the_collector_running() -> 
     assert len(warehouse.rows("engagement_events")) == 5
 
 
-def test_the_sweep_interval_must_be_positive() -> None:
-    assert Settings.from_env({"ENGAGEMENT_GC_SWEEP_SECONDS": "60"}).gc_sweep_seconds == 60.0
-    with pytest.raises(SettingsError, match="ENGAGEMENT_GC_SWEEP_SECONDS"):
-        Settings.from_env({"ENGAGEMENT_GC_SWEEP_SECONDS": "0"})
+def test_the_sweep_intervals_are_checked() -> None:
+    settings = Settings.from_env({"ENGAGEMENT_GC_SWEEP_SECONDS": "60", "ENGAGEMENT_GC_IDLE_SWEEP_SECONDS": "0"})
+    assert (settings.gc_sweep_seconds, settings.gc_idle_sweep_seconds) == (60.0, 0.0)
+    for name, value in (("ENGAGEMENT_GC_SWEEP_SECONDS", "0"), ("ENGAGEMENT_GC_IDLE_SWEEP_SECONDS", "-1")):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})
