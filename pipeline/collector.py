@@ -34,11 +34,13 @@ QUIET_SECONDS: Final = 1.0
 
 
 class ChunkCollector:
-    """Freezes the collector's view after each chunk and sweeps every ``sweep_seconds``. Not thread-safe:
-    one processor's thread calls it (the collector's state is the process's)."""
+    """Freezes the collector's view after each chunk and sweeps every ``sweep_seconds`` (and once the input
+    pauses, ``idle_sweep_seconds`` after the last sweep: the settings ``gc_sweep_seconds`` and
+    ``gc_idle_sweep_seconds``). Not thread-safe: one processor's thread calls it (the collector's state is
+    the process's)."""
 
     def __init__(
-        self, sweep_seconds: float, idle_sweep_seconds: float = 60.0, monotonic: Callable[[], float] = time.monotonic
+        self, sweep_seconds: float, idle_sweep_seconds: float, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
         self.sweep_seconds = sweep_seconds
         self.idle_sweep_seconds = idle_sweep_seconds

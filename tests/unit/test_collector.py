@@ -66,7 +66,7 @@ def test_no_collection_runs_inside_a_chunk_and_the_collector_resumes_after() -> 
     threshold = gc.get_threshold()[0]
     gc.callbacks.append(count)
     try:
-        with ChunkCollector(300.0).chunk():
+        with ChunkCollector(300.0, IDLE_SWEEP_SECONDS).chunk():
             held = [[i] for i in range(threshold * 3)]  # tracked containers, three young thresholds' worth
             during = list(collections)
         assert during == []
@@ -80,7 +80,7 @@ def test_no_collection_runs_inside_a_chunk_and_the_collector_resumes_after() -> 
 
 def test_what_a_chunk_leaves_alive_is_frozen_and_freed_by_refcount_when_dropped() -> None:
     before = gc.get_freeze_count()
-    with ChunkCollector(300.0).chunk():
+    with ChunkCollector(300.0, IDLE_SWEEP_SECONDS).chunk():
         kept = [Node() for _ in range(1000)]
     assert gc.get_freeze_count() >= before + 1000
     ref = weakref.ref(kept[0])
@@ -89,7 +89,7 @@ def test_what_a_chunk_leaves_alive_is_frozen_and_freed_by_refcount_when_dropped(
 
 
 def test_a_cycle_frozen_by_a_chunk_survives_collections_until_a_sweep_frees_it() -> None:
-    collector = ChunkCollector(300.0)
+    collector = ChunkCollector(300.0, IDLE_SWEEP_SECONDS)
     with collector.chunk():
         ref = garbage_cycle()
     gc.collect()
@@ -106,7 +106,7 @@ def test_a_cycle_frozen_by_a_chunk_survives_collections_until_a_sweep_frees_it()
 
 
 def test_a_chunk_that_raises_still_freezes_and_resumes_the_collector() -> None:
-    collector = ChunkCollector(300.0)
+    collector = ChunkCollector(300.0, IDLE_SWEEP_SECONDS)
     with pytest.raises(ValueError, match="bad chunk"), collector.chunk():
         kept = Node()
         raise ValueError("bad chunk")
@@ -117,7 +117,7 @@ def test_a_chunk_that_raises_still_freezes_and_resumes_the_collector() -> None:
 
 def test_a_collector_disabled_by_the_process_stays_disabled() -> None:
     gc.disable()
-    with ChunkCollector(300.0).chunk():
+    with ChunkCollector(300.0, IDLE_SWEEP_SECONDS).chunk():
         pass
     assert not gc.isenabled()
 
