@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 from itertools import islice
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from pipeline.account_state import AccountState, WindowCounts
 from pipeline.drops import Alert, DropDetector, DropState
@@ -40,7 +40,7 @@ from pipeline.followers import SNAPSHOT as LEDGER_SNAPSHOT
 from pipeline.followers import UNFOLLOW as LEDGER_UNFOLLOW
 from pipeline.state_records import Generations, StateCorrupted
 
-NO_FRONTIER = -(2**62)
+NO_FRONTIER: Final = -(2**62)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,11 +200,11 @@ class EndIndex:
             yield end, sorted(self._due.pop(end, ()))
 
 
-_new_tuple = tuple.__new__
+_new_tuple: Final = tuple.__new__
 # int / int through Python's number protocol: correctly rounded for any size, as CPython divides. Compiled by
 # mypyc, a typed `int / int` converts each side to a double first, which differs in the last bit above 2**53
 # (a follower count that large is accepted); the compiled hot path must give the source's results.
-_true_divide: Callable[[int, int], float] = operator.truediv
+_true_divide: Final[Callable[[int, int], float]] = operator.truediv
 
 
 class VersionClock:
@@ -399,7 +399,7 @@ class Aggregator:
         partition goes to ``foreign`` (its index, to forward); the rest are applied (:meth:`apply_event`,
         at ``first + index``). Counted and self events get a raw row in ``raw`` (the event, then topic,
         partition, offset); every outcome but COUNTED goes to ``others`` with the event's index."""
-        topic, partition, offset = source
+        partition = source[1]
         counted = 0
         index = -1
         for event in events:
@@ -421,10 +421,10 @@ class Aggregator:
             outcome = self.apply_event(event, partition, origin, first + index)
             if outcome is Outcome.COUNTED:
                 counted += 1
-                raw.append((*event, topic, partition, offset))
+                raw.append(event + source)  # one concatenation (a starred tuple goes through a list)
                 continue
             if outcome is Outcome.SELF:
-                raw.append((*event, topic, partition, offset))
+                raw.append(event + source)
             others.append((index, outcome))
         return watermark, counted
 

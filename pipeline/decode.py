@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -29,13 +29,14 @@ from pipeline.events import (
 
 # RFC 3339 date-time with a mandatory zone; fraction of any length (truncated to milliseconds). ASCII:
 # without it ``\d`` is any Unicode decimal digit (Arabic-Indic...), which RFC 3339 and the schema do not allow.
-_RFC3339 = re.compile(
+_RFC3339: Final = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII
 )
-_ENGAGE_OR_FOLLOW = frozenset({"like", "reply", "mention", "follow", "unfollow"})  # not "followers"
-_new_tuple = tuple.__new__
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
+_ENGAGE_OR_FOLLOW: Final = frozenset({"like", "reply", "mention", "follow", "unfollow"})  # not "followers"
+_new_tuple: Final = tuple.__new__
+_EVENT: Final = Event
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
 
 
 class InvalidEvent(Exception):
@@ -52,7 +53,11 @@ def parse_ts(value: Any) -> int:
 
     Raises ``InvalidEvent`` (reason ``wrong_type`` or ``invalid_ts``).
     """
-    if value.__class__ is float and value.is_integer():  # 1767225600000.0: an integer, as JSON Schema says
+    if type(value) is str:  # what nearly every producer sends, in the shape that needs no regex
+        ms = _canonical_ms(value)
+        if 0 <= ms <= MAX_TS_MS:
+            return ms
+    if type(value) is float and value.is_integer():  # 1767225600000.0: an integer, as JSON Schema says
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InvalidEvent(Reason.WRONG_TYPE, "ts must be an RFC 3339 string or integer epoch milliseconds")
@@ -60,10 +65,6 @@ def parse_ts(value: Any) -> int:
         if not 0 <= value <= MAX_TS_MS:
             raise InvalidEvent(Reason.INVALID_TS, f"ts {value} is outside 1970..2099 in epoch milliseconds")
         return value
-    if _is_canonical_utc(value):  # what nearly every producer sends: no regex needed
-        ms = _canonical_ms(value)
-        if 0 <= ms <= MAX_TS_MS:
-            return ms
     m = _RFC3339.fullmatch(value)
     if m is None:
         raise InvalidEvent(Reason.INVALID_TS, "ts is not an RFC 3339 date-time with a zone (Z or ±hh:mm)")
@@ -97,49 +98,82 @@ def parse_ts(value: Any) -> int:
     return ms
 
 
-# Epoch ms of each "YYYY-MM-DDTHH:MM" seen in a canonical timestamp (-1: not a valid date and time).
-# Events of a stream share a few minutes; the dict is emptied whenever it grows past its bound.
-_MINUTES: dict[str, int] = {}
-_MINUTES_BOUND = 100_000
-
-
 def _canonical_ms(value: str) -> int:
-    """Epoch ms of a string of :func:`_is_canonical_utc`'s shape, or -1 if it is not a valid date-time
-    or lies before 1970 (else equal to ``round(datetime.fromisoformat(value).timestamp() * 1000)``).
-    The date, hour and minute are parsed once per minute; the seconds and milliseconds are digits."""
-    prefix = value[:16]
-    minute = _MINUTES.get(prefix)
-    if minute is None:
-        try:
-            minute = round(datetime.fromisoformat(prefix + ":00+00:00").timestamp()) * 1000
-        except ValueError:
-            minute = -1
-        if len(_MINUTES) >= _MINUTES_BOUND:
-            _MINUTES.clear()
-        _MINUTES[prefix] = minute
-    seconds = value[17:19]
-    millis = value[20:23] if len(value) == 24 else "000"
-    if minute < 0 or not seconds.isdigit() or not millis.isdigit() or seconds > "59":
-        return -1
-    return minute + int(seconds) * 1000 + int(millis)
-
-
-def _is_canonical_utc(value: str) -> bool:
-    """Whether ``value`` has the exact shape ``YYYY-MM-DDTHH:MM:SS.fffZ`` or ``YYYY-MM-DDTHH:MM:SSZ``
-    (separators at their places, ASCII): then ``datetime.fromisoformat`` reads it as RFC 3339 does,
-    rejecting non-digits and impossible dates and times itself."""
+    """Epoch ms of ``value`` if it has the exact shape ``YYYY-MM-DDTHH:MM:SS[.fff]`` then ``Z`` or
+    ``±hh:mm`` (ASCII digits, separators at their places), is a valid date and time from 1970 on, with an
+    offset below 24 hours, and lies at or after 1970 in UTC; else -1, and the general parser decides. Where
+    it answers, the answer is ``round(datetime.fromisoformat(value).timestamp() * 1000)``: integer
+    arithmetic on the bytes (the days from Howard Hinnant's ``days_from_civil``), no slices, no ``int()``
+    of text, no ``datetime``."""
     n = len(value)
-    return (
-        (n == 24 or n == 20)
-        and value[-1] == "Z"
-        and value[10] == "T"
-        and value[4] == "-"
-        and value[7] == "-"
-        and value[13] == ":"
-        and value[16] == ":"
-        and (n == 20 or value[19] == ".")
-        and value.isascii()
-    )
+    if n == 20 or n == 24:
+        zone = n - 1  # where "Z" is
+    elif n == 25 or n == 29:
+        zone = n - 6  # where the offset's sign is
+    else:
+        return -1
+    raw = value.encode()
+    if len(raw) != n:  # not ASCII
+        return -1
+    if raw[4] != 45 or raw[7] != 45 or raw[10] != 84 or raw[13] != 58 or raw[16] != 58:
+        return -1  # "-", "-", "T", ":", ":"
+    if zone == 23:
+        tens = _two(raw, 20)  # the milliseconds: "fff" after "."
+        last = raw[22] - 48
+        if raw[19] != 46 or tens < 0 or not 0 <= last <= 9:
+            return -1
+        millis = tens * 10 + last
+    else:
+        millis = 0
+    sign = raw[zone]
+    if sign == 90:  # "Z"
+        offset = 0
+    elif (sign == 43 or sign == 45) and raw[zone + 3] == 58:  # "+" or "-", then "hh:mm"
+        hours = _two(raw, zone + 1)
+        minutes = _two(raw, zone + 4)
+        if not 0 <= hours <= 23 or not 0 <= minutes <= 59:
+            return -1
+        offset = (hours * 60 + minutes) * 60_000
+        if sign == 45:
+            offset = -offset
+    else:
+        return -1
+    low = _two(raw, 2)
+    year = _two(raw, 0) * 100 + low  # (below 1970 if the first two are not digits)
+    month = _two(raw, 5)
+    day = _two(raw, 8)
+    hour = _two(raw, 11)
+    minute = _two(raw, 14)
+    second = _two(raw, 17)
+    if low < 0 or year < 1970 or not 1 <= month <= 12 or not 0 <= hour <= 23 or not 0 <= minute <= 59:
+        return -1  # (a field of -1 holds a non-digit)
+    if not 0 <= second <= 59 or day < 1:
+        return -1
+    if month == 2:
+        days_in_month = 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    elif month == 4 or month == 6 or month == 9 or month == 11:
+        days_in_month = 30
+    else:
+        days_in_month = 31
+    if day > days_in_month:
+        return -1
+    y = year - 1 if month <= 2 else year  # days_from_civil: the year starts in March
+    era = y // 400
+    year_of_era = y - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146097 + day_of_era - 719468
+    ms = ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis - offset
+    return ms if ms >= 0 else -1
+
+
+def _two(raw: bytes, at: int) -> int:
+    """The number the two ASCII digits ``raw[at]``, ``raw[at + 1]`` make, or -1 if either is not a digit."""
+    tens = raw[at] - 48
+    ones = raw[at + 1] - 48
+    if 0 <= tens <= 9 and 0 <= ones <= 9:
+        return tens * 10 + ones
+    return -1
 
 
 def _string(obj: dict[str, Any], name: str, limit: int, required: bool) -> str | None:
@@ -157,7 +191,8 @@ def _string(obj: dict[str, Any], name: str, limit: int, required: bool) -> str |
     return value
 
 
-_TYPES_OF_TOPIC = {kind: frozenset(types) for kind, types in TOPIC_TYPES.items()}
+_TYPES_OF_TOPIC: Final[dict[str, frozenset[str]]] = {kind: frozenset(types) for kind, types in TOPIC_TYPES.items()}
+_NO_TYPES: Final[frozenset[str]] = frozenset()
 
 
 def validate_event(obj: Any, topic_kind: str | None) -> Event:
@@ -166,51 +201,69 @@ def validate_event(obj: Any, topic_kind: str | None) -> Event:
     ``topic_kind`` is the source topic without prefix (``likes``...); ``None`` skips the topic check
     (ingest, which routes by type). Raises ``InvalidEvent`` with the reason.
 
-    The common case (every field present and well-formed, an epoch-ms or RFC 3339 ``ts``) takes a fast
-    path of plain type and length checks; anything else goes through :func:`_validate_detailed`, which
-    finds the precise reason.
+    The common cases (an engagement, a follow or a ``followers`` snapshot with every field well-formed and
+    an epoch-ms or RFC 3339 ``ts``) take a fast path of plain type and length checks; anything else goes
+    through :func:`_validate_detailed`, which finds the precise reason. On the fast path every field but
+    ``ts`` is proven valid first, so the one reason it can raise (``ts``'s) is the one the detailed path
+    would give.
+
+    Compiled (pipeline.compiled), ``type(x) is str`` is a pointer test where ``x.__class__ is str`` is an
+    attribute lookup, and ``obj.get`` on a value known to be a dict a direct read.
     """
-    if obj.__class__ is dict:
-        get = obj.get
-        event_type = get("type")
-        event_id = get("event_id")
-        account_id = get("account_id")
-        actor_id = get("actor_id")
-        ts = get("ts")
-        post_id = get("post_id")
-        in_reply_to = get("in_reply_to")
+    if type(obj) is dict:
+        event_type = obj.get("type")
+        event_id = obj.get("event_id")
+        account_id = obj.get("account_id")
+        actor_id = obj.get("actor_id")
+        post_id = obj.get("post_id")
+        in_reply_to = obj.get("in_reply_to")
         if (
-            event_type.__class__ is str
-            and event_type in _ENGAGE_OR_FOLLOW
-            and (topic_kind is None or event_type in _TYPES_OF_TOPIC.get(topic_kind, ()))
-            and event_id.__class__ is str
+            type(event_type) is str
+            and (topic_kind is None or event_type in _TYPES_OF_TOPIC.get(topic_kind, _NO_TYPES))
+            and type(event_id) is str
             and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
-            and account_id.__class__ is str
+            and type(account_id) is str
             and 0 < len(account_id) <= MAX_ID_CHARS
-            and actor_id.__class__ is str
-            and 0 < len(actor_id) <= MAX_ID_CHARS
-            and (post_id is None or (post_id.__class__ is str and 0 < len(post_id) <= MAX_ID_CHARS))
-            and (in_reply_to is None or (in_reply_to.__class__ is str and 0 < len(in_reply_to) <= MAX_EVENT_ID_CHARS))
-            and "followers" not in obj
+            and (post_id is None or (type(post_id) is str and 0 < len(post_id) <= MAX_ID_CHARS))
+            and (in_reply_to is None or (type(in_reply_to) is str and 0 < len(in_reply_to) <= MAX_EVENT_ID_CHARS))
         ):
-            if ts.__class__ is int and 0 <= ts <= MAX_TS_MS:
-                ts_ms = ts
-            elif ts.__class__ is str:
-                ts_ms = parse_ts(ts)
-            else:
-                return _validate_detailed(obj, topic_kind)
-            fields = (
-                event_id,
-                event_type,
-                ts_ms,
-                actor_id,
-                account_id,
-                post_id,
-                in_reply_to if event_type == REPLY else None,
-                None,
-            )
-            return _new_tuple(Event, fields)  # Event(*fields) without its Python-level __new__
+            if event_type in _ENGAGE_OR_FOLLOW:
+                if type(actor_id) is str and 0 < len(actor_id) <= MAX_ID_CHARS and "followers" not in obj:
+                    ts_ms = _fast_ts(obj.get("ts"))
+                    if ts_ms >= 0:
+                        fields = (
+                            event_id,
+                            event_type,
+                            ts_ms,
+                            actor_id,
+                            account_id,
+                            post_id,
+                            in_reply_to if event_type == REPLY else None,
+                            None,
+                        )
+                        return _new_tuple(_EVENT, fields)  # Event(*fields) without its Python-level __new__
+            elif event_type == FOLLOWERS:  # a snapshot: no actor (one given is ignored), no in_reply_to
+                followers = obj.get("followers")
+                if (
+                    type(followers) is int
+                    and 0 <= followers <= MAX_FOLLOWERS
+                    and (actor_id is None or (type(actor_id) is str and 0 < len(actor_id) <= MAX_ID_CHARS))
+                ):
+                    ts_ms = _fast_ts(obj.get("ts"))
+                    if ts_ms >= 0:
+                        snapshot = (event_id, FOLLOWERS, ts_ms, "", account_id, post_id, None, followers)
+                        return _new_tuple(_EVENT, snapshot)
     return _validate_detailed(obj, topic_kind)
+
+
+def _fast_ts(ts: Any) -> int:
+    """``ts`` in epoch ms for :func:`validate_event`'s fast path: -1 if it is neither an int in range nor a
+    string (the detailed path then says why). Raises ``InvalidEvent`` for a string :func:`parse_ts` rejects."""
+    if type(ts) is int:
+        return ts if 0 <= ts <= MAX_TS_MS else -1
+    if type(ts) is str:
+        return parse_ts(ts)
+    return -1
 
 
 def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
@@ -239,7 +292,7 @@ def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
     if is_snapshot:
         if followers is None:
             raise InvalidEvent(Reason.MISSING_FIELD, "followers is missing")
-        if followers.__class__ is float and followers.is_integer():  # 120.0: an integer (JSON Schema)
+        if type(followers) is float and followers.is_integer():  # 120.0: an integer (JSON Schema)
             followers = int(followers)
         if isinstance(followers, bool) or not isinstance(followers, int):
             raise InvalidEvent(Reason.WRONG_TYPE, "followers must be an integer")

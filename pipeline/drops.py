@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
 from pipeline.settings import Settings
 
-FIRING = "firing"
-RESOLVED = "resolved"
+FIRING: Final = "firing"
+RESOLVED: Final = "resolved"
 
 
 @dataclass(frozen=True)

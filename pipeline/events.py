@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-LIKE = "like"
-REPLY = "reply"
-MENTION = "mention"
-FOLLOW = "follow"
-UNFOLLOW = "unfollow"
-FOLLOWERS = "followers"
+# Final: the compiled modules (pipeline.compiled) then use the values themselves, not a lookup per event.
+LIKE: Final = "like"
+REPLY: Final = "reply"
+MENTION: Final = "mention"
+FOLLOW: Final = "follow"
+UNFOLLOW: Final = "unfollow"
+FOLLOWERS: Final = "followers"
 
-ENGAGEMENT_TYPES = frozenset({LIKE, REPLY, MENTION})
-FOLLOW_TYPES = frozenset({FOLLOW, UNFOLLOW, FOLLOWERS})
+ENGAGEMENT_TYPES: Final = frozenset({LIKE, REPLY, MENTION})
+FOLLOW_TYPES: Final = frozenset({FOLLOW, UNFOLLOW, FOLLOWERS})
 
 # Source topic (without prefix) -> the event types it may carry.
 TOPIC_TYPES: dict[str, frozenset[str]] = {
@@ -34,14 +35,14 @@ DEAD_LETTER_TOPIC = "engagement-dead-letters"
 ALERTS_TOPIC = "engagement-alerts"  # engagement-drop alerts (pipeline.drops), keyed by account_id
 REKEY_TOPIC = "engagement-rekeyed"
 
-MAX_EVENT_ID_CHARS = 128
-MAX_ID_CHARS = 256
+MAX_EVENT_ID_CHARS: Final = 128
+MAX_ID_CHARS: Final = 256
 # The latest event time accepted: 2099-12-31T23:59:59.999Z. ClickHouse's DateTime columns (ts, window
 # bounds) end in February 2106; later times were stored wrapped, and every window after that collapsed.
-MAX_TS_MS = 4_102_444_799_999
+MAX_TS_MS: Final = 4_102_444_799_999
 # The largest follower count accepted: 2**53 - 1, the largest integer every JSON reader keeps exact; a
 # snapshot plus the follows after it then stays far inside ClickHouse's Int64.
-MAX_FOLLOWERS = 2**53 - 1
+MAX_FOLLOWERS: Final = 2**53 - 1
 
 
 class Event(NamedTuple):

@@ -12,10 +12,11 @@ its size is bounded by the lateness horizon, not by the account's history.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
-SNAPSHOT = 0
-FOLLOW = 1
-UNFOLLOW = -1
+SNAPSHOT: Final = 0
+FOLLOW: Final = 1
+UNFOLLOW: Final = -1
 
 # (ts_ms, kind, value, event_id): kind SNAPSHOT carries the count in value; FOLLOW/UNFOLLOW carry 0.
 LedgerEntry = tuple[int, int, int, str]

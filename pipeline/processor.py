@@ -1235,6 +1235,8 @@ def element_positions(payload: bytes | None, events: Sequence[Event], rejections
     if payload is None or _ARRAY_START.match(payload) is None:
         return [-1] * len(events)
     rejected = {r.index for r in rejections if r.index >= 0}
+    if not rejected:  # the common case: element i is event i
+        return list(range(len(events)))
     positions: list[int] = []
     index = 0
     while len(positions) < len(events):

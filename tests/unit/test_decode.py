@@ -212,25 +212,29 @@ def test_canonical_utc_timestamps_parse_exactly(ms: int, with_millis: bool) -> N
 
 
 PIECES = {
-    "year": ["2026", "1970", "9999", "2024", "1969"],
+    "year": ["2026", "1970", "9999", "2024", "1969", "20a6", "2a26", "a026", "202\u0663"],
     "month": ["01", "02", "12", "13", "00", "1a"],
     "day": ["01", "28", "29", "31", "32", "00"],
     "hour": ["00", "23", "24", "1x"],
     "minute": ["00", "59", "60"],
     "second": ["00", "59", "60", "5a", "+1", " 1", "\u06631"],
     "fraction": [".000", ".999", ".12a", ".+12", ".\uff11\uff12\uff13", ""],
+    "zone": ["Z", "+00:00", "-00:00", "+05:30", "-23:59", "+24:00", "+01:60", "-1x:00", "+01-00"],
 }
 
 
 @given(st.tuples(*(st.sampled_from(v) for v in PIECES.values())))
 def test_canonical_shaped_timestamps_parse_as_the_general_parser_does(pieces: tuple[str, ...]) -> None:
-    """The per-minute fast path (``parse_ts`` for ``YYYY-MM-DDTHH:MM:SS[.fff]Z``) agrees with
-    ``datetime.fromisoformat`` on valid and invalid dates, times, digits and signs."""
-    year, month, day, hour, minute, second, fraction = pieces
-    text = f"{year}-{month}-{day}T{hour}:{minute}:{second}{fraction}Z"
+    """The fast path (``parse_ts`` for ``YYYY-MM-DDTHH:MM:SS[.fff]`` then ``Z`` or ``±hh:mm``) agrees with
+    ``datetime.fromisoformat`` on valid and invalid dates, times, offsets, digits and signs (but for an
+    offset's minutes over 59, which RFC 3339 does not allow and ``fromisoformat`` takes)."""
+    year, month, day, hour, minute, second, fraction, zone = pieces
+    text = f"{year}-{month}-{day}T{hour}:{minute}:{second}{fraction}{zone}"
     try:
         expected = round(datetime.fromisoformat(text).timestamp() * 1000) if text.isascii() else -1
     except ValueError:
+        expected = -1
+    if zone != "Z" and zone[-2:] > "59":
         expected = -1
     if 0 <= expected <= MAX_TS_MS:
         assert parse_ts(text) == expected
@@ -239,14 +243,50 @@ def test_canonical_shaped_timestamps_parse_as_the_general_parser_does(pieces: tu
             parse_ts(text)
 
 
-def test_the_minute_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import decode
+@given(
+    st.datetimes(datetime(1970, 1, 2), datetime(9999, 12, 30, 23, 59, 59, 999000)),
+    st.booleans(),
+    st.none() | st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+)
+def test_the_canonical_fast_path_answers_exactly(moment: datetime, with_millis: bool, offset: int | None) -> None:
+    """``_canonical_ms`` itself (not the general parser behind it) answers every valid time in the shape
+    it knows, ``Z`` or ``±hh:mm``, leap days and the years 2000 and 9999 included, with ``datetime``'s
+    milliseconds."""
+    from pipeline.decode import _canonical_ms
 
-    monkeypatch.setattr(decode, "_MINUTES_BOUND", 3)
-    monkeypatch.setattr(decode, "_MINUTES", {})
-    for minute in range(10):
-        assert parse_ts(f"2026-01-01T00:{minute:02d}:01.500Z") == 1767225600000 + minute * 60_000 + 1_500
-        assert len(decode._MINUTES) <= 3
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{moment.microsecond // 1000:03d}" if with_millis else "")
+    if offset is None:
+        text += "Z"
+    else:
+        text += f"{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
+    assert _canonical_ms(text) == round(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "2023-02-29T00:00:00Z",
+        "2100-02-29T00:00:00Z",
+        "2026-04-31T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "2026-01-01T00:00:60Z",
+        "2026-01-01T00:00:00.5Z",
+        "2026-01-01T00:00:00+24:00",
+        "2026-01-01T00:00:00.000+01:60",
+        "2026-01-01T00:00:00+1a:00",
+        "2026-01-01T00:00:00+01-00",
+        "2026-01-01T00:00:00*01:00",
+        "1970-01-01T00:30:00+01:00",
+        "1969-12-31T23:30:00-01:00",
+        "20a6-01-01T00:00:00Z",
+        "2026-01-01T00:00:00.1a3Z",
+    ],
+)
+def test_the_canonical_fast_path_leaves_the_rest_to_the_general_parser(ts: str) -> None:
+    """Invalid times, other shapes, and times before 1970 (local or UTC) are not its to answer."""
+    from pipeline.decode import _canonical_ms
+
+    assert _canonical_ms(ts) == -1
 
 
 @pytest.mark.parametrize("ts", ["2023-02-29T00:00:00Z", "2026-01-01T24:00:00.000Z", "2026-01-01T00:00:0a.123Z"])

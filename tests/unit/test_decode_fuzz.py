@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.decode import InvalidEvent, _validate_detailed, validate_event
 from pipeline.events import (
     FOLLOWERS,
     MAX_EVENT_ID_CHARS,
@@ -289,3 +290,39 @@ def test_ts_digits_are_ascii(when: datetime, digit: str, swaps: list[bool]) -> N
         assert rejections == [] and events[0].ts_ms == (when.replace(tzinfo=UTC) - EPOCH) // MILLISECOND
     else:
         assert [r.reason for r in rejections] == [Reason.INVALID_TS], ts
+
+
+# --- the fast path against the detailed one -------------------------------------------------------
+
+
+def _validated(obj: Any, topic: str | None, validate: Any) -> Event | Reason:
+    try:
+        return validate(obj, topic)  # type: ignore[no-any-return]
+    except InvalidEvent as exc:
+        return exc.reason
+
+
+@st.composite
+def perturbed_events(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid event with one field dropped, nulled, or set to anything (or left as it is)."""
+    obj, _ = draw(valid_events())
+    name = draw(st.sampled_from(FIELDS))
+    change = draw(st.sampled_from(["keep", "drop", "null", "any"]))
+    if change == "drop":
+        obj.pop(name, None)
+    elif change == "null":
+        obj[name] = None
+    elif change == "any":
+        obj[name] = draw(json_values | non_strings | st.sampled_from(sorted(TYPE_TOPIC)) | st.just(""))
+    return obj
+
+
+@given(event_like | perturbed_events(), topics)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_fast_path_agrees_with_the_detailed_one(obj: dict[str, Any], topic: str | None) -> None:
+    """:func:`validate_event`'s fast path returns what :func:`_validate_detailed` returns: the same event
+    (same values, same types), or the same reason."""
+    fast = _validated(obj, topic, validate_event)
+    assert fast == _validated(obj, topic, _validate_detailed)
+    if isinstance(fast, Event):
+        assert [type(v) for v in fast] == [type(v) for v in _validate_detailed(obj, topic)]

@@ -836,6 +836,8 @@ def test_element_positions_skip_the_rejected_elements_and_a_single_object_has_no
     single = orjson.dumps(like("a", account))
     assert element_positions(single, *decode_message(single, "likes")) == [-1]
     assert element_positions(None, [], []) == []
+    whole = orjson.dumps([like("a", account), like("b", account)])
+    assert element_positions(whole, *decode_message(whole, "likes")) == [0, 1]  # nothing rejected
 
 
 def test_late_and_future_events_in_an_array_point_at_their_elements_also_when_forwarded() -> None:
