@@ -39,3 +39,12 @@ def test_an_account_goes_where_the_default_partitioner_puts_its_key(account_id: 
     expected = aiokafka.partitioner.DefaultPartitioner()(key, list(range(partitions)), list(range(partitions)))
     assert partition_for(key, partitions) == expected
     assert account_partitioner(partitions)(account_id) == expected
+
+
+def test_the_partitioners_cache_is_bounded_and_stays_right_when_emptied() -> None:
+    owner = account_partitioner(7, cache_size=3)
+    accounts = [f"acct-{i}" for i in range(10)]
+    for _ in range(2):  # the second pass reads some from the cache, recomputes the rest
+        for account in accounts:
+            assert owner(account) == partition_for(account.encode("utf-8"), 7)
+            assert len(owner.cache) <= 3  # type: ignore[attr-defined]
