@@ -126,7 +126,9 @@ def _canonical_ms(value: str) -> int:
     else:
         millis = 0
     sign = raw[zone]
-    if sign == 90:  # "Z"
+    if zone == n - 1:  # the zone must be "Z"
+        if sign != 90:
+            return -1
         offset = 0
     elif (sign == 43 or sign == 45) and raw[zone + 3] == 58:  # "+" or "-", then "hh:mm"
         hours = _two(raw, zone + 1)

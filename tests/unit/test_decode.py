@@ -219,7 +219,7 @@ PIECES = {
     "minute": ["00", "59", "60"],
     "second": ["00", "59", "60", "5a", "+1", " 1", "\u06631"],
     "fraction": [".000", ".999", ".12a", ".+12", ".\uff11\uff12\uff13", ""],
-    "zone": ["Z", "+00:00", "-00:00", "+05:30", "-23:59", "+24:00", "+01:60", "-1x:00", "+01-00"],
+    "zone": ["Z", "+00:00", "-00:00", "+05:30", "-23:59", "+24:00", "+01:60", "-1x:00", "+01-00", "+", "Z01:00"],
 }
 
 
@@ -280,6 +280,10 @@ def test_the_canonical_fast_path_answers_exactly(moment: datetime, with_millis: 
         "1969-12-31T23:30:00-01:00",
         "20a6-01-01T00:00:00Z",
         "2026-01-01T00:00:00.1a3Z",
+        "2026-01-01T00:00:06+",  # found by atheris: a sign where "Z" belongs read past the end
+        "2026-01-01T00:00:00.000-",
+        "2026-01-01T00:00:00Z01:00",
+        "2026-01-01T00:00:00.000Z01:00",
     ],
 )
 def test_the_canonical_fast_path_leaves_the_rest_to_the_general_parser(ts: str) -> None:
