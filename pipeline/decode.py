@@ -112,7 +112,7 @@ def _canonical_ms(value: str) -> int:
         zone = n - 6  # where the offset's sign is
     else:
         return -1
-    raw = value.encode()
+    raw = value.encode("utf-8", "surrogatepass")  # (never raises: a lone surrogate is not ASCII either)
     if len(raw) != n:  # not ASCII
         return -1
     if raw[4] != 45 or raw[7] != 45 or raw[10] != 84 or raw[13] != 58 or raw[16] != 58:
