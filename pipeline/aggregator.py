@@ -38,6 +38,7 @@ from pipeline.events import FOLLOW, FOLLOWERS, LIKE, MENTION, REPLY, UNFOLLOW, E
 from pipeline.followers import FOLLOW as LEDGER_FOLLOW
 from pipeline.followers import SNAPSHOT as LEDGER_SNAPSHOT
 from pipeline.followers import UNFOLLOW as LEDGER_UNFOLLOW
+from pipeline.partitioning import AccountOwners
 from pipeline.state_records import Generations, StateCorrupted
 
 NO_FRONTIER: Final = -(2**62)
@@ -322,6 +323,11 @@ class Aggregator:
         :func:`~pipeline.account_state.input_position` there): an event at or before the last position
         whose effect the account's stored state holds is a replay and changes nothing (``REPLAYED``).
         Without them (``position`` -1) replays are recognized by event id in open windows only."""
+        return self._apply_owned(event, partition, origin, position, self._frontier.get(partition, NO_FRONTIER))
+
+    def _apply_owned(self, event: Event, partition: int, origin: str, position: int, frontier: int) -> Outcome:
+        """:meth:`apply_event`, ``partition``'s frontier read by the caller (it does not move while events
+        are applied: only :meth:`advance` and :meth:`flush` move it)."""
         account_id = event.account_id
         if event.actor_id == account_id:
             return Outcome.SELF
@@ -334,15 +340,16 @@ class Aggregator:
         window_ms = self.config.window_ms
         start = ts - ts % window_ms
         end = start + window_ms
-        if end <= state.final_through or end + self.config.lateness_ms <= self._frontier.get(partition, NO_FRONTIER):
+        if end <= state.final_through or end + self.config.lateness_ms <= frontier:
             return Outcome.LATE
-        window = state.windows.get(start)
+        start_key: Any = start  # boxed once for both lookups (compiled, each use of an int key boxes it)
+        window = state.windows.get(start_key)
         if window is None:
             window = self._window(account_id, state, start, partition)
         elif event.event_id in window.ids:
             return Outcome.DUPLICATE
         else:
-            state.dirty.add(start)
+            state.dirty.add(start_key)
         window.add_id(event.event_id)
         kind = event.type
         if kind == LIKE:
@@ -376,7 +383,7 @@ class Aggregator:
     def apply_message(
         self,
         events: Sequence[Event],
-        source: tuple[str, int, int],
+        source: tuple[Any, ...],
         origin: str,
         first: int,
         horizon: int,
@@ -391,7 +398,8 @@ class Aggregator:
         """The per-event loop of one source message, read at ``source`` (topic, partition, offset), its
         partition's watermark so far ``watermark``: compiled with this module, it is most of a message's
         cost. Never raises (but what ``owner`` raises), never blocks; returns the new watermark and how
-        many events were COUNTED.
+        many events were COUNTED. ``owner`` is called directly, without Python's call protocol, when it is
+        an :class:`~pipeline.partitioning.AccountOwners`.
 
         Per event, in order: an event timed after ``horizon`` is skipped (its caller dead-letters it,
         ``future_ts``); the others move the watermark and are counted by type in ``kinds``; a reply's
@@ -399,9 +407,13 @@ class Aggregator:
         partition goes to ``foreign`` (its index, to forward); the rest are applied (:meth:`apply_event`,
         at ``first + index``). Counted and self events get a raw row in ``raw`` (the event, then topic,
         partition, offset); every outcome but COUNTED goes to ``others`` with the event's index."""
-        partition = source[1]
+        partition: int = source[1]
+        frontier = self._frontier.get(partition, NO_FRONTIER)
+        owners = owner if isinstance(owner, AccountOwners) else None
         counted = 0
         index = -1
+        run_kind = ""  # kinds are counted by runs (a topic carries one type, or nearly)
+        run = 0
         for event in events:
             index += 1
             ts = event.ts_ms
@@ -410,15 +422,21 @@ class Aggregator:
             if ts > watermark:
                 watermark = ts
             kind = event.type
-            kinds[kind] = kinds.get(kind, 0) + 1
+            if kind is not run_kind:  # the decoder gives each type's one shared string
+                if run:
+                    kinds[run_kind] = kinds.get(run_kind, 0) + run
+                run_kind = kind
+                run = 0
+            run += 1
             if kind == REPLY:
                 candidate = response_candidate(event)
                 if candidate is not None:
                     candidates.append(candidate)
-            if owner(event.account_id) != partition:
+            home = owners.partition_of(event.account_id) if owners is not None else owner(event.account_id)
+            if home != partition:
                 foreign.append(index)
                 continue
-            outcome = self.apply_event(event, partition, origin, first + index)
+            outcome = self._apply_owned(event, partition, origin, first + index, frontier)
             if outcome is Outcome.COUNTED:
                 counted += 1
                 raw.append(event + source)  # one concatenation (a starred tuple goes through a list)
@@ -426,6 +444,8 @@ class Aggregator:
             if outcome is Outcome.SELF:
                 raw.append(event + source)
             others.append((index, outcome))
+        if run:
+            kinds[run_kind] = kinds.get(run_kind, 0) + run
         return watermark, counted
 
     def apply_response(self, candidate: ResponseCandidate, partition: int) -> Outcome:

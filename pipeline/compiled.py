@@ -46,7 +46,7 @@ MODULES = ("events", "decode", "followers", "drops", "account_state", "aggregato
 # The interpreted modules they import: mypyc compiles against their annotations (a compiled call checks its
 # arguments' types), so a build is stale when one of these changes too. tests/unit/test_compiled.py checks
 # that this is every pipeline module MODULES import, directly or not.
-DEPENDENCIES = ("settings", "log_redaction", "state_records")
+DEPENDENCIES = ("settings", "log_redaction", "state_records", "wire")
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PACKAGE_DIR / "_compiled"
 MANIFEST = "manifest.json"

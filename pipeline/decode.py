@@ -8,6 +8,7 @@ A JSON array message is validated element by element: one bad element never reje
 from __future__ import annotations
 
 import re
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final
 
@@ -26,17 +27,20 @@ from pipeline.events import (
     Reason,
     Rejection,
 )
+from pipeline.wire import ABSENT, FIELDS_OF, WIRE_DECODER
 
 # RFC 3339 date-time with a mandatory zone; fraction of any length (truncated to milliseconds). ASCII:
 # without it ``\d`` is any Unicode decimal digit (Arabic-Indic...), which RFC 3339 and the schema do not allow.
 _RFC3339: Final = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII
 )
-_ENGAGE_OR_FOLLOW: Final = frozenset({"like", "reply", "mention", "follow", "unfollow"})  # not "followers"
 _new_tuple: Final = tuple.__new__
 _EVENT: Final = Event
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
+_ABSENT: Final = ABSENT  # a compiled module's own Final: a C static, not a globals lookup per use
+_WIRE_DECODER: Final = WIRE_DECODER
+_FIELDS_OF: Final = FIELDS_OF
 
 
 class InvalidEvent(Exception):
@@ -195,6 +199,9 @@ def _string(obj: dict[str, Any], name: str, limit: int, required: bool) -> str |
 
 _TYPES_OF_TOPIC: Final[dict[str, frozenset[str]]] = {kind: frozenset(types) for kind, types in TOPIC_TYPES.items()}
 _NO_TYPES: Final[frozenset[str]] = frozenset()
+# Each event type to its one interned string: an event carries it rather than its own copy, so that later
+# comparisons and dict lookups of the type find it by identity, and a buffered event holds one string less.
+_KNOWN_TYPES: Final[dict[str, str]] = {sys.intern(kind): sys.intern(kind) for kind in TYPE_TOPIC}
 
 
 def validate_event(obj: Any, topic_kind: str | None) -> Event:
@@ -213,49 +220,75 @@ def validate_event(obj: Any, topic_kind: str | None) -> Event:
     attribute lookup, and ``obj.get`` on a value known to be a dict a direct read.
     """
     if type(obj) is dict:
-        event_type = obj.get("type")
-        event_id = obj.get("event_id")
-        account_id = obj.get("account_id")
-        actor_id = obj.get("actor_id")
-        post_id = obj.get("post_id")
-        in_reply_to = obj.get("in_reply_to")
-        if (
-            type(event_type) is str
-            and (topic_kind is None or event_type in _TYPES_OF_TOPIC.get(topic_kind, _NO_TYPES))
-            and type(event_id) is str
-            and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
-            and type(account_id) is str
-            and 0 < len(account_id) <= MAX_ID_CHARS
-            and (post_id is None or (type(post_id) is str and 0 < len(post_id) <= MAX_ID_CHARS))
-            and (in_reply_to is None or (type(in_reply_to) is str and 0 < len(in_reply_to) <= MAX_EVENT_ID_CHARS))
-        ):
-            if event_type in _ENGAGE_OR_FOLLOW:
-                if type(actor_id) is str and 0 < len(actor_id) <= MAX_ID_CHARS and "followers" not in obj:
-                    ts_ms = _fast_ts(obj.get("ts"))
-                    if ts_ms >= 0:
-                        fields = (
-                            event_id,
-                            event_type,
-                            ts_ms,
-                            actor_id,
-                            account_id,
-                            post_id,
-                            in_reply_to if event_type == REPLY else None,
-                            None,
-                        )
-                        return _new_tuple(_EVENT, fields)  # Event(*fields) without its Python-level __new__
-            elif event_type == FOLLOWERS:  # a snapshot: no actor (one given is ignored), no in_reply_to
-                followers = obj.get("followers")
-                if (
-                    type(followers) is int
-                    and 0 <= followers <= MAX_FOLLOWERS
-                    and (actor_id is None or (type(actor_id) is str and 0 < len(actor_id) <= MAX_ID_CHARS))
-                ):
-                    ts_ms = _fast_ts(obj.get("ts"))
-                    if ts_ms >= 0:
-                        snapshot = (event_id, FOLLOWERS, ts_ms, "", account_id, post_id, None, followers)
-                        return _new_tuple(_EVENT, snapshot)
+        event = _fast_event(
+            obj.get("type"),
+            obj.get("event_id"),
+            obj.get("account_id"),
+            obj.get("actor_id"),
+            obj.get("post_id"),
+            obj.get("in_reply_to"),
+            obj.get("followers", _ABSENT),
+            obj.get("ts"),
+            topic_kind,
+        )
+        if event is not None:
+            return event
     return _validate_detailed(obj, topic_kind)
+
+
+def _fast_event(
+    event_type: Any,
+    event_id: Any,
+    account_id: Any,
+    actor_id: Any,
+    post_id: Any,
+    in_reply_to: Any,
+    followers: Any,
+    ts: Any,
+    topic_kind: str | None,
+) -> Event | None:
+    """The fast path's event from its fields' values (``followers`` :data:`_ABSENT` when there is no such
+    key), or ``None`` where the detailed path must judge. Raises ``InvalidEvent`` only for a string ``ts``
+    that :func:`parse_ts` rejects, every other field having been proven valid first."""
+    if type(event_type) is not str:
+        return None
+    kind = _KNOWN_TYPES.get(event_type)  # the one shared string of that type, or None
+    if not (
+        kind is not None
+        and (topic_kind is None or kind in _TYPES_OF_TOPIC.get(topic_kind, _NO_TYPES))
+        and type(event_id) is str
+        and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
+        and type(account_id) is str
+        and 0 < len(account_id) <= MAX_ID_CHARS
+        and (post_id is None or (type(post_id) is str and 0 < len(post_id) <= MAX_ID_CHARS))
+        and (in_reply_to is None or (type(in_reply_to) is str and 0 < len(in_reply_to) <= MAX_EVENT_ID_CHARS))
+    ):
+        return None
+    if kind != FOLLOWERS:  # an engagement, a follow or an unfollow
+        if type(actor_id) is str and 0 < len(actor_id) <= MAX_ID_CHARS and followers is _ABSENT:
+            ts_ms = _fast_ts(ts)
+            if ts_ms >= 0:
+                fields = (
+                    event_id,
+                    kind,
+                    ts_ms,
+                    actor_id,
+                    account_id,
+                    post_id,
+                    in_reply_to if kind == REPLY else None,
+                    None,
+                )
+                return _new_tuple(_EVENT, fields)  # Event(*fields) without its Python-level __new__
+    elif (  # a snapshot: no actor (one given is ignored), no in_reply_to
+        type(followers) is int
+        and 0 <= followers <= MAX_FOLLOWERS
+        and (actor_id is None or (type(actor_id) is str and 0 < len(actor_id) <= MAX_ID_CHARS))
+    ):
+        ts_ms = _fast_ts(ts)
+        if ts_ms >= 0:
+            snapshot = (event_id, FOLLOWERS, ts_ms, "", account_id, post_id, None, followers)
+            return _new_tuple(_EVENT, snapshot)
+    return None
 
 
 def _fast_ts(ts: Any) -> int:
@@ -351,7 +384,49 @@ def load_json(payload: bytes) -> tuple[Any, Rejection | None]:
 def decode_message(
     payload: bytes | None, topic_kind: str | None, max_bytes: int = 1024 * 1024
 ) -> tuple[list[Event], list[Rejection]]:
-    """Decode one message (a JSON object or an array of objects) into events and rejections. Never raises."""
+    """Decode one message (a JSON object or an array of objects) into events and rejections. Never raises.
+
+    A message whose every element is a well-formed event (what producers send nearly always) is read by
+    :func:`_decode_wire`; any other goes to :func:`_decode_general`, which gives each element its reason.
+    Both give the same events for the messages the first accepts (tests/unit/test_decode_wire.py)."""
+    if payload is not None and len(payload) <= max_bytes:
+        events = _decode_wire(payload, topic_kind)
+        if events is not None:
+            return events, []
+    return _decode_general(payload, topic_kind, max_bytes)
+
+
+def _decode_wire(payload: bytes, topic_kind: str | None) -> list[Event] | None:
+    """The events of a message that msgspec reads as :class:`~pipeline.wire.WireEvent` objects, each of
+    which :func:`_fast_event` accepts; ``None`` for any other message (nothing is half-decoded). Never
+    raises."""
+    try:
+        decoded = _WIRE_DECODER.decode(payload)
+    except Exception:  # msgspec.DecodeError, UnicodeDecodeError: the general path says which and why
+        return None
+    wires: list[Any] = decoded if type(decoded) is list else [decoded]
+    if not wires:
+        return None  # an empty array: the general path's rejection
+    events: list[Event] = []
+    try:
+        for wire in wires:
+            # event_id, type, ts, account_id, actor_id, post_id, in_reply_to, followers (WireEvent's order)
+            fields: tuple[Any, ...] = _FIELDS_OF(wire)
+            event = _fast_event(
+                fields[1], fields[0], fields[3], fields[4], fields[5], fields[6], fields[7], fields[2], topic_kind
+            )
+            if event is None:
+                return None
+            events.append(event)
+    except InvalidEvent:  # a string ts parse_ts rejects
+        return None
+    return events
+
+
+def _decode_general(
+    payload: bytes | None, topic_kind: str | None, max_bytes: int
+) -> tuple[list[Event], list[Rejection]]:
+    """:func:`decode_message` for any message: orjson, then :func:`validate_event` per element."""
     events: list[Event] = []
     rejections: list[Rejection] = []
     if payload is None:

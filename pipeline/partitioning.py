@@ -61,11 +61,13 @@ def account_partitioner(partitions: int, cache_size: int = 1 << 18) -> Callable[
     ``cache_size`` accounts, emptied when full. Compiled, a hit is one dict read; ``functools.lru_cache``,
     used before, also reorders its list on every hit (280 instructions per event more over
     ``BatchProcessor.process``, bench/RESULTS.md). Safe to share between threads (each call holds the GIL)."""
-    return _Owners(partitions, cache_size)
+    return AccountOwners(partitions, cache_size)
 
 
-class _Owners:
-    """:func:`account_partitioner`'s function (a class: compiled, its cache is a typed attribute)."""
+class AccountOwners:
+    """:func:`account_partitioner`'s function (a class: compiled, its cache is a typed attribute, and
+    compiled callers that know the class call :meth:`partition_of` directly, without Python's call
+    protocol)."""
 
     def __init__(self, partitions: int, cache_size: int) -> None:
         self.partitions = partitions
@@ -73,6 +75,10 @@ class _Owners:
         self.cache: dict[str, int] = {}
 
     def __call__(self, account_id: str) -> int:
+        return self.partition_of(account_id)
+
+    def partition_of(self, account_id: str) -> int:
+        """The partition that owns ``account_id``. Never raises, never blocks."""
         cache = self.cache
         partition = cache.get(account_id)
         if partition is None:

@@ -5,7 +5,9 @@
   one rejection of the whole (index -1) and no event; an array of n elements gives one event or one
   rejection per element (rejection indices distinct, increasing, in range); any other JSON value gives
   one event or one whole-message rejection;
-- every event satisfies the contract's invariants (:mod:`pipeline.events`), on the topic it came from.
+- every event satisfies the contract's invariants (:mod:`pipeline.events`), on the topic it came from;
+- the result is the general decoder's (orjson, then the detailed validation per element): the msgspec
+  fast path (:mod:`pipeline.wire`) may only refuse a message, never read one differently.
 
 The decoder runs with :data:`STACK_HEADROOM` frames of stack left, as from deep in a worker's stack:
 nothing in it may recurse with the input (hypothesis raises the recursion limit while a test runs, which
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 
 import orjson
 
-from pipeline.decode import decode_message
+from pipeline.decode import _decode_general, decode_message
 from pipeline.events import (
     FOLLOWERS,
     MAX_EVENT_ID_CHARS,
@@ -56,7 +58,10 @@ def check_decode(payload: bytes | None, topic_kind: str | None, max_bytes: int) 
     """Decode ``payload`` and assert every property above; returns what the decoder returned."""
     with stack_headroom():
         events, rejections = decode_message(payload, topic_kind, max_bytes)
+        general = _decode_general(payload, topic_kind, max_bytes)
     assert isinstance(events, list) and isinstance(rejections, list)
+    assert (events, rejections) == general, (payload, events, rejections, general)
+    assert [tuple(map(type, event)) for event in events] == [tuple(map(type, event)) for event in general[0]]
     for event in events:
         check_event(event, topic_kind)
     for rejection in rejections:
