@@ -312,6 +312,7 @@ def _validate_detailed(obj: Any, topic_kind: str | None) -> Event:
         raise InvalidEvent(Reason.WRONG_TYPE, "type must be a string")
     if event_type not in TYPE_TOPIC:
         raise InvalidEvent(Reason.UNKNOWN_TYPE, f"unknown type {event_type[:40]!r}")
+    event_type = _KNOWN_TYPES[event_type]  # the one shared string, as on the fast path
     if topic_kind is not None and event_type not in TOPIC_TYPES.get(topic_kind, ()):
         raise InvalidEvent(Reason.TOPIC_MISMATCH, f"type {event_type} does not belong on topic {topic_kind}")
     event_id = _string(obj, "event_id", MAX_EVENT_ID_CHARS, True)

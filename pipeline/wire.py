@@ -3,24 +3,29 @@
 msgspec decodes a message straight into :class:`WireEvent` objects, checking each field's JSON type in C
 as it parses, without building a dict per event (orjson's ``loads`` then seven ``dict.get`` cost about
 twice as much). It is only a fast path: anything :data:`WIRE_DECODER` refuses (a field of another JSON
-type, a missing or unknown field, a float, a nested array, malformed JSON or UTF-8) goes to the general
-decoder, which reads the message with orjson and gives each element its precise reason.
+type, a missing or unknown field, an unknown event type, a float, a nested array, malformed JSON or UTF-8)
+goes to the general decoder, which reads the message with orjson and gives each element its precise
+reason.
 
 Unknown fields are refused so that what this path accepts is a subset of what the general path accepts,
 with the same values: msgspec would skip an unknown field's value without reading it as orjson does (an
 integer past 64 bits, or nesting deeper than orjson allows, makes orjson refuse the whole message).
 
 Not compiled (mypyc cannot compile a class with msgspec's metaclass); the compiled decoder reads the
-attributes.
+fields through :data:`FIELDS_OF`.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
 from msgspec.structs import astuple
+
+# The contract's event types (pipeline.events.TYPE_TOPIC; a test checks they agree). msgspec gives each
+# type's one interned string: no string to allocate per event, and identity when it is compared.
+WireType = Literal["like", "reply", "mention", "follow", "unfollow", "followers"]
 
 
 class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -32,7 +37,7 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """
 
     event_id: str
-    type: str
+    type: WireType
     ts: int | str
     account_id: str
     actor_id: str | None = None

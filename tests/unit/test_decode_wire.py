@@ -8,14 +8,18 @@ Every fuzzer of the decoder (tests/unit/test_decode_fuzz.py, tests/fuzz/) also c
 from __future__ import annotations
 
 import json
+import sys
+from typing import Any, get_args
 
 import orjson
 import pytest
 
 from pipeline.decode import _decode_general, _decode_wire, decode_message
-from pipeline.events import Event, Reason
+from pipeline.events import TYPE_TOPIC, Event, Reason
+from pipeline.wire import WireType
 
 LIKE = b'{"event_id":"e1","type":"like","ts":%s,"account_id":"a","actor_id":%s}'
+GOOD_LIKE: dict[str, Any] = {"event_id": "e1", "type": "like", "ts": 5, "actor_id": "u", "account_id": "a"}
 SNAPSHOT = b'{"event_id":"s1","type":"followers","ts":"2026-01-01T00:00:00Z","account_id":"a","followers":%s}'
 
 
@@ -117,3 +121,19 @@ def test_ascii_escaped_and_plain_encodings_decode_alike() -> None:
     assert both(plain)[0] is None  # "mention" is not on "likes": the general path's rejection
     assert both(plain, "mentions")[0] == both(escaped, "mentions")[0] == decode_message(plain, "mentions")[0]
     assert decode_message(escaped, "mentions")[0][0].actor_id == "ü\u2028"
+
+
+def test_the_wire_types_are_the_contracts() -> None:
+    assert set(get_args(WireType)) == set(TYPE_TOPIC)
+
+
+def test_an_unknown_type_goes_to_the_general_path() -> None:
+    fast, (events, reasons) = both(b'{"event_id":"e1","type":"poke","ts":1,"account_id":"a","actor_id":"x"}')
+    assert fast is None and events == [] and reasons == [Reason.UNKNOWN_TYPE]
+
+
+def test_an_event_carries_its_types_one_shared_string() -> None:
+    fast, _ = both(orjson.dumps([GOOD_LIKE, GOOD_LIKE]))
+    assert fast is not None and fast[0].type is fast[1].type is sys.intern("like")
+    events, _ = decode_message(orjson.dumps({**GOOD_LIKE, "ts": 1.0}), "likes")  # the general path
+    assert events[0].type is sys.intern("like")
