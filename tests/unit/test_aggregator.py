@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pipeline.account_state import AccountState
 from pipeline.aggregator import Aggregator, DictStore, Outcome, ResponseCandidate, WindowConfig
 from pipeline.events import Event
+from pipeline.partitioning import account_partitioner
 from pipeline.reference import reference_rows
 from tests.unit.streamsim import run_stream
 
@@ -397,3 +398,75 @@ def test_silence_after_a_restart_is_stored_once_and_never_raised_twice() -> None
     agg.advance(0, T0 + 22 * window + CFG.lateness_ms)
     assert [(a.state, (a.window_start - T0) // window) for a in agg.take_alerts()] == [("resolved", 21)]
     assert agg.accounts_in_drop == 0
+
+
+def _apply_message(
+    agg: Aggregator, events: Sequence[Event], owner: Callable[[str], int], partition: int = 1
+) -> tuple[object, ...]:
+    kinds: dict[str, int] = {}
+    candidates: list[ResponseCandidate] = []
+    raw: list[tuple[object, ...]] = []
+    foreign: list[int] = []
+    others: list[tuple[int, Outcome]] = []
+    watermark, counted = agg.apply_message(
+        events,
+        ("likes", partition, 40),
+        "likes:1",
+        4000,
+        T0 + 10**9,
+        owner,
+        -1,
+        kinds,
+        candidates,
+        raw,
+        foreign,
+        others,
+    )
+    return watermark, counted, kinds, candidates, raw, foreign, others
+
+
+def test_apply_message_counts_types_by_runs_and_calls_either_kind_of_owner() -> None:
+    """Kinds are counted by runs of one type (by identity): runs that alternate, and equal types that are
+    distinct strings (as an interpreted caller may build them), count the same. The partitioner's own
+    class (called natively) and any callable with the same answers give the same result."""
+    owners = account_partitioner(2)
+    home = owners("a1")
+    away = next(f"a{i}" for i in range(2, 50) if owners(f"a{i}") != home)
+    events = [
+        ev("e1", "like", 1, "u1", "a1"),
+        ev("e2", "like", 2, "u2", away),
+        ev("e3", "".join(["fol", "low"]), 3, "u3", "a1"),  # "follow", not the interned string
+        ev("e4", "follow", 4, "u4", away),
+        ev("e5", "like", 5, "u5", "a1"),
+        ev("e6", "reply", 6, "u6", away, in_reply_to="x"),
+        ev("e7", "like", 7, "a1", "a1"),  # self
+        ev("e8", "like", 8, "u8", "a1"),
+    ]
+    native = _apply_message(Aggregator(CFG, DictStore(), owners), events, owners, home)
+    plain = _apply_message(Aggregator(CFG, DictStore(), owners), events, lambda a: owners(a), home)
+    assert native == plain
+    watermark, counted, kinds, candidates, raw, foreign, others = native
+    assert kinds == {"like": 5, "follow": 2, "reply": 1} and watermark == T0 + 8000
+    assert foreign == [1, 3, 5]  # re-keyed to the owner, whose partition applies them
+    assert others == [(6, Outcome.SELF)]
+    assert candidates == [ResponseCandidate("e6", "u6", "x", T0 + 6000)]  # whoever owns the account
+    assert raw == [(*e, "likes", home, 40) for i, e in enumerate(events) if i not in foreign]
+    assert counted == 4
+
+
+def test_apply_message_applies_as_apply_event_does() -> None:
+    """The per-event loop (the message's frontier read once) gives the outcomes and rows that applying
+    each event on its own gives, late events included."""
+    events = [ev(f"e{i}", "like", i * 50, f"u{i % 5}", f"a{i % 3}") for i in range(12)] + [
+        ev("old", "like", 1, "u9", "a0"),
+        ev("dup", "like", 500, "u1", "a1"),
+        ev("dup", "like", 500, "u1", "a1"),
+    ]
+    one, each = Aggregator(CFG, DictStore(), lambda a: 1), Aggregator(CFG, DictStore(), lambda a: 1)
+    for agg in (one, each):
+        agg.advance(1, T0 + 400_000)
+    *_, others = _apply_message(one, events, lambda a: 1)
+    outcomes = [each.apply_event(e, 1, "likes:1", 4000 + i) for i, e in enumerate(events)]
+    assert others == [(i, o) for i, o in enumerate(outcomes) if o is not Outcome.COUNTED]
+    assert Outcome.LATE in outcomes and Outcome.DUPLICATE in outcomes
+    assert [r._replace(version=0) for r in one.take_rows()] == [r._replace(version=0) for r in each.take_rows()]
