@@ -78,7 +78,8 @@ class AccountOwners:
         return self.partition_of(account_id)
 
     def partition_of(self, account_id: str) -> int:
-        """The partition that owns ``account_id``. Never raises, never blocks."""
+        """The partition that owns ``account_id``. Never blocks; raises only ``UnicodeEncodeError`` for an id
+        holding a lone surrogate (which no decoded event holds: both JSON decoders refuse one)."""
         cache = self.cache
         partition = cache.get(account_id)
         if partition is None:
