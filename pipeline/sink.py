@@ -23,7 +23,7 @@ from pipeline.deadletter import DeadLetter
 from pipeline.drops import Alert
 from pipeline.events import Event
 from pipeline.warehouse import QueryResult, Warehouse, WarehouseError
-from pipeline.warehouse.base import Params
+from pipeline.warehouse.base import Params, RowBlock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,37 +39,23 @@ SourcedEvent = tuple[Any, ...]
 EVENT_COLUMNS = (*Event._fields, "source_topic", "source_partition", "source_offset")
 
 
-def event_columns(events: Sequence[SourcedEvent], ingested_ms: int) -> dict[str, list[Any]]:
-    """Columns of ``engagement_events`` for a block of sourced events (a transposition, in C)."""
-    if not events:
-        return {}
-    columns: dict[str, list[Any]] = {
-        name: list(values) for name, values in zip(EVENT_COLUMNS, zip(*events, strict=True), strict=True)
-    }
-    columns["ingested_ms"] = [ingested_ms] * len(events)
-    return columns
+def event_columns(events: Sequence[SourcedEvent], ingested_ms: int) -> RowBlock:
+    """The ``engagement_events`` block of sourced events: the rows as they are (no transposition here, on
+    the main thread), with ``ingested_ms`` as a constant column."""
+    return RowBlock(EVENT_COLUMNS, events, {"ingested_ms": ingested_ms})
 
 
-def window_columns(rows: Sequence[WindowRow]) -> dict[str, list[Any]]:
-    """Columns of ``engagement_windows`` for a block of rows (window bounds in seconds)."""
-    return _windowed_columns(WindowRow._fields, rows)
+def window_columns(rows: Sequence[WindowRow]) -> RowBlock:
+    """The ``engagement_windows`` block of window rows (window bounds from ms to seconds)."""
+    return RowBlock(WindowRow._fields, rows, seconds=_WINDOW_BOUNDS)
 
 
-def alert_columns(alerts: Sequence[Alert]) -> dict[str, list[Any]]:
-    """Columns of ``engagement_alerts`` for a block of alerts (window bounds in seconds)."""
-    return _windowed_columns(Alert._fields, alerts)
+def alert_columns(alerts: Sequence[Alert]) -> RowBlock:
+    """The ``engagement_alerts`` block of alerts (window bounds from ms to seconds)."""
+    return RowBlock(Alert._fields, alerts, seconds=_WINDOW_BOUNDS)
 
 
-def _windowed_columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:
-    """``rows`` (tuples of ``names``) as columns, ``window_start``/``window_end`` from ms to seconds."""
-    if not rows:
-        return {}
-    columns: dict[str, list[Any]] = {
-        name: list(values) for name, values in zip(names, zip(*rows, strict=True), strict=True)
-    }
-    columns["window_start"] = [ms // 1000 for ms in columns["window_start"]]
-    columns["window_end"] = [ms // 1000 for ms in columns["window_end"]]
-    return columns
+_WINDOW_BOUNDS = ("window_start", "window_end")
 
 
 def dead_letter_columns(letters: Sequence[DeadLetter]) -> dict[str, list[Any]]:

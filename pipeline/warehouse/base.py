@@ -12,7 +12,7 @@ Contract of every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,6 +53,58 @@ class QueryResult:
 Params = Mapping[str, Any] | None
 
 
+class RowBlock(Mapping[str, Sequence[Any]]):
+    """The rows of one insert as the pipeline holds them, read as columns (name -> values) only when asked.
+
+    ``rows`` are tuples whose fields are ``names``, in order. ``constants`` are columns with one value for
+    every row (the block's ingestion time). ``seconds`` names fields given in epoch ms (never negative)
+    whose columns hold seconds (``DateTime``). As a mapping it is the same columns a plain dict would
+    give, transposed on the first read (on the warehouse thread, not the caller's) and kept. A backend
+    that can take rows whole (:class:`~pipeline.warehouse.embedded.EmbeddedWarehouse`, through Arrow)
+    reads ``rows`` instead and never transposes. Not safe to read from two threads at once.
+    """
+
+    __slots__ = ("_columns", "constants", "names", "rows", "seconds")
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        constants: Mapping[str, Any] | None = None,
+        seconds: Collection[str] = (),
+    ) -> None:
+        self.names = tuple(names)
+        self.rows = rows
+        self.constants: Mapping[str, Any] = constants or {}
+        self.seconds = tuple(seconds)
+        self._columns: dict[str, list[Any]] | None = None
+
+    def columns(self) -> dict[str, list[Any]]:
+        """The block as columns; raises ``ValueError`` if a row's length is not ``len(names)``."""
+        if self._columns is None:
+            if self.rows:
+                transposed = zip(*self.rows, strict=True)
+                columns = {name: list(values) for name, values in zip(self.names, transposed, strict=True)}
+            else:
+                columns = {name: [] for name in self.names}
+            for name in self.seconds:
+                columns[name] = [ms // 1000 for ms in columns[name]]
+            for name, value in self.constants.items():
+                columns[name] = [value] * len(self.rows)
+            self._columns = columns
+        return self._columns
+
+    def __getitem__(self, name: str) -> list[Any]:
+        return self.columns()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.names
+        yield from self.constants
+
+    def __len__(self) -> int:
+        return len(self.names) + len(self.constants)
+
+
 class Warehouse(Protocol):
     """A ClickHouse endpoint (see the module docstring for the contract)."""
 
@@ -68,7 +120,8 @@ class Warehouse(Protocol):
         ...
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
-        """Insert rows given as columns (name -> values, all of one length) in one block."""
+        """Insert rows given as columns (name -> values, all of one length) in one block. A
+        :class:`RowBlock` is such a mapping; a backend may read its rows directly instead."""
         ...
 
     def server_version(self) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from pipeline.extras import require_embedded
-from pipeline.warehouse.base import UNBOUNDED_PARTITIONS, Params, QueryError, QueryResult
+from pipeline.warehouse.base import UNBOUNDED_PARTITIONS, Params, QueryError, QueryResult, RowBlock
 from pipeline.warehouse.params import bind, identifier
 
 NEEDED_BY = "the embedded warehouse (ENGAGEMENT_WAREHOUSE=embedded)"
@@ -28,6 +28,8 @@ class EmbeddedWarehouse:
     def __init__(self, path: Path, database: str = "engagement") -> None:
         session = require_embedded("chdb.session", NEEDED_BY)
         self._pyarrow = require_embedded("pyarrow", NEEDED_BY)
+        self._arrow_compute = require_embedded("pyarrow.compute", NEEDED_BY)
+        self._row_types: dict[tuple[str, tuple[str, ...]], Any] = {}
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.database = database
@@ -66,10 +68,46 @@ class EmbeddedWarehouse:
         names = ", ".join(identifier(name) for name in columns)
         statement = f"INSERT INTO {table} ({names}) SETTINGS {UNBOUNDED_PARTITIONS} SELECT * FROM Python(block)"
         try:  # building the block is in it: a value Arrow cannot hold is the block's fault too
-            block = self._pyarrow.table({name: list(values) for name, values in columns.items()})  # noqa: F841 (chDB reads it by name)
+            block = self._block(table, columns)  # noqa: F841 (chDB reads it by name)
             self._session.query(statement)
         except Exception as exc:
             raise QueryError(str(exc).strip().splitlines()[0], _code(str(exc))) from exc
+
+    def _block(self, table: str, columns: Mapping[str, Sequence[Any]]) -> Any:
+        """The Arrow table chDB reads. A :class:`RowBlock` whose columns all have types Arrow can be told
+        (:func:`arrow_type`) is converted from its rows in one pass, with those types; anything else
+        (and a row block Arrow refuses with them) is transposed and converted with inferred types."""
+        pa = self._pyarrow
+        if isinstance(columns, RowBlock) and columns.rows:
+            row_type = self._row_type(table, columns.names)
+            if row_type is not None:
+                try:
+                    block = pa.Table.from_struct_array(pa.array(columns.rows, type=row_type))
+                except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                    block = None  # the general path below gives the precise error, if any
+                if block is not None:
+                    for name in columns.seconds:  # ms to s: truncation is the floor for the ms >= 0 here
+                        at = block.schema.get_field_index(name)
+                        block = block.set_column(at, name, self._arrow_compute.divide(block[name], 1000))
+                    for name, value in columns.constants.items():
+                        block = block.append_column(name, pa.repeat(value, len(columns.rows)))
+                    return block
+        return pa.table({name: list(values) for name, values in columns.items()})
+
+    def _row_type(self, table: str, names: tuple[str, ...]) -> Any:
+        """The Arrow struct of ``names`` in ``table`` (asked of ClickHouse once per table and names), or
+        None if a column is unknown or of a type :func:`arrow_type` does not map."""
+        key = (table, names)
+        if key not in self._row_types:
+            described = self._raw(
+                "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = %(t)s",
+                {"t": table},
+            )
+            types = {str(name): arrow_type(self._pyarrow, str(kind)) for name, kind in described.rows}
+            fields = [(name, types.get(name)) for name in names]
+            known = all(kind is not None for _, kind in fields)
+            self._row_types[key] = self._pyarrow.struct(fields) if known else None
+        return self._row_types[key]
 
     def server_version(self) -> tuple[int, int]:
         version = str(self.query("SELECT version()").rows[0][0])
@@ -87,3 +125,32 @@ def _code(message: str) -> int | None:
         if digits.isdigit():
             return int(digits)
     return None
+
+
+_ARROW_TYPES = {
+    "String": "string",
+    "Int8": "int64",
+    "Int16": "int64",
+    "Int32": "int64",
+    "Int64": "int64",
+    "UInt8": "uint64",
+    "UInt16": "uint64",
+    "UInt32": "uint64",
+    "UInt64": "uint64",
+    "Float32": "float64",
+    "Float64": "float64",
+    "DateTime": "int64",  # epoch seconds, as the general path's inferred int64 columns give them
+}
+
+
+def arrow_type(pa: Any, clickhouse_type: str) -> Any:
+    """The Arrow type whose values chDB casts to ``clickhouse_type`` as the general path's inferred types
+    do (Python str to string, int to 64-bit integers, float to float64, epoch seconds to ``DateTime``),
+    ``Nullable``, ``LowCardinality`` and a ``DateTime``'s zone seen through; None for any other type."""
+    kind = clickhouse_type
+    while kind.endswith(")") and kind.startswith(("Nullable(", "LowCardinality(")):
+        kind = kind[kind.index("(") + 1 : -1]
+    if kind.startswith("DateTime(") and not kind.startswith("DateTime64"):
+        kind = "DateTime"
+    name = _ARROW_TYPES.get(kind)
+    return getattr(pa, name)() if name is not None else None
