@@ -13,10 +13,11 @@ from typing import Any
 import orjson
 
 from pipeline.extras import require_embedded
-from pipeline.warehouse.base import UNBOUNDED_PARTITIONS, Params, QueryError, QueryResult, RowBlock
+from pipeline.warehouse.base import INSERT_SETTINGS, Params, QueryError, QueryResult, RowBlock
 from pipeline.warehouse.params import bind, identifier
 
 NEEDED_BY = "the embedded warehouse (ENGAGEMENT_WAREHOUSE=embedded)"
+_INSERT_SETTINGS = ", ".join(f"{name} = {value}" for name, value in INSERT_SETTINGS.items())
 
 
 class EmbeddedWarehouse:
@@ -66,7 +67,7 @@ class EmbeddedWarehouse:
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
         names = ", ".join(identifier(name) for name in columns)
-        statement = f"INSERT INTO {table} ({names}) SETTINGS {UNBOUNDED_PARTITIONS} SELECT * FROM Python(block)"
+        statement = f"INSERT INTO {table} ({names}) SETTINGS {_INSERT_SETTINGS} SELECT * FROM Python(block)"
         try:  # building the block is in it: a value Arrow cannot hold is the block's fault too
             block = self._block(table, columns)  # noqa: F841 (chDB reads it by name)
             self._session.query(statement)

@@ -10,7 +10,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from pipeline.settings import Settings
-from pipeline.warehouse.base import PARTITIONS_SETTING, Params, QueryError, QueryResult, WarehouseUnavailable
+from pipeline.warehouse.base import INSERT_SETTINGS, Params, QueryError, QueryResult, WarehouseUnavailable
 from pipeline.warehouse.params import bind, identifier
 
 # On a cluster (pipeline.warehouse.cluster), every query of the session runs with these: an insert into a
@@ -79,7 +79,7 @@ class ServerWarehouse:
             "send_receive_timeout": 300,
         }
         self._client = Client(database=self.database or "default", **self._connect)
-        self._partition_bound: dict[str, Any] | None = None  # see _insert_settings
+        self._known_insert_settings: dict[str, Any] | None = None  # see _insert_settings
 
     def _scrub(self, message: str) -> str:
         password = str(self._connect.get("password") or "")
@@ -136,12 +136,13 @@ class ServerWarehouse:
         self._run(f"INSERT INTO {table} ({names}) VALUES", data, columnar=True, settings=self._insert_settings())
 
     def _insert_settings(self) -> dict[str, Any]:
-        """Settings of every insert: :data:`~pipeline.warehouse.base.PARTITIONS_SETTING` lifted, on servers
-        that have it (asked once)."""
-        if self._partition_bound is None:
-            known = self._run(f"SELECT count() FROM system.settings WHERE name = '{PARTITIONS_SETTING}'")[0][0]
-            self._partition_bound = {PARTITIONS_SETTING: 0} if known else {}
-        return self._partition_bound
+        """Settings of every insert: those of :data:`~pipeline.warehouse.base.INSERT_SETTINGS` this server
+        has (asked once; 18.16 has none of them)."""
+        if self._known_insert_settings is None:
+            names = ", ".join(f"'{name}'" for name in INSERT_SETTINGS)
+            known = {str(row[0]) for row in self._run(f"SELECT name FROM system.settings WHERE name IN ({names})")}
+            self._known_insert_settings = {k: v for k, v in INSERT_SETTINGS.items() if k in known}
+        return self._known_insert_settings
 
     def server_version(self) -> tuple[int, int]:
         try:

@@ -188,3 +188,16 @@ def test_a_row_block_arrow_refuses_takes_the_general_path(embedded_settings: Set
         assert outcomes[0] == outcomes[1]
     finally:
         warehouse.close()
+
+
+def test_a_block_keeps_its_copies_of_one_row_until_a_merge(warehouse: Warehouse) -> None:
+    """Inserts do not collapse a block's rows of one key as they write them (``optimize_on_insert`` off
+    where the server has it; 18.16 never does): the copies stay until the table merges its parts, as the
+    copies of a replayed block do, and readers absorb them (FINAL here; uniqExact and DISTINCT in
+    :mod:`pipeline.queries`, checked against the reference with duplicates in one block and across
+    blocks in ``test_report_equals_reference.py``)."""
+    event = Event("copy-1", "like", 1_767_225_600_000, "u1", "acct-copies")
+    warehouse.insert("engagement_events", event_columns([(*event, "likes", 0, 1), (*event, "likes", 0, 1)], 1))
+    where = "WHERE account_id = 'acct-copies'"
+    assert warehouse.query(f"SELECT count() FROM engagement_events {where}").rows == [(2,)]
+    assert warehouse.query(f"SELECT count() FROM engagement_events FINAL {where}").rows == [(1,)]
