@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pyarrow as pa
 import pytest
 
 from pipeline import queries
@@ -164,9 +165,11 @@ def test_a_row_block_stores_what_its_columns_store(warehouse: Warehouse) -> None
         stored = _stored(warehouse, table, block, "r:")
         assert len(stored) == len(block.rows)
         assert stored == _stored(warehouse, table, block, "c:")
-    if isinstance(warehouse, EmbeddedWarehouse):  # and chDB took the rows whole, not the general path
-        for table, block in _blocks("r:").items():
-            assert warehouse._row_type(table, block.names) is not None, table
+    if isinstance(warehouse, EmbeddedWarehouse):  # and chDB took the rows whole, not the general path:
+        for table, block in _blocks("r:").items():  # Arrow accepts them with the table's own types
+            row_type = warehouse._row_type(table, block.names)
+            assert row_type is not None, table
+            assert len(pa.array(block.rows, type=row_type)) == len(block.rows)
 
 
 def test_a_row_block_arrow_refuses_takes_the_general_path(embedded_settings: Settings) -> None:
