@@ -132,7 +132,7 @@ class ServerWarehouse:
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
         names = ", ".join(identifier(name) for name in columns)
-        data = [list(v) for v in columns.values()]
+        data = [v if type(v) is list else list(v) for v in columns.values()]  # a RowBlock's are lists already
         self._run(f"INSERT INTO {table} ({names}) VALUES", data, columnar=True, settings=self._insert_settings())
 
     def _insert_settings(self) -> dict[str, Any]:
