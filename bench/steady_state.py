@@ -44,6 +44,7 @@ from pipeline.partitioning import account_partitioner  # noqa: E402
 from pipeline.processor import BatchProcessor, Message, StagedStore  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from pipeline.sink import PendingWrite  # noqa: E402
+from pipeline.warehouse.base import row_count  # noqa: E402
 
 
 class DiscardingWriter:
@@ -53,7 +54,7 @@ class DiscardingWriter:
         self.rows: dict[str, int] = {}
 
     def write_soon(self, table: str, columns: Mapping[str, Sequence[Any]]) -> PendingWrite:
-        self.rows[table] = self.rows.get(table, 0) + len(next(iter(columns.values()), ()))
+        self.rows[table] = self.rows.get(table, 0) + row_count(columns)  # as the worker counts: no transposing
         return PendingWrite(None, None)
 
     async def write(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:

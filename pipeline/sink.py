@@ -23,7 +23,7 @@ from pipeline.deadletter import DeadLetter
 from pipeline.drops import Alert
 from pipeline.events import Event
 from pipeline.warehouse import QueryResult, Warehouse, WarehouseError
-from pipeline.warehouse.base import Params, RowBlock
+from pipeline.warehouse.base import Params, RowBlock, row_count
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,7 +145,7 @@ class WarehouseWriter:
         on two cores the next batch is decoded while this one is written. Blocks are inserted in the
         order of the calls. Must be called from the event loop's thread.
         """
-        rows = len(next(iter(columns.values()), ()))
+        rows = row_count(columns)
         if rows == 0:
             return PendingWrite(None, None)
         loop = asyncio.get_running_loop()

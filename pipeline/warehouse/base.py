@@ -109,6 +109,14 @@ class RowBlock(Mapping[str, Sequence[Any]]):
         return len(self.names) + len(self.constants)
 
 
+def row_count(columns: Mapping[str, Sequence[Any]]) -> int:
+    """How many rows a block holds, without transposing a :class:`RowBlock` (its callers are on the event
+    loop's thread, which must not pay for the transposition a backend may never need)."""
+    if isinstance(columns, RowBlock):
+        return len(columns.rows)
+    return len(next(iter(columns.values()), ()))
+
+
 class Warehouse(Protocol):
     """A ClickHouse endpoint (see the module docstring for the contract)."""
 

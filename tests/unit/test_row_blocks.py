@@ -9,7 +9,7 @@ import pytest
 from pipeline.aggregator import WindowRow
 from pipeline.events import Event
 from pipeline.sink import EVENT_COLUMNS, event_columns, window_columns
-from pipeline.warehouse.base import RowBlock
+from pipeline.warehouse.base import RowBlock, row_count
 from pipeline.warehouse.embedded import arrow_type
 
 
@@ -24,6 +24,14 @@ def test_columns_are_the_rows_transposed_with_constants_and_seconds() -> None:
 def test_no_rows_are_empty_columns() -> None:
     block = RowBlock(("a", "b"), [], {"at": 5})
     assert dict(block) == {"a": [], "b": [], "at": []}
+
+
+def test_row_count_reads_a_row_block_without_transposing_it() -> None:
+    block = RowBlock(("a", "b"), [(1, 2), (3, 4), (5, 6)], {"c": 0})
+    assert row_count(block) == 3
+    assert block._columns is None  # still rows: the count came from them
+    assert row_count(RowBlock(("a",), [])) == 0
+    assert row_count({"a": [1, 2]}) == 2 and row_count({"a": []}) == 0 and row_count({}) == 0
 
 
 def test_a_row_of_another_length_is_refused_when_read() -> None:

@@ -12,6 +12,7 @@ from typing import Any, cast
 from pipeline import metrics
 from pipeline.sink import WarehouseWriter
 from pipeline.warehouse import QueryResult, Warehouse, WarehouseUnavailable
+from pipeline.warehouse.base import RowBlock
 
 
 class FlakyWarehouse:
@@ -48,6 +49,37 @@ def test_a_failed_insert_is_retried_until_durable_backing_off_up_to_the_cap() ->
     assert slept == [0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0]
     assert warehouse.inserted == [("t_outage", {"a": [1, 2]})]
     assert insert_failures("t_outage") - before == 8
+
+
+class WatchedBlock(RowBlock):
+    """A row block that notes the thread of each transposition."""
+
+    __slots__ = ("threads",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.threads: list[str] = []
+
+    def columns(self) -> dict[str, list[Any]]:
+        self.threads.append(threading.current_thread().name)
+        return super().columns()
+
+
+def rows_written(table: str) -> float:
+    return metrics.REGISTRY.get_sample_value("engagement_rows_written_total", {"table": table}) or 0.0
+
+
+def test_a_row_block_is_transposed_on_the_warehouse_thread_never_the_callers() -> None:
+    warehouse = FlakyWarehouse(failures=0)  # reads the block as columns, as the server backend does
+    block = WatchedBlock(("a", "b"), [(1, "x"), (2, "y")], {"c": 7})
+    before = rows_written("t_rowblock")
+
+    writer = WarehouseWriter(lambda: cast(Warehouse, warehouse))
+    asyncio.run(writer.write("t_rowblock", block))  # the event loop runs on this (the main) thread
+    writer.close()
+    assert block.threads and threading.main_thread().name not in block.threads
+    assert warehouse.inserted == [("t_rowblock", {"a": [1, 2], "b": ["x", "y"], "c": [7, 7]})]
+    assert rows_written("t_rowblock") - before == 2
 
 
 class SlowWarehouse:
