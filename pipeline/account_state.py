@@ -27,6 +27,7 @@ them), then a delta record at each store where they changed (see :class:`Journal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -87,6 +88,11 @@ class WindowCounts:
     ids: set[str] = field(default_factory=set)
     response_ids: set[str] = field(default_factory=set)
     fresh: Fresh | None = field(default=None, compare=False, repr=False)
+    # The aggregator's upsert throttle (pipeline.aggregator.Aggregator.take_rows): when this window was last
+    # upserted (its monotonic clock; -inf: not by this object), and whether a change of it waits for that
+    # upsert's interval to end. Not part of the value.
+    upserted_at: float = field(default=-math.inf, compare=False, repr=False)
+    waiting: bool = field(default=False, compare=False, repr=False)
 
     def __init__(
         self,
@@ -100,6 +106,8 @@ class WindowCounts:
         ids: set[str] | None = None,
         response_ids: set[str] | None = None,
         fresh: Fresh | None = None,
+        upserted_at: float = -math.inf,
+        waiting: bool = False,
     ) -> None:
         self.likes = likes
         self.replies = replies
@@ -111,6 +119,8 @@ class WindowCounts:
         self.ids = set() if ids is None else ids
         self.response_ids = set() if response_ids is None else response_ids
         self.fresh = fresh
+        self.upserted_at = upserted_at
+        self.waiting = waiting
 
     def add_id(self, event_id: str) -> None:
         fresh = self.fresh

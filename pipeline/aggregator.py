@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import operator
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -206,6 +206,15 @@ _new_tuple: Final = tuple.__new__
 # mypyc, a typed `int / int` converts each side to a double first, which differs in the last bit above 2**53
 # (a follower count that large is accepted); the compiled hot path must give the source's results.
 _true_divide: Final[Callable[[int, int], float]] = operator.truediv
+_EXACT_IN_A_DOUBLE: Final = 2**53  # every integer below it is a double exactly
+
+
+def _engagement_rate(engagers: int, followers: int) -> float:
+    """``engagers / followers`` exactly as CPython divides (correctly rounded). Below 2**53 both are doubles
+    exactly, and dividing doubles is correctly rounded too: that path skips a Python-level call."""
+    if engagers < _EXACT_IN_A_DOUBLE and followers < _EXACT_IN_A_DOUBLE:
+        return engagers / followers
+    return _true_divide(engagers, followers)
 
 
 class VersionClock:
@@ -218,6 +227,13 @@ class VersionClock:
     def next(self) -> int:
         self._last = max(self._now_ns(), self._last + 1)
         return self._last
+
+    def run_of(self, count: int) -> int:
+        """The first of ``count`` consecutive versions, all after every one given so far, from one reading
+        of the clock (for rows stamped together: a reading per row cost more than the rest of a row)."""
+        first = max(self._now_ns(), self._last + 1)
+        self._last = first + max(count, 1) - 1
+        return first
 
 
 class Aggregator:
@@ -242,11 +258,14 @@ class Aggregator:
         self.generations = Generations()  # of segment records (pipeline.account_state)
         self.upsert_interval_s = upsert_interval_s
         self._monotonic = monotonic
-        # Upsert throttle: when each open window was last upserted, oldest first (an entry is dropped
-        # once older than the interval, so this holds only the last interval's upserts), and the changed
-        # windows waiting for their entry to expire (each has one: it is upserted when the entry goes).
-        self._last_upsert: OrderedDict[tuple[str, int], float] = OrderedDict()
-        self._deferred: set[tuple[str, int]] = set()
+        # Upsert throttle: an open window is upserted at most once per interval. A window notes when it was
+        # last upserted and whether a change of it waits (WindowCounts.upserted_at / waiting); this queue
+        # holds the upserts of the last interval, oldest first, (time, account, start, window), so that a
+        # waiting change is upserted when its interval ends. ``_waiting`` counts the windows that wait.
+        # (No (account, start) keys: compiled, each use of such a key built a tuple; take_rows spent most
+        # of its time there.)
+        self._upserts: deque[tuple[float, str, int, WindowCounts]] = deque()
+        self._waiting = 0
         # Live states, most recently used last (an LRU bounded by ``cache_accounts``); the accounts
         # touched since the last persist (written then), and those touched since the last take_rows.
         self._live: OrderedDict[str, AccountState] = OrderedDict()
@@ -540,10 +559,11 @@ class Aggregator:
         if window is None:
             return
         state.dirty.discard(start)
-        self._deferred.discard((account_id, start))
-        self._last_upsert.pop((account_id, start), None)
+        if window.waiting:  # its final row below has the change; the queue's entry is skipped when it ends
+            window.waiting = False
+            self._waiting -= 1
         end = start + self.config.window_ms
-        row = self._row(account_id, state, start, window, final=1)
+        row = self._row(account_id, state, start, window, 1, self.clock.next())
         self._final_rows.append(row)
         state.final_through = max(state.final_through, end)
         self._prune(state)
@@ -620,10 +640,8 @@ class Aggregator:
         self._touched.clear()
         self._fresh.clear()
         self._live.clear()
-        self._deferred = {k for k in self._deferred if self.partition_of(k[0]) in partitions}
-        self._last_upsert = OrderedDict(
-            (k, v) for k, v in self._last_upsert.items() if self.partition_of(k[0]) in partitions
-        )
+        self._upserts = deque(u for u in self._upserts if self.partition_of(u[1]) in partitions)
+        self._waiting = sum(1 for u in self._upserts if u[3].waiting)  # a window has one entry at most
         self._ending = {p: EndIndex() for p in partitions}
         self._quiet = {p: EndIndex() for p in partitions}
         self._frontier = {p: f for p, f in self._frontier.items() if p in partitions}
@@ -649,7 +667,9 @@ class Aggregator:
 
     # -- output -----------------------------------------------------------------------------------
 
-    def _row(self, account_id: str, state: AccountState, start: int, w: WindowCounts, final: int) -> WindowRow:
+    def _row(
+        self, account_id: str, state: AccountState, start: int, w: WindowCounts, final: int, version: int
+    ) -> WindowRow:
         c = self.config
         end = start + c.window_ms
         ledger = state.ledger
@@ -669,9 +689,9 @@ class Aggregator:
             followers,
             w.responses,
             c.weight_like * likes + c.weight_mention * mentions + c.weight_reply * replies,
-            _true_divide(engagers, followers) if followers else None,
+            _engagement_rate(engagers, followers) if followers else None,
             final,
-            self.clock.next(),
+            version,
         )
         return _new_tuple(WindowRow, fields)  # WindowRow(*fields) without its Python-level __new__
 
@@ -698,7 +718,7 @@ class Aggregator:
     @property
     def has_deferred_upserts(self) -> bool:
         """Whether changed open windows wait for their upsert interval (call :meth:`end_batch` later)."""
-        return bool(self._deferred)
+        return self._waiting > 0
 
     def end_batch(self) -> list[WindowRow]:
         """:meth:`take_rows`, then :meth:`persist`: everything since the last call, in one step."""
@@ -712,36 +732,44 @@ class Aggregator:
         Open windows that changed come first (``final=0``; a window is upserted at most once every
         ``upsert_interval_s``, later changes wait for a later call), then windows that became final.
         """
-        rows: list[WindowRow] = []
         now = self._monotonic()
-        last, deferred = self._last_upsert, self._deferred
-        ready: list[tuple[tuple[str, int], AccountState | None]] = []  # with the state where at hand
-        for account_id, state in self._fresh.items():
-            if state.dirty:
-                for start in state.dirty:
-                    key = (account_id, start)
-                    if key in deferred:
-                        continue
-                    if key in last:  # upserted within the interval: wait for that entry to expire
-                        deferred.add(key)
-                    else:
-                        ready.append((key, state))
-                state.dirty.clear()
-        self._fresh.clear()
         interval = self.upsert_interval_s
-        while last and next(iter(last.values())) + interval <= now:  # oldest first: expired entries
-            key, _ = last.popitem(last=False)
-            if key in deferred:
-                deferred.discard(key)
-                ready.append((key, None))
-        row = self._row
-        for key, held in ready:
-            account_id, start = key
-            state = held if held is not None else self._peek(account_id)
-            window = state.windows.get(start)
-            if window is not None:
-                rows.append(row(account_id, state, start, window, 0))
-                last[key] = now  # appended: the dict stays in upsert-time order
+        ready: list[tuple[str, AccountState, int, WindowCounts]] = []
+        for account_id, state in self._fresh.items():
+            dirty = state.dirty
+            if dirty:
+                windows = state.windows
+                for start in dirty:
+                    window = windows.get(start)
+                    if window is None or window.waiting:  # (a final window's start leaves dirty with it)
+                        continue
+                    if window.upserted_at + interval > now:  # upserted within the interval: wait for its end
+                        window.waiting = True
+                        self._waiting += 1
+                    else:
+                        window.upserted_at = now
+                        ready.append((account_id, state, start, window))
+                dirty.clear()
+        self._fresh.clear()
+        upserts = self._upserts
+        while upserts and upserts[0][0] + interval <= now:  # oldest first: the intervals that ended
+            _, account_id, start, window = upserts.popleft()
+            if window.waiting:
+                window.waiting = False
+                self._waiting -= 1
+                state = self._peek(account_id)  # the window itself unless its state was evicted and read back
+                current = state.windows.get(start)
+                if current is not None and current.upserted_at != now:  # (not upserted above: read back, changed)
+                    current.upserted_at = now
+                    ready.append((account_id, state, start, current))
+        rows: list[WindowRow] = []
+        if ready:
+            version = self.clock.run_of(len(ready))
+            for account_id, state, start, window in ready:
+                rows.append(self._row(account_id, state, start, window, 0, version))
+                version += 1
+                if interval > 0:
+                    upserts.append((now, account_id, start, window))
         rows.extend(self._final_rows)
         self._final_rows = []
         return rows

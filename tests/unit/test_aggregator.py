@@ -275,13 +275,58 @@ def test_upsert_bookkeeping_only_holds_the_last_interval() -> None:
     agg.assign({0})
     for i in range(50):
         agg.apply_event(ev(str(i), "like", 1, "u", f"A{i}"), 0)
-    assert len(agg.end_batch()) == 50 and len(agg._last_upsert) == 50
+    assert len(agg.end_batch()) == 50 and len(agg._upserts) == 50
     clock[0] = 1.0
     agg.apply_event(ev("x", "like", 2, "u", "A0"), 0)
-    assert agg.end_batch() == [] and len(agg._last_upsert) == 50  # still throttling
+    assert agg.end_batch() == [] and len(agg._upserts) == 50  # still throttling
     clock[0] = 2.0
     assert [r.account_id for r in agg.end_batch()] == ["A0"]
-    assert list(agg._last_upsert) == [("A0", T0)]  # the other 49 throttle nothing any more
+    assert [(a, s) for _, a, s, _ in agg._upserts] == [("A0", T0)]  # the other 49 throttle nothing any more
+
+
+def test_a_waiting_change_of_an_evicted_state_is_upserted_from_the_state_read_back() -> None:
+    clock = [0.0]
+    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0], cache_accounts=1)
+    agg.assign({0})
+    agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
+    assert [r.likes for r in agg.end_batch()] == [1]
+    clock[0] = 1.0
+    agg.apply_event(ev("2", "like", 2, "u2", "A"), 0)
+    assert agg.end_batch() == [] and agg.has_deferred_upserts  # A's change waits; A is stored
+    agg.apply_event(ev("3", "like", 1, "u3", "B"), 0)  # B pushes A out of the live cache
+    assert [r.account_id for r in agg.end_batch()] == ["B"]
+    clock[0] = 2.0
+    assert [(r.account_id, r.likes) for r in agg.end_batch()] == [("A", 2)]  # from the state read back
+    assert not agg.has_deferred_upserts
+
+
+def test_a_window_final_while_its_change_waits_is_written_once_final() -> None:
+    clock = [0.0]
+    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
+    agg.assign({0})
+    agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
+    assert len(agg.take_rows()) == 1
+    clock[0] = 1.0
+    agg.apply_event(ev("2", "like", 2, "u2", "A"), 0)
+    assert agg.take_rows() == [] and agg.has_deferred_upserts
+    agg.flush()  # final now: its final row carries the waiting change
+    assert [(r.likes, r.final) for r in agg.take_rows()] == [(2, 1)] and not agg.has_deferred_upserts
+    clock[0] = 5.0
+    assert agg.take_rows() == []  # the upsert's interval ended: nothing waits any more
+
+
+def test_rows_taken_together_have_strictly_increasing_versions_after_every_earlier_row() -> None:
+    clock = [0.0]
+    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
+    agg.assign({0})
+    for i in range(5):
+        agg.apply_event(ev(str(i), "like", 1, "u", f"A{i}"), 0)
+    first = agg.take_rows()
+    agg.flush()
+    final = agg.take_rows()
+    versions = [r.version for r in first + final]
+    assert len(first) == 5 and len(final) == 5
+    assert versions == sorted(versions) and len(set(versions)) == 10
 
 
 def test_windows_finalize_by_end_then_account() -> None:

@@ -42,6 +42,8 @@ def test_every_field_is_a_parameter_by_name_and_in_order(cls: type[Any]) -> None
             marks[field.name] = not default
         elif isinstance(default, int):
             marks[field.name] = 1000 + index
+        elif isinstance(default, float):
+            marks[field.name] = 1000.5 + index
         elif default is None:  # optional: stored as given (the parameter must still exist, by name and place)
             marks[field.name] = None
         else:  # a container or an object: a new one, which must be stored itself, not a copy or a default
@@ -51,7 +53,7 @@ def test_every_field_is_a_parameter_by_name_and_in_order(cls: type[Any]) -> None
     for name, mark in marks.items():
         for built in (by_name, by_position):
             value = getattr(built, name)
-            if isinstance(mark, int):  # the compiled build keeps ints unboxed: compare values
+            if isinstance(mark, (int, float)):  # the compiled build keeps numbers unboxed: compare values
                 assert value == mark and type(value) is type(mark), name
             else:
                 assert value is mark, name
