@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -167,10 +168,23 @@ def test_stream_equals_reference(events: list[Event], batch: int, partitions: in
     assert {k: r.values() for k, r in latest.items()} == reference_rows(events, CFG)
 
 
-def test_open_window_upserts_are_throttled_and_catch_up() -> None:
+def throttled(store: Any = None, cache_accounts: int = 100_000) -> tuple[Aggregator, list[float]]:
+    """An aggregator owning partition 0 that upserts an open window at most every 2 s of ``clock[0]``."""
     clock = [0.0]
-    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
+    agg = Aggregator(
+        CFG,
+        DictStore() if store is None else store,
+        lambda a: 0,
+        upsert_interval_s=2.0,
+        monotonic=lambda: clock[0],
+        cache_accounts=cache_accounts,
+    )
     agg.assign({0})
+    return agg, clock
+
+
+def test_open_window_upserts_are_throttled_and_catch_up() -> None:
+    agg, clock = throttled()
     agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
     assert [r.likes for r in agg.end_batch()] == [1]
     clock[0] = 1.0
@@ -212,10 +226,8 @@ class CountingStore:
 
 
 def test_states_are_persisted_once_per_change_not_per_row_taken() -> None:
-    clock = [0.0]
     store = CountingStore()
-    agg = Aggregator(CFG, store, lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
-    agg.assign({0})
+    agg, clock = throttled(store)
     agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
     agg.apply_event(ev("2", "like", 2, "u2", "A"), 0)
     assert len(agg.take_rows()) == 1 and store.puts == []  # rows come out before the state is written
@@ -270,9 +282,7 @@ def test_a_state_stored_by_a_slice_and_evicted_is_read_back_as_stored() -> None:
 
 
 def test_upsert_bookkeeping_only_holds_the_last_interval() -> None:
-    clock = [0.0]
-    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
-    agg.assign({0})
+    agg, clock = throttled()
     for i in range(50):
         agg.apply_event(ev(str(i), "like", 1, "u", f"A{i}"), 0)
     assert len(agg.end_batch()) == 50 and len(agg._upserts) == 50
@@ -285,9 +295,7 @@ def test_upsert_bookkeeping_only_holds_the_last_interval() -> None:
 
 
 def test_a_waiting_change_of_an_evicted_state_is_upserted_from_the_state_read_back() -> None:
-    clock = [0.0]
-    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0], cache_accounts=1)
-    agg.assign({0})
+    agg, clock = throttled(cache_accounts=1)
     agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
     assert [r.likes for r in agg.end_batch()] == [1]
     clock[0] = 1.0
@@ -301,9 +309,7 @@ def test_a_waiting_change_of_an_evicted_state_is_upserted_from_the_state_read_ba
 
 
 def test_a_window_final_while_its_change_waits_is_written_once_final() -> None:
-    clock = [0.0]
-    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
-    agg.assign({0})
+    agg, clock = throttled()
     agg.apply_event(ev("1", "like", 1, "u1", "A"), 0)
     assert len(agg.take_rows()) == 1
     clock[0] = 1.0
@@ -316,9 +322,7 @@ def test_a_window_final_while_its_change_waits_is_written_once_final() -> None:
 
 
 def test_rows_taken_together_have_strictly_increasing_versions_after_every_earlier_row() -> None:
-    clock = [0.0]
-    agg = Aggregator(CFG, DictStore(), lambda a: 0, upsert_interval_s=2.0, monotonic=lambda: clock[0])
-    agg.assign({0})
+    agg, _ = throttled()
     for i in range(5):
         agg.apply_event(ev(str(i), "like", 1, "u", f"A{i}"), 0)
     first = agg.take_rows()
