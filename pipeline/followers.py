@@ -20,6 +20,9 @@ UNFOLLOW: Final = -1
 
 # (ts_ms, kind, value, event_id): kind SNAPSHOT carries the count in value; FOLLOW/UNFOLLOW carry 0.
 LedgerEntry = tuple[int, int, int, str]
+# FollowerLedger.at counts up to this many entries again at each call instead of caching counts by end:
+# the cache's dict and boxed keys cost more than such a scan (callgrind over the bench's live traffic).
+COUNT_WITHOUT_CACHE: Final = 8
 
 
 def followers_unclamped(base: int, entries: list[LedgerEntry], end: int) -> int:
@@ -27,24 +30,28 @@ def followers_unclamped(base: int, entries: list[LedgerEntry], end: int) -> int:
 
     ``entries`` must all have ``ts`` at or after the fold point of ``base``.
     """
-    snapshot: LedgerEntry | None = None
+    # The latest snapshot before ``end`` (by time, then by id), its fields kept apart: compiled, a tuple
+    # held across iterations or compared whole is boxed anew each time.
+    found = False
+    snap_ts = snap_count = 0
+    snap_id = ""
     for entry in entries:
-        if (
-            entry[1] == SNAPSHOT
-            and entry[0] < end
-            and (snapshot is None or (entry[0], entry[3]) > (snapshot[0], snapshot[3]))
-        ):
-            snapshot = entry
-    if snapshot is None:
+        ts = entry[0]
+        if entry[1] == SNAPSHOT and ts < end:
+            eid = entry[3]
+            if not found or ts > snap_ts or (ts == snap_ts and eid > snap_id):
+                found, snap_ts, snap_count, snap_id = True, ts, entry[2], eid
+    if not found:
         count = base
-        for ts, kind, _, _ in entries:
-            if kind != SNAPSHOT and ts < end:
+        for entry in entries:
+            kind = entry[1]
+            if kind != SNAPSHOT and entry[0] < end:
                 count += kind
         return count
-    count = snapshot[2]
-    snap_ts = snapshot[0]
-    for ts, kind, _, _ in entries:
-        if kind != SNAPSHOT and snap_ts < ts < end:
+    count = snap_count
+    for entry in entries:
+        kind = entry[1]
+        if kind != SNAPSHOT and snap_ts < entry[0] < end:
             count += kind
     return count
 
@@ -85,6 +92,9 @@ class FollowerLedger:
 
     def at(self, end: int) -> int:
         """Followers at ``end`` (clamped at 0). ``end`` must be after ``folded_until``."""
+        entries = self.entries
+        if len(entries) <= COUNT_WITHOUT_CACHE:  # most ledgers: scanning them costs less than the cache
+            return max(0, followers_unclamped(self.base, entries, end))
         counted = self.counted
         if counted is None:
             counted = self.counted = {}
@@ -92,7 +102,7 @@ class FollowerLedger:
             count = counted.get(end)
             if count is not None:
                 return count
-        count = max(0, followers_unclamped(self.base, self.entries, end))
+        count = max(0, followers_unclamped(self.base, entries, end))
         counted[end] = count
         return count
 

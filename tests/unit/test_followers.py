@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.followers import FOLLOW, SNAPSHOT, UNFOLLOW, FollowerLedger, LedgerEntry
+from pipeline.followers import COUNT_WITHOUT_CACHE, FOLLOW, SNAPSHOT, UNFOLLOW, FollowerLedger, LedgerEntry
 
 
 def ledger(*entries: LedgerEntry) -> FollowerLedger:
@@ -85,3 +86,19 @@ def test_a_count_given_again_is_the_count_now(steps: list[tuple[str, list[Ledger
             fresh = FollowerLedger(kept.base, kept.folded_until, list(kept.entries))
             assert kept.at(value) == fresh.at(value)
             assert kept.at(value) == fresh.at(value)  # given again
+
+
+@pytest.mark.parametrize("size", [COUNT_WITHOUT_CACHE, COUNT_WITHOUT_CACHE + 1, 4 * COUNT_WITHOUT_CACHE])
+def test_short_and_long_ledgers_count_alike_and_a_long_ones_cache_follows_its_adds(size: int) -> None:
+    """Up to COUNT_WITHOUT_CACHE entries, at() scans them at each call; above, it caches counts by end.
+    Either way a count is what the entries say now."""
+    kept = FollowerLedger(5)
+    for i in range(size):
+        kept.add((10 * i, FOLLOW if i % 3 else UNFOLLOW, 0, f"f{i}"))
+    ends = [15, 10 * size, 10 * size + 5]
+    first = [kept.at(end) for end in ends]
+    assert first == [kept.at(end) for end in ends]  # given again
+    assert first == [FollowerLedger(5, -1, list(kept.entries)).at(end) for end in ends]
+    kept.add((12, FOLLOW, 0, "late"))  # before every end asked
+    assert [kept.at(end) for end in ends] == [n + 1 for n in first]
+    assert (kept.counted is not None) == (len(kept.entries) > COUNT_WITHOUT_CACHE)
