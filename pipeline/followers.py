@@ -64,9 +64,10 @@ class FollowerLedger:
     base: int = 0
     folded_until: int = -1
     entries: list[LedgerEntry] = field(default_factory=list)
-    # Counts given by at() since the entries last changed, by end: a window row asks for its end's count
-    # at every upsert, and scanning the entries each time took 7 % of a steady worker's main thread
-    # (bench/RESULTS.md, "Window records"). Not part of the value; not for the constructor.
+    # Counts given by at() since the entries last changed, by end, once there are more than
+    # COUNT_WITHOUT_CACHE entries: a window row asks for its end's count at every upsert, and scanning long
+    # ledgers each time took 7 % of a steady worker's main thread (bench/RESULTS.md, "Window records").
+    # Not part of the value; not for the constructor.
     counted: dict[int, int] | None = field(default=None, compare=False, repr=False)
     # How many of the entries, from the first, its account's journal holds (pipeline.account_state): the
     # next store writes only those after them. Kept through folds. Not part of the value.
