@@ -675,10 +675,10 @@ class BatchProcessor:
         raw: list[SourcedEvent],
         frontiers: Mapping[int, int | None],
     ) -> Delivery:
-        rows = self.aggregator.take_rows()
         writes: list[PendingWrite] = []
-        if raw:
+        if raw:  # started first: the raw rows are ready, and their insert runs while the window rows are taken
             writes.append(self.writer.write_soon(EVENTS_TABLE, event_columns(raw, int(time.time() * 1000))))
+        rows = self.aggregator.take_rows()
         if rows:
             writes.append(self.writer.write_soon(WINDOWS_TABLE, window_columns(rows)))
             finals = sum(1 for r in rows if r.final)
