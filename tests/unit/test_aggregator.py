@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.account_state import AccountState
-from pipeline.aggregator import Aggregator, DictStore, Outcome, ResponseCandidate, WindowConfig
+from pipeline.aggregator import Aggregator, DictStore, Outcome, ResponseCandidate, VersionClock, WindowConfig
 from pipeline.events import Event
 from pipeline.partitioning import account_partitioner
 from pipeline.reference import reference_rows
@@ -331,6 +331,17 @@ def test_rows_taken_together_have_strictly_increasing_versions_after_every_earli
     versions = [r.version for r in first + final]
     assert len(first) == 5 and len(final) == 5
     assert versions == sorted(versions) and len(set(versions)) == 10
+
+
+def test_a_run_of_versions_is_consecutive_and_after_every_version_given_even_with_a_stopped_clock() -> None:
+    clock = VersionClock(lambda: 1_000)
+    assert clock.next() == 1_000
+    assert clock.run_of(5) == 1_001  # 1,001-1,005
+    assert clock.next() == 1_006
+    assert clock.run_of(0) == 1_007 and clock.next() == 1_008  # an empty run still moves past its first
+    later = VersionClock(lambda: 5_000)
+    later.run_of(3)
+    assert later.next() == 5_003
 
 
 def test_windows_finalize_by_end_then_account() -> None:
