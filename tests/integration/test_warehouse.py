@@ -157,8 +157,10 @@ def test_a_row_block_stores_what_its_columns_store(warehouse: Warehouse) -> None
     """The worker hands its rows over as a ``RowBlock``; chDB converts them from rows with the table's
     own types, the server transposes them. Either way the table holds exactly what the same block given
     as plain columns stores, on both backends."""
+    untransposed = {}
     for table, block in _blocks("r:").items():
         warehouse.insert(table, block)
+        untransposed[table] = block._columns is None  # the general path reads the block as columns
     for table, block in _blocks("c:").items():
         warehouse.insert(table, {name: list(values) for name, values in block.items()})
     for table, block in _blocks("r:").items():
@@ -170,6 +172,7 @@ def test_a_row_block_stores_what_its_columns_store(warehouse: Warehouse) -> None
             row_type = warehouse._row_type(table, block.names)
             assert row_type is not None, table
             assert len(pa.array(block.rows, type=row_type)) == len(block.rows)
+        assert untransposed == dict.fromkeys(untransposed, True)  # what the insert itself did
 
 
 def test_a_row_block_arrow_refuses_takes_the_general_path(embedded_settings: Settings) -> None:
