@@ -27,7 +27,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -38,6 +38,9 @@ from faust.types.tuples import ack_lock
 from pipeline import metrics
 from pipeline.fetch_holes import HOLES, install
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.web import Route
 
 # After a batch that took the worker ``within`` or longer, how long it lets the fetch loop put the messages
 # it holds before it takes them (the loop runs only while the worker awaits).
@@ -659,6 +662,9 @@ class IntakeApp(faust.App):
 
     intake: IntakeBuffer | None = None
     fetch_max_wait_ms: int | None = None  # None: Faust's 1500
+    # The worker's web pages given its loop (pipeline.worker sets it; run_worker serves them on a thread
+    # of their own, pipeline.web).
+    pages: Callable[[asyncio.AbstractEventLoop], list[Route]] | None = None
 
     @cached_property
     def changelog_lock(self) -> asyncio.Lock:

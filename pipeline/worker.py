@@ -14,7 +14,8 @@ Agents and tasks:
 Web (bound to ``ENGAGEMENT_WEB_HOST``, localhost by default): ``/metrics``, ``/healthz``, and for the
 embedded store ``/query`` (read-only SQL, since only this process may open chDB's directory) and
 ``/admin/flush`` (finalize all open windows: the end of a replay). These two answer only on a loopback
-``ENGAGEMENT_WEB_HOST`` and to this machine (:func:`local_endpoint_refusal`).
+``ENGAGEMENT_WEB_HOST`` and to this machine (:func:`local_endpoint_refusal`). The pages are served from
+a thread of their own (:mod:`pipeline.web`), so that they answer while this loop works through a batch.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, NoReturn, cast
 
 import faust
 import orjson
-from faust.web import Request, Response, View
+from aiohttp import web
 from prometheus_client import generate_latest
 
 from pipeline import brake, compiled, metrics
@@ -51,6 +52,7 @@ from pipeline.sink import DEAD_LETTERS_TABLE, WarehouseWriter, dead_letter_colum
 from pipeline.state_records import Record
 from pipeline.warehouse import QueryError, Warehouse, WarehouseError, open_warehouse
 from pipeline.warehouse.migrate import migrate
+from pipeline.web import Route, WebThread, json_response, on_loop
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,10 @@ FLUSH_SETTLE_SECONDS = 60.0  # how long /admin/flush waits for a rebalance to en
 
 SETTLE_CHECK_SECONDS = 0.25  # how often the timer checks for a pause (settle_due)
 ANNOUNCE_SECONDS = 1.0  # how often the timer announces watermarks and writes deferred upserts
+# /healthz answers 503 once the worker's loop has not run for this long (a chunk of 50,000 events takes a
+# few seconds on two cores, a full collection ~1 s; the Kubernetes liveness probe restarts a worker after
+# four failures, 15 s apart).
+LOOP_STALL_SECONDS = 60.0
 
 
 def cut_short_by_stop(app: Any, what: str) -> bool:
@@ -189,8 +195,9 @@ def internal_topics(settings: Settings) -> dict[str, int]:
     }
 
 
-def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, BatchProcessor]:
-    """Build the Faust app for ``settings`` writing to ``warehouse`` (already migrated)."""
+def create_app(settings: Settings, warehouse: Warehouse) -> tuple[IntakeApp, BatchProcessor]:
+    """Build the Faust app for ``settings`` writing to ``warehouse`` (already migrated); its web pages are
+    ``app.pages`` (served by :func:`run_worker`)."""
     app = IntakeApp(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
@@ -205,10 +212,7 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
-        web_enabled=True,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
+        web_enabled=False,  # the pages are served on a thread of their own (pipeline.web, run_worker)
         datadir=str(settings.data_dir / "faust"),
         stream_wait_empty=False,  # on shutdown, unprocessed batches are simply not committed
         # Faust's check that a recovery never read past a changelog's end protects stores kept on disk
@@ -496,69 +500,98 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[faust.App, Bat
         for topic, lag in processor.lag().items():
             metrics.CONSUMER_LAG.labels(topic).set(lag)
 
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Request) -> Response:
+    # The pages run on a thread of their own (pipeline.web), which may not touch the consumer: this loop
+    # publishes the partitions owned, whole, and when it last ran (see health).
+    owned_now: frozenset[int] = frozenset()
+    ticked_at: float | None = None  # monotonic
+
+    @app.timer(interval=SETTLE_CHECK_SECONDS)  # type: ignore[untyped-decorator]
+    async def publish_for_pages() -> None:
+        nonlocal owned_now, ticked_at
+        owned_now = frozenset(owned_partitions())
+        ticked_at = time.monotonic()
+
+    async def metrics_page(request: web.Request) -> web.Response:
         # aiohttp takes the charset apart from the content type; Prometheus' text format is UTF-8.
-        return web.bytes(generate_latest(metrics.REGISTRY), content_type=PROMETHEUS_TEXT)  # type: ignore[no-any-return]
+        return web.Response(body=generate_latest(metrics.REGISTRY), content_type=PROMETHEUS_TEXT)
 
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Request) -> Response:
-        """200 while the worker runs; 503 once the dead-letter brake tripped (it only lingers for the
-        scrape of /metrics, then exits): a readiness probe takes it out at once."""
+    async def healthz(request: web.Request) -> web.Response:
+        status, body = health(halted.is_set(), ticked_at, time.monotonic(), owned_now)
+        return json_response(body, status=status)
+
+    async def query_page(request: web.Request) -> web.Response:
+        """Read-only SQL on the warehouse writer's reader (its own executor: safe from the web thread)."""
+        refused = local_endpoint_refusal(settings, request.remote)
+        if refused:
+            return json_response({"error": refused}, status=403)
+        try:
+            sql, params = query_request(await request.read())
+        except BadQueryRequest as exc:
+            return json_response({"error": str(exc)}, status=400)
+        except ReadOnlyViolation as exc:
+            return json_response({"error": str(exc)}, status=403)
+        try:
+            check_read_only(sql, params)  # the statement as ClickHouse receives it, parameters bound
+            result = await writer.query(sql, params)
+        except ReadOnlyViolation as exc:
+            return json_response({"error": str(exc)}, status=403)
+        except QueryError as exc:
+            return json_response({"error": str(exc)}, status=400)
+        except WarehouseError as exc:
+            return json_response({"error": str(exc)}, status=503)
+        return json_response({"columns": result.columns, "rows": [list(r) for r in result.rows]})
+
+    async def flush_on_worker_loop() -> tuple[int, dict[str, Any]]:
+        """/admin/flush's work, on the worker's loop: the status and the body to answer."""
         if halted.is_set():
-            body = {"status": "halted", "reason": "the dead-letter brake tripped (see the log): exiting"}
-            return web.json(body, status=503)  # type: ignore[no-any-return]
-        return web.json({"status": "ok", "partitions": sorted(owned_partitions())})  # type: ignore[no-any-return]
+            return 503, {"error": "the dead-letter brake tripped: this worker writes nothing more"}
+        for _ in range(int(FLUSH_SETTLE_SECONDS / 0.1)):  # the table must be whole: no recovery running
+            if settled():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            return 503, {"error": "the worker is rebalancing: try again"}
+        try:
+            rows = await processor.flush(owned_partitions(), app.consumer_generation_id)
+        except BatchFailed as exc:  # the brake tripped while this waited
+            return 503, {"error": str(exc)}
+        except Exception as exc:  # its states may be lost: the processor refuses all work now
+            if app.should_stop:
+                raise
+            exit_without_committing("/admin/flush", exc)
+        return 200, {"rows": rows}
 
-    @app.page("/query")
-    class QueryPage(View):
-        async def post(self, request: Request) -> Response:
-            refused = local_endpoint_refusal(settings, request.remote)  # type: ignore[attr-defined]
+    def pages(worker_loop: asyncio.AbstractEventLoop) -> list[Route]:
+        async def flush_page(request: web.Request) -> web.Response:
+            refused = local_endpoint_refusal(settings, request.remote)
             if refused:
-                return self.json({"error": refused}, status=403)
-            try:
-                sql, params = query_request(await request.read())
-            except BadQueryRequest as exc:
-                return self.json({"error": str(exc)}, status=400)
-            except ReadOnlyViolation as exc:
-                return self.json({"error": str(exc)}, status=403)
-            try:
-                check_read_only(sql, params)  # the statement as ClickHouse receives it, parameters bound
-                result = await writer.query(sql, params)
-            except ReadOnlyViolation as exc:
-                return self.json({"error": str(exc)}, status=403)
-            except QueryError as exc:
-                return self.json({"error": str(exc)}, status=400)
-            except WarehouseError as exc:
-                return self.json({"error": str(exc)}, status=503)
-            return self.json({"columns": result.columns, "rows": [list(r) for r in result.rows]})
+                return json_response({"error": refused}, status=403)
+            status, body = await on_loop(worker_loop, flush_on_worker_loop())
+            return json_response(body, status=status)
 
-    @app.page("/admin/flush")
-    class FlushPage(View):
-        async def post(self, request: Request) -> Response:
-            refused = local_endpoint_refusal(settings, request.remote)  # type: ignore[attr-defined]
-            if refused:
-                return self.json({"error": refused}, status=403)
-            if halted.is_set():
-                refusal = "the dead-letter brake tripped: this worker writes nothing more"
-                return self.json({"error": refusal}, status=503)
-            for _ in range(int(FLUSH_SETTLE_SECONDS / 0.1)):  # the table must be whole: no recovery running
-                if settled():
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                return self.json({"error": "the worker is rebalancing: try again"}, status=503)
-            try:
-                rows = await processor.flush(owned_partitions(), app.consumer_generation_id)
-            except BatchFailed as exc:  # the brake tripped while this waited
-                return self.json({"error": str(exc)}, status=503)
-            except Exception as exc:  # its states may be lost: the processor refuses all work now
-                if app.should_stop:
-                    raise
-                exit_without_committing("/admin/flush", exc)
-            return self.json({"rows": rows})
+        return [
+            Route("GET", "/metrics", metrics_page),
+            Route("GET", "/healthz", healthz),
+            Route("POST", "/query", query_page),
+            Route("POST", "/admin/flush", flush_page),
+        ]
 
+    app.pages = pages
     return app, processor
+
+
+def health(halted: bool, ticked_at: float | None, now: float, partitions: frozenset[int]) -> tuple[int, dict[str, Any]]:
+    """What ``/healthz`` answers (status, body): 200 while the worker runs; 503 once the dead-letter brake
+    tripped (it only lingers for the scrape of /metrics, then exits), so that a readiness probe takes it
+    out at once; 503 too once the worker's loop last ran (``ticked_at``, monotonic; None before its
+    first tick, which start-up may delay) more than ``LOOP_STALL_SECONDS`` ago: the pages answer from a
+    thread of their own, so they must tell a liveness probe that the loop is stuck."""
+    if halted:
+        return 503, {"status": "halted", "reason": "the dead-letter brake tripped (see the log): exiting"}
+    if ticked_at is not None and now - ticked_at > LOOP_STALL_SECONDS:
+        stalled = f"the worker's event loop has not run for {now - ticked_at:.0f} s"
+        return 503, {"status": "stalled", "reason": stalled}
+    return 200, {"status": "ok", "partitions": sorted(partitions)}
 
 
 def is_loopback(host: str | None) -> bool:
@@ -654,12 +687,16 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     gc.freeze()
     lock = _write_lock(settings) if settings.warehouse == "embedded" else None
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    assert app.pages is not None
+    pages = WebThread(settings.web_host, settings.web_port, app.pages(worker.loop))
+    pages.start()
     code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
     finally:
+        pages.stop()
         processor.writer.close()  # the warehouse (chDB) is closed on its own thread, before exit
         if lock is not None:
             lock.unlink(missing_ok=True)
