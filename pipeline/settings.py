@@ -152,6 +152,9 @@ class Settings:
     insert_retry_max_seconds: float = 30.0
     events_ttl_days: int = 0  # 0 keeps raw events forever; applied where the server supports TTL
     dead_letters_ttl_days: int = 30
+    # The embedded store's background merges run at this nice value (1-19; 0 leaves them alone), below
+    # the worker's event loop and inserts (pipeline.warehouse.merge_priority). Linux only.
+    embedded_merge_nice: int = 10
     # ClickHouse cluster mode (pipeline.warehouse.cluster): the cluster's name in the servers'
     # remote_servers; empty = one node (the default). "replicated": Replicated*MergeTree shards, DDL ON
     # CLUSTER (needs ZooKeeper/Keeper); "plain": MergeTree shards, DDL applied on every node in turn.
@@ -259,6 +262,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_CLICKHOUSE_CLUSTER_ENGINES must be 'replicated' or 'plain'")
         if self.fetch_max_wait_ms <= 0:
             raise SettingsError("ENGAGEMENT_FETCH_MAX_WAIT_MS must be > 0")
+        if not 0 <= self.embedded_merge_nice <= 19:
+            raise SettingsError("ENGAGEMENT_EMBEDDED_MERGE_NICE must be between 0 (off) and 19")
         if self.persist_interval_seconds < 0:
             raise SettingsError("ENGAGEMENT_PERSIST_INTERVAL_SECONDS must be >= 0")
         if not self.gc_sweep_seconds > 0 or not self.gc_idle_sweep_seconds >= 0:

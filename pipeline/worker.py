@@ -51,6 +51,7 @@ from pipeline.settings import Settings
 from pipeline.sink import DEAD_LETTERS_TABLE, WarehouseWriter, dead_letter_columns
 from pipeline.state_records import Record
 from pipeline.warehouse import QueryError, Warehouse, WarehouseError, open_warehouse
+from pipeline.warehouse.merge_priority import MergePriority
 from pipeline.warehouse.migrate import migrate
 from pipeline.web import Route, WebThread, json_response, on_loop
 
@@ -686,6 +687,13 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     gc.set_threshold(50_000, GC_MIDDLE_EVERY, 100)
     gc.freeze()
     lock = _write_lock(settings) if settings.warehouse == "embedded" else None
+    merges = (
+        MergePriority(settings.embedded_merge_nice)
+        if settings.warehouse == "embedded" and settings.embedded_merge_nice
+        else None
+    )
+    if merges is not None:
+        merges.start()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     assert app.pages is not None
     pages = WebThread(settings.web_host, settings.web_port, app.pages(worker.loop))
@@ -697,6 +705,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
         code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
     finally:
         pages.stop()
+        if merges is not None:
+            merges.stop()
         processor.writer.close()  # the warehouse (chDB) is closed on its own thread, before exit
         if lock is not None:
             lock.unlink(missing_ok=True)

@@ -42,6 +42,8 @@ def test_settings_from_environment_and_overrides() -> None:
         {"ENGAGEMENT_PERSIST_INTERVAL_SECONDS": "-1"},
         {"ENGAGEMENT_FETCH_MAX_WAIT_MS": "0"},
         {"ENGAGEMENT_BURST_THRESHOLD": "0"},
+        {"ENGAGEMENT_EMBEDDED_MERGE_NICE": "20"},
+        {"ENGAGEMENT_EMBEDDED_MERGE_NICE": "-1"},
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str]) -> None:
