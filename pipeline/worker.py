@@ -214,6 +214,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[IntakeApp, Bat
         producer_acks=-1,
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         web_enabled=False,  # the pages are served on a thread of their own (pipeline.web, run_worker)
+        web_host=settings.web_host,  # Faust's canonical URL of this worker, in the group's assignment
+        web_port=settings.web_port,
         datadir=str(settings.data_dir / "faust"),
         stream_wait_empty=False,  # on shutdown, unprocessed batches are simply not committed
         # Faust's check that a recovery never read past a changelog's end protects stores kept on disk
@@ -692,15 +694,20 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
         if settings.warehouse == "embedded" and settings.embedded_merge_nice
         else None
     )
-    if merges is not None:
-        merges.start()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     assert app.pages is not None
     pages = WebThread(settings.web_host, settings.web_port, app.pages(worker.loop))
-    pages.start()
     code = 0
     try:
-        worker.execute_from_commandline()
+        try:
+            pages.start()
+        except OSError as exc:  # the port is taken, or the host is not this machine's
+            log.critical("cannot serve the worker's pages on %s:%d: %s", settings.web_host, settings.web_port, exc)
+            code = 1
+        else:
+            if merges is not None:
+                merges.start()
+            worker.execute_from_commandline()
     except SystemExit as exc:
         code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
     finally:

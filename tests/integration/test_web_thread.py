@@ -1,5 +1,6 @@
 """pipeline.web.WebThread over loopback HTTP: its pages answer while the starting thread's event loop is
-stuck in a long step (the worker's loop in a batch), it refuses a port in use, and it stops."""
+stuck in a long step (the worker's loop in a batch), it refuses a port in use, and it stops; the
+worker's own pages on it; and a worker whose port is taken."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 
 import pytest
 from aiohttp import web
 
-from pipeline.processes import free_port
+from pipeline.processes import free_port, spawn, stop
+from pipeline.query_client import LOCK_FILE
+from pipeline.replay import worker_command
 from pipeline.settings import Settings
 from pipeline.web import Route, WebThread
 from pipeline.worker import create_app
@@ -122,3 +126,20 @@ def test_the_worker_pages_answer_from_the_web_thread() -> None:
             server.stop()
     finally:
         loop.close()
+
+
+def test_a_worker_whose_port_is_taken_exits_with_the_reason(live_settings: Settings) -> None:
+    """The pages bind before Faust starts: a taken port ends the worker at once (code 1), says so, and
+    leaves no lock on the embedded store behind."""
+    with socket.socket() as taken:
+        taken.bind((live_settings.web_host, 0))
+        taken.listen()
+        settings = replace(live_settings, web_port=taken.getsockname()[1])
+        log_path = settings.data_dir.parent / "worker.log"
+        worker = spawn(worker_command(), env=settings.to_env(), log_path=log_path)
+        try:
+            assert worker.wait(timeout=120) == 1
+        finally:
+            stop(worker, timeout=10)
+    assert f"cannot serve the worker's pages on {settings.web_host}:{settings.web_port}" in log_path.read_text()
+    assert not (settings.data_dir / LOCK_FILE).exists()
