@@ -130,10 +130,7 @@ class Settings:
     # 2.6 s at 40,000 events/s, 0.25 s 1.7-2.0 s), at the cost of more, smaller inserts when the load is light.
     batch_max_seconds: float = 0.25
     upsert_interval_seconds: float = 2.0  # open windows are upserted at most this often
-    # Under load, states are persisted (and batches acked) this often: 10 s against 5 took 9-12 % off the
-    # live main thread's CPU per event and lowered the p99 in six pairs of six (bench/RESULTS.md), for
-    # twice the replay after a crash and the messages held.
-    persist_interval_seconds: float = 10.0
+    persist_interval_seconds: float = 5.0  # under load, states are persisted (and batches acked) this often
     # The garbage collector is paused through each chunk and its survivors frozen (pipeline.collector); a
     # full collection (a pause: ~engagement_gc_sweep_seconds) frees the cycles frozen meanwhile this often,
     # and once the input pauses if the last was gc_idle_sweep_seconds ago or more.

@@ -95,10 +95,7 @@ def make(  # type: ignore[no-untyped-def]
     ``clock``: the processor's monotonic time (``clock[0]``; fixed unless a test moves it, so no persist
     slice comes due by itself)."""
     now = [0.0] if clock is None else clock
-    # The slice tests move the clock in steps of an interval of 5 s (a slice a second).
-    settings = Settings.from_env(
-        {}, partitions=partitions, window_seconds=60, allowed_lateness_seconds=60, persist_interval_seconds=5.0
-    )
+    settings = Settings.from_env({}, partitions=partitions, window_seconds=60, allowed_lateness_seconds=60)
     warehouse = FakeWarehouse(failures)
     slept: list[float] = []
 
