@@ -2,9 +2,9 @@
 
 The worker's event loop decodes and aggregates a batch in one step, without yielding: under load on two
 cores such a step took 0.2-0.6 s (bench/RESULTS.md, "The worker's pages on a thread of their own"). Pages
-served on that loop (Faust's web server) waited for it: ``/healthz`` answered in 0.43 s at the 99th
-percentile at 21,500 events/s, and so did the ``/query`` polls of the latency probe, which then saw a
-row late. A page served here waits only for the interpreter's lock: 0.07 s.
+served on that loop (Faust's web server) waited for it: ``/healthz`` answered in 0.40-0.42 s at the 99th
+percentile at 21,500 events/s, ``/query`` likewise. A page served here waits only for the interpreter's
+lock: 0.09-0.11 s.
 
 A handler runs on this thread's loop, so it may touch only what is safe from another thread: a value
 the worker publishes whole (a frozenset, a flag), the Prometheus registry, the warehouse writer's read
