@@ -486,10 +486,14 @@ class BatchProcessor:
         async with self.lock:
             self._check_usable()
             with self._refusing_work_on_failure("taking an assignment over"):
-                gap = self._generation_gap(generation)
-                if gap >= 0 and (frozenset(partitions) != self.owned or (gap > 1 and self.owned)):
+                if self._assignment_changes(partitions, generation):
                     await self._land_in_flight()
                 self.on_assignment(partitions, generation)
+
+    def _assignment_changes(self, partitions: set[int], generation: int | None) -> bool:
+        """Whether :meth:`on_assignment` with these would change what is owned or read states again."""
+        gap = self._generation_gap(generation)
+        return gap >= 0 and (frozenset(partitions) != self.owned or (gap > 1 and bool(self.owned)))
 
     # -- the data path ----------------------------------------------------------------------------
 
@@ -695,7 +699,7 @@ class BatchProcessor:
             writes.append(self.writer.write_soon(ALERTS_TABLE, alert_columns(alerts)))
             sends += self._send_alerts(alerts)
         self._publish_detection(alerts)
-        return Delivery(self._delivered(sends, frontiers, writes), sends, writes)
+        return Delivery(self._delivered(sends, frontiers, writes), sends, writes, frozenset(frontiers))
 
     def _send_alerts(self, alerts: Sequence[Alert]) -> list[Awaitable[Any]]:
         """Produce ``alerts`` to the alerts topic, keyed by account (one account's alerts stay in order)."""
@@ -774,11 +778,17 @@ class BatchProcessor:
 
     async def write_deferred(self) -> int:
         """Upsert open windows whose changes waited for their interval (a timer calls this, so rows
-        catch up when traffic pauses). Returns the rows written."""
+        catch up when traffic pauses). Returns the rows written.
+
+        Writes nothing while a batch's delivery is in flight: batches are coming, and each takes the
+        upserts that are due with its own rows; waiting here for that delivery would hold the next batch
+        back until its inserts land. Once the input pauses, the worker persists (which lands it), and the
+        next call writes what waited."""
         async with self.lock:
             self._check_usable()
             with self._refusing_work_on_failure("writing deferred upserts"):
-                await self._land_in_flight()
+                if self._in_flight is not None:
+                    return 0
                 if not self.aggregator.has_deferred_upserts:
                     return 0
                 return await self._write_rows()
@@ -1168,13 +1178,18 @@ class BatchProcessor:
         async with self.lock:
             self._check_usable()
             with self._refusing_work_on_failure("announcing watermarks"):
-                await self._land_in_flight()  # its re-keyed messages must be acknowledged before we announce
                 if owned is not None:
+                    if self._assignment_changes(owned, generation):
+                        await self._land_in_flight()  # see take_assignment
                     self.on_assignment(owned, generation)
                 now = time.monotonic()
                 if now - self._announced_at >= every:
                     self._announced.clear()
-                await self._announce({q: self.source_frontier(q) for q in self.owned})
+                # A partition's frontier may be announced only once its re-keyed messages are acknowledged:
+                # those the delivery in flight touched are announced by it when it lands (the next batch
+                # awaits it). The others have nothing in flight, so the batches need not wait for it.
+                in_flight = self._in_flight.partitions if self._in_flight is not None else frozenset()
+                await self._announce({q: self.source_frontier(q) for q in self.owned - in_flight})
 
     async def _announce(self, frontiers: Mapping[int, int | None]) -> None:
         """Tell every re-key partition the source frontiers of ``frontiers`` that changed since last told."""
@@ -1275,11 +1290,16 @@ class Delivery:
     that it was never awaited; inserts already handed to the warehouse thread may still land."""
 
     def __init__(
-        self, run: Coroutine[Any, Any, None], sends: Sequence[Awaitable[Any]], writes: Sequence[PendingWrite]
+        self,
+        run: Coroutine[Any, Any, None],
+        sends: Sequence[Awaitable[Any]],
+        writes: Sequence[PendingWrite],
+        partitions: frozenset[int] = frozenset(),
     ) -> None:
         self._run = run
         self._sends = sends
         self._writes = writes
+        self.partitions = partitions  # the owned partitions whose frontiers it announces once its sends land
 
     def __await__(self) -> Generator[Any, None, None]:
         return (yield from self._run.__await__())

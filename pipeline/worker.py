@@ -471,7 +471,8 @@ def create_app(settings: Settings, warehouse: Warehouse) -> tuple[IntakeApp, Bat
 
     @app.timer(interval=SETTLE_CHECK_SECONDS)  # type: ignore[untyped-decorator]
     async def announce_watermarks() -> None:
-        """Every ANNOUNCE_SECONDS: announce the partitions' watermarks and write the deferred upserts.
+        """Every ANNOUNCE_SECONDS: announce the partitions' watermarks and write the deferred upserts
+        (neither waits for the last batch's delivery in flight, so the next batch starts beside it).
         Every tick: settle once the input paused (settle_due), so that what was processed is acknowledged
         soon after a pause."""
         nonlocal announced_at

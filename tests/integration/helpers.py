@@ -21,6 +21,7 @@ from pipeline.reference import ReferenceRows
 from pipeline.replay import worker_command
 from pipeline.settings import Settings
 from pipeline.warehouse import Warehouse, open_warehouse
+from pipeline.warehouse.merge_priority import MERGE_THREAD_PREFIX
 from pipeline.warehouse.migrate import migrate
 
 
@@ -97,3 +98,16 @@ def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedP
         text=True,
         timeout=120,
     )
+
+
+def merge_thread_nice(pid: int | None = None) -> dict[int, int]:
+    """The chDB merge threads of process ``pid`` (this one by default): thread id -> nice value (Linux)."""
+    tasks = Path(f"/proc/{pid if pid is not None else 'self'}/task")
+    found = {}
+    for task in tasks.iterdir():
+        try:
+            if (task / "comm").read_text().startswith(MERGE_THREAD_PREFIX):
+                found[int(task.name)] = os.getpriority(os.PRIO_PROCESS, int(task.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found

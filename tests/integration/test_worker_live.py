@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
-from pathlib import Path
 
 import orjson
 import pytest
@@ -19,8 +17,7 @@ from pipeline import compiled
 from pipeline.ingest import ingest_lines
 from pipeline.partitioning import account_partitioner
 from pipeline.settings import Settings
-from pipeline.warehouse.merge_priority import MERGE_THREAD_PREFIX
-from tests.integration.helpers import running_worker, wait_processed
+from tests.integration.helpers import merge_thread_nice, running_worker, wait_processed
 
 pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000
@@ -42,18 +39,6 @@ def sql(settings: Settings, query: str, fmt: str = "json") -> subprocess.Complet
 
 def sample(metrics: str, name: str) -> float:
     return next((float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " ")), 0.0)
-
-
-def merge_thread_nice(pid: int) -> list[int]:
-    """The nice values of process ``pid``'s chDB merge threads (Linux)."""
-    values = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            if (task / "comm").read_text().startswith(MERGE_THREAD_PREFIX):
-                values.append(os.getpriority(os.PRIO_PROCESS, int(task.name)))
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return values
 
 
 def test_worker_end_to_end(live_settings: Settings) -> None:
@@ -159,7 +144,7 @@ def test_worker_end_to_end(live_settings: Settings) -> None:
         assert health["status"] == "ok" and health["partitions"] == [0, 1]
         # the embedded store's merge threads (started by its merges by now) run below the worker's own
         merge_nice = merge_thread_nice(worker.pid)
-        assert merge_nice and min(merge_nice) >= settings.embedded_merge_nice == 10, merge_nice
+        assert merge_nice and min(merge_nice.values()) >= settings.embedded_merge_nice == 10, merge_nice
         request = urllib.request.Request(base + "/query", data=orjson.dumps({"sql": "INSERT INTO x VALUES (1)"}))
         with pytest.raises(urllib.error.HTTPError) as refused_http:
             urllib.request.urlopen(request, timeout=5)

@@ -756,6 +756,67 @@ def test_a_change_of_assignment_between_batches_lands_the_delivery_in_flight_fir
     assert rows_when_assigned == [0, 1]  # the change waited for e0's row; no change, no wait
 
 
+def test_the_timer_announces_beside_the_delivery_in_flight_but_not_its_partitions() -> None:
+    """The announcing timer runs between batches: it must not hold the next batch back until the last
+    one's inserts land. It announces the partitions the delivery in flight did not touch; that delivery
+    announces its own once its re-keyed messages are acknowledged."""
+    processor, outbox, warehouse, _, _ = make()
+    account = owned_by(0)
+    reply = {
+        "event_id": "r",
+        "type": "reply",
+        "ts": T0,
+        "actor_id": "responder",
+        "account_id": account,
+        "in_reply_to": "q",
+    }
+    slow_inserts(warehouse)
+
+    def sent() -> list[tuple[str, int | None]]:
+        """The re-key topic's messages so far: (kind, the partition a watermark is of)."""
+        return [(m["k"], m.get("q")) for m in outbox.on("engagement-rekeyed")]
+
+    async def run() -> tuple[list[tuple[str, int | None]], bool, int]:
+        await processor.process([Message("replies", 0, 0, orjson.dumps(reply))], persist=False)
+        await processor.announce_watermarks({0, 1})  # the assignment unchanged
+        during = sent()
+        still_in_flight = processor._in_flight is not None
+        await processor.persist()  # lands the delivery
+        return during, still_in_flight, len(warehouse.rows("engagement_events"))
+
+    during, still_in_flight, rows_before = asyncio.run(run())
+    assert still_in_flight and rows_before == 1
+    assert during == [("w", 1), ("w", 1)]  # partition 1's frontier, to both re-key partitions; not 0's
+    after = sent()[len(during) :]
+    assert after[0] == ("rs", None) and after[1:] == [("w", 0), ("w", 0)]  # 0's after its re-keyed candidate
+
+
+def test_deferred_upserts_wait_for_the_next_batch_while_a_delivery_is_in_flight() -> None:
+    """The timer's deferred upserts do not wait for the delivery in flight (the next batch takes them
+    with its own rows); once the input pauses and the worker persists, the next call writes them."""
+    processor, _, warehouse, _, _ = make()
+    processor.aggregator.upsert_interval_s = 0.5
+    account = owned_by(0)
+    slow_inserts(warehouse, 0.05)
+
+    def window_likes() -> list[int]:
+        return [r["likes"] for r in warehouse.rows("engagement_windows") if r["account_id"] == account]
+
+    async def run() -> tuple[int, int, list[int]]:
+        await processor.process([Message("likes", 0, 0, orjson.dumps(like("e0", account)))], persist=False)
+        await processor.process([Message("likes", 0, 1, orjson.dumps(like("e1", account, actor="u2")))], persist=False)
+        assert processor.aggregator.has_deferred_upserts  # e1's change waits for the upsert interval
+        await asyncio.sleep(0.6)  # the interval is over
+        in_flight = await processor.write_deferred()
+        await processor.persist()  # the input paused: the worker persists, which lands the delivery
+        written = await processor.write_deferred()
+        return in_flight, written, window_likes()
+
+    in_flight, written, likes = asyncio.run(run())
+    assert in_flight == 0 and written == 1
+    assert likes == [1, 2]
+
+
 class FailingDeadLetters(FakeOutbox):
     async def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
         if topic == "engagement-dead-letters":
