@@ -170,10 +170,9 @@ def test_event_on_the_wrong_partition_is_rekeyed_then_counted_where_it_belongs()
     )
 
 
-def test_replies_are_forwarded_to_the_responder_and_announced_after() -> None:
-    processor, outbox, _, _, _ = make()
-    account = owned_by(0)
-    reply = {
+def reply_from_responder(account: str) -> dict[str, Any]:
+    """A reply by ``responder`` to the post ``q`` of ``account``: re-keyed to the responder's partition."""
+    return {
         "event_id": "r",
         "type": "reply",
         "ts": T0,
@@ -181,6 +180,12 @@ def test_replies_are_forwarded_to_the_responder_and_announced_after() -> None:
         "account_id": account,
         "in_reply_to": "q",
     }
+
+
+def test_replies_are_forwarded_to_the_responder_and_announced_after() -> None:
+    processor, outbox, _, _, _ = make()
+    account = owned_by(0)
+    reply = reply_from_responder(account)
     asyncio.run(processor.process([Message("replies", 0, 0, orjson.dumps(reply))]))
     rekeyed = [(k, orjson.loads(v), p) for t, k, v, p in outbox.sent if t == "engagement-rekeyed"]
     kinds = [m["k"] for _, m, _ in rekeyed]
@@ -762,14 +767,7 @@ def test_the_timer_announces_beside_the_delivery_in_flight_but_not_its_partition
     announces its own once its re-keyed messages are acknowledged."""
     processor, outbox, warehouse, _, _ = make()
     account = owned_by(0)
-    reply = {
-        "event_id": "r",
-        "type": "reply",
-        "ts": T0,
-        "actor_id": "responder",
-        "account_id": account,
-        "in_reply_to": "q",
-    }
+    reply = reply_from_responder(account)
     slow_inserts(warehouse)
 
     def sent() -> list[tuple[str, int | None]]:
