@@ -780,10 +780,10 @@ def test_the_timer_announces_beside_the_delivery_in_flight_but_not_its_partition
         during = sent()
         still_in_flight = processor._in_flight is not None
         await processor.persist()  # lands the delivery
-        return during, still_in_flight, len(warehouse.rows("engagement_events"))
+        return during, still_in_flight, len(warehouse.rows("engagement_events"))  # once landed
 
-    during, still_in_flight, rows_before = asyncio.run(run())
-    assert still_in_flight and rows_before == 1
+    during, still_in_flight, rows_landed = asyncio.run(run())
+    assert still_in_flight and rows_landed == 1
     assert during == [("w", 1), ("w", 1)]  # partition 1's frontier, to both re-key partitions; not 0's
     after = sent()[len(during) :]
     assert after[0] == ("rs", None) and after[1:] == [("w", 0), ("w", 0)]  # 0's after its re-keyed candidate
