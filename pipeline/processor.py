@@ -447,11 +447,12 @@ class BatchProcessor:
         gap = self._generation_gap(generation)
         if gap < 0:
             return  # taken before one already applied
+        changes = self._assignment_changes(partitions, generation)  # asked before the generation is taken
         if generation is not None:
             self._generation = generation
-        unseen = gap > 1 and bool(self.owned)  # owning nothing (a worker joining a group), nothing is stale
-        if frozenset(partitions) == self.owned and not unseen:
+        if not changes:
             return
+        unseen = gap > 1 and bool(self.owned)  # owning nothing (a worker joining a group), nothing is stale
         kept = set() if unseen else set(partitions)
         if unseen:
             log.warning("%d consumer generation(s) went by unseen: reading every state again", gap - 1)
@@ -491,7 +492,8 @@ class BatchProcessor:
                 self.on_assignment(partitions, generation)
 
     def _assignment_changes(self, partitions: set[int], generation: int | None) -> bool:
-        """Whether :meth:`on_assignment` with these would change what is owned or read states again."""
+        """Whether :meth:`on_assignment` with these changes what is owned or reads the states again (a
+        generation went by unseen while something was owned)."""
         gap = self._generation_gap(generation)
         return gap >= 0 and (frozenset(partitions) != self.owned or (gap > 1 and bool(self.owned)))
 
@@ -1294,7 +1296,7 @@ class Delivery:
         run: Coroutine[Any, Any, None],
         sends: Sequence[Awaitable[Any]],
         writes: Sequence[PendingWrite],
-        partitions: frozenset[int] = frozenset(),
+        partitions: frozenset[int],
     ) -> None:
         self._run = run
         self._sends = sends
