@@ -2,7 +2,7 @@
 
 A batch may be acknowledged (Faust then commits its offsets) only once every account state it changed is
 in the table's changelog: before, a crash would lose changes that its replay skips. Under load the
-processor persists the states in slices at the start of its batches, and a batch is acknowledged once the
+processor persists the states in slices at the end of its batches, and a batch is acknowledged once the
 slices cover it (:func:`take_covered`); once the input pauses, every state is persisted and every batch
 acknowledged (:func:`settle_due` says when). Acknowledgements happen in the background, strictly in the
 order they were started: a later one waits for the ones before, and once a write failed nothing after it

@@ -616,9 +616,10 @@ def stored_likes(table: Mapping[bytes, bytes], account: str) -> int | None:
 
 
 def test_under_load_states_are_persisted_in_slices_each_after_the_rows_it_holds_are_durable() -> None:
-    """Every persist interval / PERSIST_SLICES a batch first stages the oldest touched states, as every
-    batch before left them, and commits them once the delivery still in flight (the batch before) is
-    through. A batch is covered once every state it touched is stored."""
+    """Every persist interval / PERSIST_SLICES a batch ends by staging the oldest touched states, as it
+    left them, once its own rows are on their way to ClickHouse (staged before its chunks, the slice held
+    them back), and the slice is committed after the next batch's first chunk, which awaits those rows.
+    A batch is covered once every state it touched is stored."""
     clock = [0.0]
     processor, _, warehouse, table, _ = make(partitions=1, clock=clock)
     accounts = [f"acct{i}" for i in range(10)]
@@ -630,26 +631,54 @@ def test_under_load_states_are_persisted_in_slices_each_after_the_rows_it_holds_
         return await commit()
 
     processor.store.commit = watched_commit  # type: ignore[method-assign]
-    slow_inserts(warehouse)  # the first batch's rows are still in flight when the second batch starts
+    rows_handed_over = [0]  # raw event rows handed to the warehouse writer so far
+    write_soon = processor.writer.write_soon
+
+    def counted_write_soon(table_name: str, columns: Mapping[str, Sequence[Any]]) -> Any:
+        if table_name == "engagement_events":
+            rows_handed_over[0] += len(next(iter(columns.values())))
+        return write_soon(table_name, columns)
+
+    processor.writer.write_soon = counted_write_soon  # type: ignore[method-assign]
+    rows_handed_over_by_slices: list[int] = []
+    stage_slice = processor._stage_slice
+
+    def watched_stage_slice() -> bool:
+        staged = stage_slice()
+        if staged:
+            rows_handed_over_by_slices.append(rows_handed_over[0])
+        return staged
+
+    processor._stage_slice = watched_stage_slice  # type: ignore[method-assign]
+    slow_inserts(warehouse)  # a batch's rows are still in flight when the next batch starts
     first = [Message("likes", 0, i, orjson.dumps(like(f"e{i}", a))) for i, a in enumerate(accounts)]
     second = [Message("likes", 0, 10, orjson.dumps(like("e10", accounts[0], actor="u2")))]
+
+    def other(offset: int) -> list[Message]:
+        return [Message("likes", 0, offset, orjson.dumps(like(f"e{offset}", f"other{offset}")))]
 
     async def run() -> list[int]:
         positions = []
         await processor.process(first, persist=False)
         positions.append(processor.aggregator.touch_position)
-        assert processor.slices_committed() == (None, 0)  # not due yet: nothing stored
-        clock[0] = 1.0  # interval 5 s / 5 slices
+        clock[0] = 1.0  # interval 5 s / 5 slices: the second batch ends by staging a slice
         await processor.process(second, persist=False)
         positions.append(processor.aggregator.touch_position)
+        assert rows_handed_over_by_slices == [11]  # staged once the second batch's rows were handed over
+        assert processor.slices_committed() == (None, 0)  # staged, not committed: its rows are in flight
+        assert not table  # nothing stored yet
+        clock[0] = 1.5
+        await processor.process(other(11), persist=False)  # its first chunk lands the second batch's rows
         durable, covered = processor.slices_committed()
         assert durable is not None
         await durable
-        assert covered == 2 and positions == [10, 11]  # the two oldest touches; accounts[0] touched again
-        assert [stored_likes(table, a) for a in accounts[:3]] == [1, 1, None]  # as the first batch left them
-        assert rows_seen_by_commits[0] >= 10  # committed once the first batch's rows were durable
-        clock[0] = 6.0  # both batches ended an interval ago: everything they touched is due
-        await processor.process([Message("likes", 0, 11, orjson.dumps(like("e11", "other")))], persist=False)
+        assert rows_seen_by_commits == [11]  # committed once both batches' rows were durable
+        assert covered == 2 and positions == [10, 10]  # the two oldest touches (accounts[0]'s is one)
+        assert [stored_likes(table, a) for a in accounts[:3]] == [2, 1, None]  # as the second batch left them
+        clock[0] = 6.0  # the first two batches ended an interval ago: everything they touched is due
+        await processor.process(other(12), persist=False)
+        assert rows_handed_over_by_slices == [11, 13]
+        await processor.process(other(13), persist=False)  # commits that slice
         durable, covered = processor.slices_committed()
         assert durable is not None
         await durable
