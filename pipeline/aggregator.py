@@ -803,12 +803,11 @@ class Aggregator:
         store = self._store
         for account_id, state in oldest:
             store(account_id, state)
-        rest = dict(islice(touched.items(), count, None))
         fresh = self._fresh
-        for account_id, state in oldest:  # changed since the last take_rows: its next changes skip _state()
-            if account_id in fresh:
-                rest[account_id] = state
-        self._touched = rest
+        for account_id, state in oldest:  # off the front, in place: a copy of the rest cost O(touched)
+            del touched[account_id]
+            if account_id in fresh:  # changed since the last take_rows: its next changes skip _state()
+                touched[account_id] = state  # a new touch, at the back
         self._done += count
         self._evict()
 
