@@ -502,7 +502,7 @@ class Aggregator:
             if answered_ts < ts_ms - self.config.conversation_horizon_ms:
                 continue
             start = self.config.window_start(ts_ms)
-            if start + self.config.window_ms <= state.final_through:
+            if self._is_late(state, start, partition):  # final, or past the lateness: as apply_response would
                 self.unmatched_responses += 1
                 continue
             existing = state.windows.get(start)

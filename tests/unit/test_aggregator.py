@@ -67,6 +67,21 @@ def test_response_counts_whichever_arrives_first() -> None:
         assert rows[("u", T0 + 60_000)][4] == 1  # and the reply is an inbound reply to u
 
 
+def test_a_waiting_response_matched_past_the_lateness_opens_no_window() -> None:
+    """A reply waits for the conversation it answers; that arrives after the frontier passed the reply's
+    window and the lateness. The reply is then unmatched, as it would be had it arrived last (LATE): no
+    window opens behind the frontier (found by test_window_records: the reopened window was finalized
+    after a restart, but not in the state stored before it)."""
+    agg = Aggregator(CFG, DictStore(), lambda a: 0)
+    agg.assign({0})
+    assert agg.apply_response(ResponseCandidate("r", "A", "q", T0 + 10_000), 0) is Outcome.PENDING
+    agg.advance(0, T0 + 60_000 + CFG.lateness_ms)  # the reply's window is past the lateness
+    assert agg.apply_event(ev("q", "mention", 185, "u", "A"), 0) is Outcome.COUNTED
+    assert T0 not in agg._peek("A").windows and agg.unmatched_responses == 1
+    rows = agg.end_batch()
+    assert [(r.account_id, r.window_start, r.responses) for r in rows] == [("A", T0 + 180_000, 0)]
+
+
 def test_reply_to_a_like_or_to_own_post_is_not_a_response() -> None:
     rows = rows_of([ev("l", "like", 1, "u", "A"), ev("r", "reply", 2, "A", "u", in_reply_to="l")])
     assert rows[("A", T0)][10] == 0
