@@ -513,11 +513,12 @@ class BatchProcessor:
         :meth:`persist` and every other method that writes await it first.
 
         A batch carrying more than ``batch_max_events`` events is processed in chunks of about that
-        many, so memory stays bounded whatever the messages carry. The chunks form a pipeline: a
-        chunk's ClickHouse inserts start as soon as it is aggregated and run on the warehouse thread
-        while the next chunk is decoded; a chunk's deliveries are awaited before the one after next
-        begins. Once more accounts are touched than the live cache holds, their states are written to
-        the table early (after the rows so far are durable), which bounds memory.
+        many at most, all of about the same size (:func:`_chunks`), so memory stays bounded whatever the
+        messages carry. The chunks form a pipeline: a chunk's ClickHouse inserts start as soon as it is
+        aggregated and run on the warehouse thread while the next chunk is decoded; a chunk's
+        deliveries are awaited before the one after next begins. Once more accounts are touched than
+        the live cache holds, their states are written to the table early (after the rows so far are
+        durable), which bounds memory.
 
         Raises :class:`~pipeline.brake.DeadLetterBrakeTripped` when too many recent source messages were
         invalid. Like any exception here, it leaves nothing of the batch persisted or to acknowledge. The
@@ -529,19 +530,12 @@ class BatchProcessor:
             self._check_usable()
             started = time.perf_counter()
             try:
-                chunk: list[SourceMessage] = []
-                events = 0
-                for message in messages:
-                    chunk.append(message)
-                    events += _estimated_events(message)
-                    if events >= self.settings.batch_max_events:
-                        await self._next_chunk(chunk)
-                        chunk, events = [], 0
-                        if self.aggregator.touched_accounts >= self.aggregator.cache_accounts:
-                            await self._land_in_flight()
-                            await self._persist()
-                if chunk:
+                chunks = _chunks(messages, self.settings.batch_max_events)
+                for index, chunk in enumerate(chunks, start=1):
                     await self._next_chunk(chunk)
+                    if index < len(chunks) and self.aggregator.touched_accounts >= self.aggregator.cache_accounts:
+                        await self._land_in_flight()
+                        await self._persist()
                 if persist:
                     await self._land_in_flight()
                     await self._persist()
@@ -1366,6 +1360,30 @@ def _candidate(row: Any) -> ResponseCandidate | None:
 
 def _rekey_rejection(reason: Reason, detail: str, message: SourceMessage) -> Rejection:
     return Rejection(reason, f"bad re-keyed message: {detail}"[:300], -1, message.value or b"")
+
+
+def _chunks(messages: Sequence[SourceMessage], limit: int) -> list[list[SourceMessage]]:
+    """``messages`` in order, cut into as few chunks as about ``limit`` estimated events each allows, of
+    about the same size: a message goes to the next chunk when its middle lies past the next of the even
+    cuts (so a chunk exceeds ``limit`` by half a message at most, one large message aside). Cut at
+    ``limit`` instead, a batch ended in a short chunk, aggregated long before the chunk ahead of it was
+    written: the main thread then waited idle for that delivery at every batch's end (bench/RESULTS.md)."""
+    sizes = [_estimated_events(message) for message in messages]
+    total = sum(sizes)
+    count = max(1, -(-total // limit))
+    chunks: list[list[SourceMessage]] = []
+    chunk: list[SourceMessage] = []
+    done = 0  # estimated events before the message
+    for message, size in zip(messages, sizes, strict=True):
+        # its middle, done + size / 2, past the cut len(chunks) + 1 of count, total * (len(chunks) + 1) / count
+        if chunk and (2 * done + size) * count > 2 * total * (len(chunks) + 1):
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(message)
+        done += size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 def _estimated_events(message: SourceMessage) -> int:

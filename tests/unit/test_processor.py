@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline import metrics
 from pipeline.account_state import input_position
@@ -26,6 +28,7 @@ from pipeline.processor import (
     BatchProcessor,
     Message,
     StagedStore,
+    _chunks,
     element_positions,
 )
 from pipeline.settings import Settings
@@ -441,6 +444,37 @@ def test_large_batches_are_written_in_chunks_and_count_the_same() -> None:
     asyncio.run(processor.flush())
     final = [r for r in warehouse.rows("engagement_windows") if r["final"] == 1]
     assert [(r["likes"], r["engagers"]) for r in final] == [(200, 40)]
+
+
+def test_a_large_batch_is_cut_into_chunks_of_about_the_same_size() -> None:
+    """Seven messages of the same size, at most three per chunk: three chunks of about 7/3 messages each
+    (2, 3, 2), not 3, 3 and a short 1."""
+    processor, _, warehouse, _, _ = make()
+    account = owned_by(0)
+    payloads = [orjson.dumps([like(f"e{m}-{i}", account, actor=f"u{i}") for i in range(40)]) for m in range(7)]
+    per_message = len(payloads[0]) // 200  # the processor's estimate of a message's events
+    assert all(len(p) // 200 == per_message for p in payloads)
+    processor.settings = replace(processor.settings, batch_max_events=3 * per_message)
+    asyncio.run(processor.process([Message("likes", 0, m, p) for m, p in enumerate(payloads)]))
+    chunks = [len(block["event_id"]) for name, block in warehouse.inserts if name == "engagement_events"]
+    assert chunks == [80, 120, 80]
+    assert len(warehouse.rows("engagement_events")) == 280
+
+
+@given(st.lists(st.integers(min_value=1, max_value=3000), max_size=60), st.integers(min_value=1, max_value=5000))
+def test_chunks_keep_every_message_in_order_and_cut_evenly(events: list[int], limit: int) -> None:
+    # messages carrying those events (the estimate: a JSON array's bytes / 200)
+    messages = [Message("likes", 0, offset, b"[" + b" " * (200 * n - 1)) for offset, n in enumerate(events)]
+    chunks = _chunks(messages, limit)
+    assert [m for chunk in chunks for m in chunk] == messages and all(chunks)
+    total = sum(events)
+    count = -(-total // limit)  # the fewest chunks of at most ``limit``
+    assert len(chunks) <= count
+    if events and max(events) <= total / count:  # no message larger than a chunk's share: that many chunks
+        assert len(chunks) == count
+    for chunk in chunks:  # a share at most, and the halves of its first and last messages
+        sizes = [len(m.value or b"") // 200 for m in chunk]
+        assert sum(sizes) - max(sizes) <= total / count <= limit
 
 
 def test_states_of_several_batches_are_persisted_together_and_survive_a_reassignment() -> None:
