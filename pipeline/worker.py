@@ -165,6 +165,8 @@ ACCOUNT_STATE_TABLE = "account-state"  # the Faust table of account states
 
 GC_MIDDLE_EVERY = 4  # young-generation collections per middle-generation collection (run_worker)
 
+GIL_SWITCH_INTERVAL_SECONDS = 0.001  # how soon the main thread hands the interpreter's lock over (run_worker)
+
 FLUSH_SETTLE_SECONDS = 60.0  # how long /admin/flush waits for a rebalance to end
 
 SETTLE_CHECK_SECONDS = 0.25  # how often the timer checks for a pause (settle_due)
@@ -689,6 +691,12 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     # before the chunks froze their survivors).
     gc.set_threshold(50_000, GC_MIDDLE_EVERY, 100)
     gc.freeze()
+    # The main thread holds the interpreter's lock nearly all the time; the warehouse thread needs it in
+    # short spells (building each block, chDB reading it), each of which waited for the main thread's
+    # switch interval: 5 ms by default. The inserts take about as long as aggregating the next chunk, so
+    # those waits held the chunks back: at 1 ms the batch drain was ~8 % faster (six interleaved pairs,
+    # each faster; bench/RESULTS.md).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     lock = _write_lock(settings) if settings.warehouse == "embedded" else None
     merges = (
         MergePriority(settings.embedded_merge_nice)
