@@ -116,7 +116,7 @@ class Outcome(Enum):
     SELF = "self"
     LATE = "late"
     PENDING = "pending"  # a response waiting for what it answers
-    UNMATCHED = "unmatched"  # a reply answering a conversation older than the horizon: not a response
+    UNMATCHED = "unmatched"  # answering a conversation older than the horizon, or matched past the lateness
     REPLAYED = "replayed"  # redelivered by Kafka after its effect was stored: skipped
 
 
