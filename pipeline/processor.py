@@ -530,10 +530,9 @@ class BatchProcessor:
             self._check_usable()
             started = time.perf_counter()
             try:
-                chunks = _chunks(messages, self.settings.batch_max_events)
-                for index, chunk in enumerate(chunks, start=1):
+                for chunk in _chunks(messages, self.settings.batch_max_events):
                     await self._next_chunk(chunk)
-                    if index < len(chunks) and self.aggregator.touched_accounts >= self.aggregator.cache_accounts:
+                    if self.aggregator.touched_accounts >= self.aggregator.cache_accounts:
                         await self._land_in_flight()
                         await self._persist()
                 if persist:
@@ -1365,9 +1364,10 @@ def _rekey_rejection(reason: Reason, detail: str, message: SourceMessage) -> Rej
 def _chunks(messages: Sequence[SourceMessage], limit: int) -> list[list[SourceMessage]]:
     """``messages`` in order, cut into as few chunks as about ``limit`` estimated events each allows, of
     about the same size: a message goes to the next chunk when its middle lies past the next of the even
-    cuts (so a chunk exceeds ``limit`` by half a message at most, one large message aside). Cut at
-    ``limit`` instead, a batch ended in a short chunk, aggregated long before the chunk ahead of it was
-    written: the main thread then waited idle for that delivery at every batch's end (bench/RESULTS.md)."""
+    cuts (so a chunk holds its share of the batch, at most ``limit``, give or take half of its first and
+    of its last message). Cut at ``limit`` instead, a batch ended in a short chunk, aggregated long before
+    the chunk ahead of it was written: the main thread then waited idle for that delivery at every
+    batch's end (bench/RESULTS.md)."""
     sizes = [_estimated_events(message) for message in messages]
     total = sum(sizes)
     count = max(1, -(-total // limit))
