@@ -112,6 +112,14 @@ BATCH_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+DELIVERY_WAIT_SECONDS = Counter(
+    "engagement_delivery_wait_seconds",
+    "Time the worker's batches waited for a chunk's delivery (its ClickHouse inserts and Kafka sends) before"
+    " going on: part of the time in batches (engagement_batch_seconds_sum). A large share of it: ClickHouse"
+    " or Kafka sets the worker's rate; a small share while the batches take all the time: the worker's own"
+    " CPU does (more workers, or partitions, help).",
+    registry=REGISTRY,
+)
 STATE_PERSIST_SECONDS = Histogram(
     "engagement_state_persist_seconds",
     "Time the worker's batches waited while account states were serialized for the changelog: a slice of"

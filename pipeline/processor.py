@@ -427,6 +427,7 @@ class BatchProcessor:
         self._batch_ends: deque[tuple[float, int]] = deque()
         self._slice_staged = False  # staged at the end of a batch, committed after the next one's first chunk
         self._in_flight: Delivery | None = None  # see process(persist=False)
+        self._waited = 0.0  # seconds the batch being processed waited for deliveries (DELIVERY_WAIT_SECONDS)
         self._failed: str | None = None  # why a batch failed: from then on the processor refuses all work
         self._horizon = MAX_TS_MS  # the latest event time accepted in the chunk being processed
         self._origins: dict[tuple[str, int], str] = {}
@@ -529,6 +530,7 @@ class BatchProcessor:
         async with self.lock:
             self._check_usable()
             started = time.perf_counter()
+            self._waited = 0.0
             try:
                 for chunk in _chunks(messages, self.settings.batch_max_events):
                     await self._next_chunk(chunk)
@@ -555,6 +557,7 @@ class BatchProcessor:
                 raise
             self._publish_counts()
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+            metrics.DELIVERY_WAIT_SECONDS.inc(self._waited)
             self.collector.sweep_if_due()
 
     async def persist(self) -> Awaitable[object]:
@@ -636,7 +639,16 @@ class BatchProcessor:
         refuse all work (:meth:`process`, or :meth:`_refusing_work_on_failure`)."""
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
-            await in_flight
+            await self._await_delivery(in_flight)
+
+    async def _await_delivery(self, delivery: Delivery) -> None:
+        """Await ``delivery``, the time it takes added to what the batch being processed waited (counted
+        in ``engagement_delivery_wait_seconds_total`` at the batch's end; outside a batch, dropped)."""
+        started = time.perf_counter()
+        try:
+            await delivery
+        finally:
+            self._waited += time.perf_counter() - started
 
     async def _next_chunk(self, messages: Sequence[SourceMessage]) -> None:
         """Process a chunk now, leave its delivery in flight, and wait for the previous chunk's delivery
@@ -644,7 +656,7 @@ class BatchProcessor:
         of the last batch, if any (its rows are durable now)."""
         previous, self._in_flight = self._in_flight, self._process_chunk(messages)
         if previous is not None:
-            await previous
+            await self._await_delivery(previous)
         if self._slice_staged:
             await self._commit()
 

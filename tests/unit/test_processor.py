@@ -446,6 +446,35 @@ def test_large_batches_are_written_in_chunks_and_count_the_same() -> None:
     assert [(r["likes"], r["engagers"]) for r in final] == [(200, 40)]
 
 
+def test_the_time_a_batch_waits_for_its_deliveries_is_counted() -> None:
+    """Inserts that take 0.2 s each on the warehouse thread: the batch's waits for them (for the chunk
+    ahead's, and for the last chunk's before its states are persisted) are counted in
+    ``engagement_delivery_wait_seconds_total``, within the batch's own time."""
+    processor, _, warehouse, _, _ = make()
+    insert = warehouse.insert
+
+    def slow_insert(table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        time.sleep(0.2)
+        insert(table, columns)
+
+    warehouse.insert = slow_insert  # type: ignore[method-assign]
+    account = owned_by(0)
+    payloads = [orjson.dumps([like(f"e{m}-{i}", account, actor=f"u{i}") for i in range(40)]) for m in range(3)]
+    processor.settings = replace(processor.settings, batch_max_events=len(payloads[0]) // 200)  # a chunk each
+
+    def sample(name: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name) or 0.0
+
+    waited, busy = sample("engagement_delivery_wait_seconds_total"), sample("engagement_batch_seconds_sum")
+    asyncio.run(processor.process([Message("likes", 0, m, p) for m, p in enumerate(payloads)]))
+    waited = sample("engagement_delivery_wait_seconds_total") - waited
+    busy = sample("engagement_batch_seconds_sum") - busy
+    assert len([name for name, _ in warehouse.inserts if name == "engagement_events"]) == 3
+    # Four inserts of 0.2 s (three chunks' events, the first chunk's windows) while the chunks take
+    # milliseconds to aggregate: the batch waited for most of them.
+    assert 0.4 <= waited <= busy
+
+
 def test_a_large_batch_is_cut_into_chunks_of_about_the_same_size() -> None:
     """Seven messages of the same size, at most three per chunk: three chunks of about 7/3 messages each
     (2, 3, 2), not 3, 3 and a short 1."""
