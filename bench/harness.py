@@ -324,9 +324,21 @@ def worker_settings(bootstrap: str, work: Path, name: str) -> Settings:
     )
 
 
-def pipeline_eps(settings: Settings, expected: int, work: Path) -> tuple[float, float, float]:
+@dataclass(frozen=True)
+class PipelineDrain:
+    """What :func:`pipeline_eps` measured of one drain."""
+
+    eps: float  # events/s to the last event processed (see Drain)
+    committed_eps: float  # events/s to every message committed
+    peak_rss_mb: float
+    batch_s: float  # the worker's time in batches (engagement_batch_seconds_sum)
+    waited_s: float  # of it, waiting for deliveries: inserts, sends (engagement_delivery_wait_seconds_total)
+
+
+def pipeline_eps(settings: Settings, expected: int, work: Path) -> PipelineDrain:
     """Our worker draining ``expected`` events: events/s to the last event processed, events/s to every
-    message committed (see :class:`Drain`), and its peak RSS (MB).
+    message committed (see :class:`Drain`), its peak RSS (MB), and its own clock of the drain: the time
+    it spent in batches and, of that, waiting for the chunks' deliveries (which half set the rate).
 
     Checked against the worker's own clock: it cannot have drained faster than it processes batches
     (events over the seconds its batches took, persists and waits left out). A start taken too late
@@ -342,7 +354,8 @@ def pipeline_eps(settings: Settings, expected: int, work: Path) -> tuple[float, 
                 f"{settings.app_id}: {eps:,.0f} events/s from the harness's clock, but the worker spent "
                 f"{busy:.2f} s in batches ({expected / busy:,.0f} events/s at most): the clock is wrong"
             )
-        return eps, expected / drain.committed_s, _rss_mb(worker.process.pid, "VmHWM")
+        waited = _scrape(settings, "engagement_delivery_wait_seconds_total")
+        return PipelineDrain(eps, expected / drain.committed_s, _rss_mb(worker.process.pid, "VmHWM"), busy, waited)
     finally:
         worker.stop()
 
@@ -521,9 +534,13 @@ def run(quick: bool, events: int | None) -> dict[str, Any]:
         if reason:
             notes["peer_eps"] = reason
         log("single_eps: our pipeline, one event per message")
-        results["single_eps"], committed["single_eps"], _ = pipeline_eps(single, n, work)
+        single_drain = pipeline_eps(single, n, work)
+        results["single_eps"], committed["single_eps"] = single_drain.eps, single_drain.committed_eps
         log("batch_eps: our pipeline, JSON-array messages")
-        results["batch_eps"], committed["batch_eps"], results["peak_rss_mb"] = pipeline_eps(batch, n, work)
+        batch_drain = pipeline_eps(batch, n, work)
+        results["batch_eps"], committed["batch_eps"] = batch_drain.eps, batch_drain.committed_eps
+        results["peak_rss_mb"] = batch_drain.peak_rss_mb
+        drains = {"single_eps": single_drain, "batch_eps": batch_drain}
 
         log("latency at half of batch_eps")
         lat = worker_settings(bootstrap, work, "latency")
@@ -539,7 +556,7 @@ def run(quick: bool, events: int | None) -> dict[str, Any]:
         else:
             log("rss_1m_accounts_mb: 1,000,000 accounts with open windows")
             results["rss_1m_accounts_mb"] = rss_with_accounts(bootstrap, work, 1_000_000)
-    return {**results, "machine": machine, "events": n, "_notes": notes, "_committed": committed}
+    return {**results, "machine": machine, "events": n, "_notes": notes, "_committed": committed, "_drains": drains}
 
 
 # -- scale-out: 1 vs 2 workers ----------------------------------------------------------------------
@@ -678,6 +695,18 @@ def report(results: dict[str, Any]) -> str:
         value = results[key]
         lines_out.append(f"{key:<22}{'null' if value is None else f'{value:,.3f}':>14}")
     lines_out.append("")
+    drains = results.get("_drains", {})
+    for key, drain in drains.items():  # where the drain's time went, on the worker's own clock
+        seconds = results["events"] / drain.eps
+        waited = drain.waited_s / drain.batch_s if drain.batch_s else 0.0
+        lines_out.append(
+            f"  {key} drain: {seconds:.2f} s, in batches {drain.batch_s:.2f} s ({drain.batch_s / seconds:.0%}),"
+            f" {waited:.0%} of that waiting for deliveries"
+        )
+    if drains:
+        lines_out.append("  (batches most of the drain, waiting little: the worker's own work set its rate; waiting")
+        lines_out.append("  much: the inserts and sends did; batches little of it: the intake between them did)")
+        lines_out.append("")
     targets = [
         ("batch_eps >= 0.25 x raw_consume_eps", results["batch_eps"] >= 0.25 * raw),
         ("single_eps >= 3 x naive_faust_eps", results["single_eps"] >= 3 * naive),
