@@ -693,9 +693,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     gc.freeze()
     # The main thread holds the interpreter's lock nearly all the time; the warehouse thread needs it in
     # short spells (building each block, chDB reading it), each of which waited for the main thread's
-    # switch interval: 5 ms by default. The inserts take about as long as aggregating the next chunk, so
-    # those waits held the chunks back: at 1 ms the batch drain was ~8 % faster (six interleaved pairs,
-    # each faster; bench/RESULTS.md).
+    # switch interval: 5 ms by default. Each such wait held back the insert the main thread would next
+    # await: at 1 ms the batch drain was ~8 % faster (six interleaved pairs, each faster; bench/RESULTS.md).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     lock = _write_lock(settings) if settings.warehouse == "embedded" else None
     merges = (
