@@ -329,6 +329,7 @@ class PipelineDrain:
     """What :func:`pipeline_eps` measured of one drain."""
 
     eps: float  # events/s to the last event processed (see Drain)
+    processed_s: float  # the seconds those took
     committed_eps: float  # events/s to every message committed
     peak_rss_mb: float
     batch_s: float  # the worker's time in batches (engagement_batch_seconds_sum)
@@ -355,7 +356,8 @@ def pipeline_eps(settings: Settings, expected: int, work: Path) -> PipelineDrain
                 f"{busy:.2f} s in batches ({expected / busy:,.0f} events/s at most): the clock is wrong"
             )
         waited = _scrape(settings, "engagement_delivery_wait_seconds_total")
-        return PipelineDrain(eps, expected / drain.committed_s, _rss_mb(worker.process.pid, "VmHWM"), busy, waited)
+        peak_rss_mb = _rss_mb(worker.process.pid, "VmHWM")
+        return PipelineDrain(eps, drain.processed_s, expected / drain.committed_s, peak_rss_mb, busy, waited)
     finally:
         worker.stop()
 
@@ -718,7 +720,7 @@ def report(results: dict[str, Any]) -> str:
     lines_out.append("")
     drains = results.get("_drains", {})
     for key, drain in drains.items():  # where the drain's time went, on the worker's own clock
-        seconds = results["events"] / drain.eps
+        seconds = drain.processed_s
         waited = drain.waited_s / drain.batch_s if drain.batch_s else 0.0
         lines_out.append(
             f"  {key} drain: {seconds:.2f} s, in batches {drain.batch_s:.2f} s ({drain.batch_s / seconds:.0%}),"
