@@ -437,25 +437,38 @@ def latency(
     finally:
         out.close()
         worker.stop()
-    return ProbeDelays(sorted(visible[k] - sent[k] if k in visible else math.inf for k in sent))
+    return ProbeDelays([visible[k] - sent[k] if k in visible else math.inf for k in sent])
 
 
 @dataclass(frozen=True)
 class ProbeDelays:
-    """What :func:`latency` measured: every probe's delay, ascending (``math.inf``: never visible)."""
+    """What :func:`latency` measured: every probe's delay in the order sent (``math.inf``: never visible)."""
 
-    delays: list[float]
+    in_order: list[float]
 
     @property
     def missing(self) -> int:
-        return sum(1 for delay in self.delays if delay == math.inf)
+        return sum(1 for delay in self.in_order if delay == math.inf)
 
-    def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile of the delays (nearest rank), None if it falls on a probe never visible."""
-        if not self.delays:
+    def quantile(self, q: float, part: slice = slice(None)) -> float | None:
+        """The ``q`` quantile (nearest rank) of the delays of the probes in ``part`` (of the order sent),
+        None if there are none or it falls on a probe never visible."""
+        delays = sorted(self.in_order[part])
+        if not delays:
             return None
-        delay = self.delays[min(len(self.delays) - 1, round(q * (len(self.delays) - 1)))]
+        delay = delays[min(len(delays) - 1, round(q * (len(delays) - 1)))]
         return None if delay == math.inf else delay
+
+    def halves(self) -> str:
+        """p50 and p99 of the run's first half of probes against its second: steady, or rising (the
+        worker past its knee at this rate, the delays growing with the backlog or the states)."""
+        middle = len(self.in_order) // 2
+
+        def shown(part: slice) -> str:
+            p50, p99 = self.quantile(0.5, part), self.quantile(0.99, part)
+            return " / ".join("never" if v is None else f"{v:.2f}" for v in (p50, p99))
+
+        return f"first half {shown(slice(None, middle))} s, second half {shown(slice(middle, None))} s"
 
 
 def rss_with_accounts(bootstrap: str, work: Path, accounts: int) -> float:
@@ -571,8 +584,9 @@ def run(quick: bool, events: int | None) -> dict[str, Any]:
         per_message = live_events / max(1, len(live))
         probes = latency(lat, live, rate, seconds, per_message)
         results["p50_latency_s"], results["p99_latency_s"] = probes.quantile(0.5), probes.quantile(0.99)
+        notes["latency probes"] = f"p50 / p99 in the {probes.halves()}"
         if probes.missing:
-            never = f"{probes.missing} of {len(probes.delays)} probes"
+            never = f"{probes.missing} of {len(probes.in_order)} probes"
             notes["p99_latency_s"] = f"{never} never visible (30 s after the last was sent)"
         if quick:
             notes["rss_1m_accounts_mb"] = "not measured with --quick"
