@@ -550,10 +550,7 @@ class BatchProcessor:
             except BaseException as exc:  # nothing of this batch is persisted; its last delivery is dropped
                 # The aggregator holds part of the batch now: nothing it holds may be persisted, written or
                 # announced any more (a call waiting for the lock would otherwise do it).
-                self._failed = f"{type(exc).__name__}: {exc}"[:200]
-                in_flight, self._in_flight = self._in_flight, None
-                if in_flight is not None:
-                    in_flight.abandon()
+                self._give_up(f"{type(exc).__name__}: {exc}")
                 raise
             self._publish_counts()
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -616,6 +613,23 @@ class BatchProcessor:
         self._slice_staged = False  # a commit stores everything staged
         self._durable.append(await self.store.commit())
         self._covered = covered
+
+    def abandon(self) -> None:
+        """Stop for good without delivering: drop the chunk delivery still in flight, if any (its sends are
+        not made; inserts already handed to the warehouse thread may still land, idempotent rows), and
+        refuse all work from then on (:class:`BatchFailed`). For a worker that stops: nothing processed
+        since its last acknowledgement is acknowledged, so Kafka redelivers it to the next owner. Call
+        once nothing else runs on the processor. Never raises, never blocks."""
+        self._give_up("abandoned: the worker stopped")
+
+    def _give_up(self, why: str) -> None:
+        """Refuse all work from now on, for ``why`` (the first reason is kept), and drop the delivery in
+        flight unawaited."""
+        if self._failed is None:
+            self._failed = why[:200]
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.abandon()
 
     @contextlib.contextmanager
     def _refusing_work_on_failure(self, what: str) -> Generator[None, None, None]:

@@ -722,6 +722,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
         pages.stop()
         if merges is not None:
             merges.stop()
+        processor.abandon()  # the last batch's delivery, if still in flight: not acknowledged, replayed
         processor.writer.close()  # the warehouse (chDB) is closed on its own thread, before exit
         if lock is not None:
             lock.unlink(missing_ok=True)

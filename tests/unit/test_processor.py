@@ -312,6 +312,29 @@ def test_a_failed_batch_abandons_the_chunk_in_flight(caplog: pytest.LogCaptureFi
     assert len(table) == 0
 
 
+def test_an_abandoned_processor_drops_its_delivery_in_flight_and_refuses_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    processor, outbox, _, table, _ = make()
+    account = owned_by(0)
+    batch = [Message("likes", 0, 0, orjson.dumps([like("e0", account)])), Message("likes", 0, 1, b"{not json")]
+
+    async def stop_with_a_delivery_in_flight() -> None:
+        await processor.process(batch, persist=False)  # its chunk's delivery is left in flight
+        processor.abandon()  # the worker stops
+
+    with nothing_left_unobserved(caplog):
+        asyncio.run(stop_with_a_delivery_in_flight())
+    # the chunk's dead letter was never sent, and no state was stored: the batch is replayed by the next owner
+    assert outbox.on("engagement-dead-letters") == [] and len(table) == 0
+    for call in (processor.persist, processor.flush, processor.write_deferred, processor.announce_watermarks):
+        with pytest.raises(BatchFailed, match="the worker stopped"):
+            asyncio.run(call())
+    with pytest.raises(BatchFailed):
+        asyncio.run(processor.process(batch))
+    processor.abandon()  # again: nothing in flight, nothing raised
+
+
 def test_late_event_is_dead_lettered(caplog: pytest.LogCaptureFixture) -> None:
     processor, outbox, _, _, _ = make(partitions=1, highwaters={("likes", 0): 3})
     account = owned_by(0, partitions=1)
@@ -774,8 +797,7 @@ def test_a_crash_between_slices_replays_exactly() -> None:
         durable, covered = processor.slices_committed()
         assert durable is not None and 0 < covered < processor.aggregator.touch_position
         await durable  # then the worker dies, every batch unacknowledged
-        if processor._in_flight is not None:  # the last batch's delivery dies with it
-            processor._in_flight.abandon()
+        processor.abandon()  # the last batch's delivery dies with it
 
     asyncio.run(crash_after_slices())
     held = sum(stored_likes(table, a) or 0 for a in accounts)
