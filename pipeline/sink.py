@@ -85,8 +85,12 @@ class PendingWrite:
         """Give the write up without awaiting it (or without awaiting the rest of it). Never raises."""
         if self._settle is not None:
             self._settle.close()
-        if self._first is not None:
-            self._first.add_done_callback(_ignore_outcome)
+        first = self._first
+        if first is not None:
+            if first.done():  # seen now: a callback would need the loop, which may be closed (a worker's stop)
+                _ignore_outcome(first)
+            else:
+                first.add_done_callback(_ignore_outcome)
 
 
 def _ignore_outcome(future: asyncio.Future[None]) -> None:

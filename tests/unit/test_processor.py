@@ -335,6 +335,27 @@ def test_an_abandoned_processor_drops_its_delivery_in_flight_and_refuses_work(
     processor.abandon()  # again: nothing in flight, nothing raised
 
 
+def test_abandon_after_the_loop_closed_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    """As at a worker's stop: Faust's loop is closed when the processor abandons its delivery in flight,
+    whose inserts may have landed meanwhile."""
+    processor, outbox, warehouse, table, _ = make()
+    batch = [Message("likes", 0, 0, orjson.dumps([like("e0", owned_by(0))]))]
+
+    async def process_then_stop() -> None:
+        await processor.process(batch, persist=False)
+        for _ in range(200):  # the chunk's first insert lands on the warehouse thread
+            if warehouse.inserts:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+
+    with nothing_left_unobserved(caplog):
+        asyncio.run(process_then_stop())
+        assert warehouse.inserts  # the insert landed: its future is done, on a loop now closed
+        processor.abandon()
+    assert outbox.on("engagement-alerts") == [] and len(table) == 0
+
+
 def test_late_event_is_dead_lettered(caplog: pytest.LogCaptureFixture) -> None:
     processor, outbox, _, _, _ = make(partitions=1, highwaters={("likes", 0): 3})
     account = owned_by(0, partitions=1)
