@@ -16,6 +16,7 @@ from kafka import KafkaProducer
 from pipeline import compiled
 from pipeline.ingest import ingest_lines
 from pipeline.partitioning import account_partitioner
+from pipeline.query_client import LOCK_FILE
 from pipeline.settings import Settings
 from tests.integration.helpers import merge_thread_nice, running_worker, wait_processed
 
@@ -163,4 +164,6 @@ def test_worker_end_to_end(live_settings: Settings) -> None:
         request = urllib.request.Request(base + "/query", data=orjson.dumps(bound))
         assert orjson.loads(urllib.request.urlopen(request, timeout=5).read())["rows"] == [[home]]
         assert worker.poll() is None
-    assert worker.returncode is not None
+    # stopped (SIGTERM): a clean exit, the store's announcement for `engagement sql` removed
+    assert worker.returncode == 0
+    assert not (settings.data_dir / LOCK_FILE).exists()
