@@ -410,7 +410,7 @@ class Aggregator:
         watermark: int,
         kinds: dict[str, int],
         candidates: list[ResponseCandidate],
-        raw: list[tuple[Any, ...]],
+        raw: list[Event],
         foreign: list[int],
         others: list[tuple[int, Outcome]],
     ) -> tuple[int, int]:
@@ -424,8 +424,9 @@ class Aggregator:
         ``future_ts``); the others move the watermark and are counted by type in ``kinds``; a reply's
         response candidate goes to ``candidates``; an event of an account that ``owner`` puts on another
         partition goes to ``foreign`` (its index, to forward); the rest are applied (:meth:`apply_event`,
-        at ``first + index``). Counted and self events get a raw row in ``raw`` (the event, then topic,
-        partition, offset); every outcome but COUNTED goes to ``others`` with the event's index."""
+        at ``first + index``). Counted and self events are appended to ``raw`` (their raw rows: the caller
+        knows their source, the message's); every outcome but COUNTED goes to ``others`` with the event's
+        index."""
         partition: int = source[1]
         frontier = self._frontier.get(partition, NO_FRONTIER)
         owners = owner if isinstance(owner, AccountOwners) else None
@@ -458,10 +459,10 @@ class Aggregator:
             outcome = self._apply_owned(event, partition, origin, first + index, frontier)
             if outcome is Outcome.COUNTED:
                 counted += 1
-                raw.append(event + source)  # one concatenation (a starred tuple goes through a list)
+                raw.append(event)
                 continue
             if outcome is Outcome.SELF:
-                raw.append(event + source)
+                raw.append(event)
             others.append((index, outcome))
         if run:
             kinds[run_kind] = kinds.get(run_kind, 0) + run

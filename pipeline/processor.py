@@ -73,10 +73,9 @@ from pipeline.sink import (
     EVENTS_TABLE,
     WINDOWS_TABLE,
     PendingWrite,
-    SourcedEvent,
+    SourcedEvents,
     WarehouseWriter,
     alert_columns,
-    event_columns,
     window_columns,
 )
 from pipeline.state_records import (
@@ -682,7 +681,7 @@ class BatchProcessor:
             dead: list[DeadLetter] = []
             rekeyed: list[tuple[str, bytes]] = []
             candidates: list[ResponseCandidate] = []
-            raw: list[SourcedEvent] = []
+            raw = SourcedEvents()
             touched: set[int] = set()
             self._horizon = self._future_horizon()  # once per chunk: a chunk takes well under a second
             for message in messages:
@@ -699,12 +698,12 @@ class BatchProcessor:
         dead: list[DeadLetter],
         rekeyed: list[tuple[str, bytes]],
         candidates: list[ResponseCandidate],
-        raw: list[SourcedEvent],
+        raw: SourcedEvents,
         frontiers: Mapping[int, int | None],
     ) -> Delivery:
         writes: list[PendingWrite] = []
         if raw:  # started first: the raw rows are ready, and their insert runs while the window rows are taken
-            writes.append(self.writer.write_soon(EVENTS_TABLE, event_columns(raw, int(time.time() * 1000))))
+            writes.append(self.writer.write_soon(EVENTS_TABLE, raw.block(int(time.time() * 1000))))
         rows = self.aggregator.take_rows()
         if rows:
             writes.append(self.writer.write_soon(WINDOWS_TABLE, window_columns(rows)))
@@ -851,7 +850,7 @@ class BatchProcessor:
         dead: list[DeadLetter],
         rekeyed: list[tuple[str, bytes]],
         candidates: list[ResponseCandidate],
-        raw: list[SourcedEvent],
+        raw: SourcedEvents,
     ) -> None:
         topic, partition, offset = message.topic, message.partition, message.offset
         key = (topic, partition)
@@ -881,9 +880,11 @@ class BatchProcessor:
         kinds: dict[str, int] = {}
         foreign: list[int] = []
         others: list[tuple[int, Outcome]] = []
+        source = (topic, partition, offset)
+        since = len(raw.events)
         watermark, counted = self.aggregator.apply_message(
             events,
-            (topic, partition, offset),
+            source,
             self._origin(topic, partition),
             input_position(offset, 0),
             horizon,
@@ -891,10 +892,11 @@ class BatchProcessor:
             self.progress.watermark.get(key, NO_FRONTIER),
             kinds,
             candidates,
-            raw,
+            raw.events,
             foreign,
             others,
         )
+        raw.read_at(source, since)
         self._counted += counted
         for event_type, n in kinds.items():
             self._events[(topic, event_type)] += n
@@ -965,7 +967,7 @@ class BatchProcessor:
         self._dead[reason.value] += 1
         return rejection
 
-    def _consume_rekeyed(self, message: SourceMessage, dead: list[DeadLetter], raw: list[SourcedEvent]) -> None:
+    def _consume_rekeyed(self, message: SourceMessage, dead: list[DeadLetter], raw: SourcedEvents) -> None:
         """One message of the re-key topic: a watermark announcement (``w``), response candidates (``rs``,
         ``r``) or a forwarded event (``e``). The topic is ours, but nothing in it may crash the worker or
         reach its state unchecked: a malformed message, or candidate, is dead-lettered with its reason."""
@@ -1049,7 +1051,7 @@ class BatchProcessor:
         partition: int,
         offset: int,
         dead: list[DeadLetter],
-        raw: list[SourcedEvent],
+        raw: SourcedEvents,
         origin: str,
         position: int,
         element: int,
@@ -1061,10 +1063,10 @@ class BatchProcessor:
         outcome = self.aggregator.apply_event(event, owner, origin, position)
         if outcome is Outcome.COUNTED:
             self._counted += 1
-            raw.append((*event, topic, partition, offset))
+            raw.add(event, topic, partition, offset)
             return
         if outcome is Outcome.SELF:
-            raw.append((*event, topic, partition, offset))
+            raw.add(event, topic, partition, offset)
         self._not_counted(event, outcome, owner, topic, partition, offset, element, dead)
 
     def _not_counted(

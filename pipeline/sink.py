@@ -39,6 +39,40 @@ SourcedEvent = tuple[Any, ...]
 EVENT_COLUMNS = (*Event._fields, "source_topic", "source_partition", "source_offset")
 
 
+_SOURCE_COLUMNS = EVENT_COLUMNS[len(Event._fields) :]
+
+
+class SourcedEvents:
+    """The raw events of a chunk, in order, and where each was read (its source topic, partition and
+    offset), held by source message rather than per event: ``events`` takes the events of one message as
+    they come (the hot path appends to it, :meth:`~pipeline.aggregator.Aggregator.apply_message`), then
+    :meth:`read_at` names their source; :meth:`add` takes one event with its own source."""
+
+    __slots__ = ("events", "sources")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.sources: list[tuple[tuple[str, int, int], int]] = []  # (topic, partition, offset), how many
+
+    def read_at(self, source: tuple[str, int, int], since: int) -> None:
+        """The events appended to ``events`` since it held ``since`` were read at ``source``."""
+        count = len(self.events) - since
+        if count:
+            self.sources.append((source, count))
+
+    def add(self, event: Event, topic: str, partition: int, offset: int) -> None:
+        self.events.append(event)
+        self.sources.append(((topic, partition, offset), 1))
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def block(self, ingested_ms: int) -> RowBlock:
+        """The ``engagement_events`` block of these events (the columns of :func:`event_columns`): the
+        events as they are, their sources in runs, nothing copied or transposed here (the main thread)."""
+        return RowBlock(Event._fields, self.events, {"ingested_ms": ingested_ms}, (), _SOURCE_COLUMNS, self.sources)
+
+
 def event_columns(events: Sequence[SourcedEvent], ingested_ms: int) -> RowBlock:
     """The ``engagement_events`` block of sourced events: the rows as they are (no transposition here, on
     the main thread), with ``ingested_ms`` as a constant column."""

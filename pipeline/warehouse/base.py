@@ -60,15 +60,19 @@ Params = Mapping[str, Any] | None
 class RowBlock(Mapping[str, Sequence[Any]]):
     """The rows of one insert as the pipeline holds them, read as columns (name -> values) only when asked.
 
-    ``rows`` are tuples whose fields are ``names``, in order. ``constants`` are columns with one value for
-    every row (the block's ingestion time). ``seconds`` names fields given in epoch ms (never negative)
-    whose columns hold seconds (``DateTime``). As a mapping it is the same columns a plain dict would
-    give, transposed on the first read (on the warehouse thread, not the caller's) and kept. A backend
-    that can take rows whole (:class:`~pipeline.warehouse.embedded.EmbeddedWarehouse`, through Arrow)
-    reads ``rows`` instead and never transposes. Not safe to read from two threads at once.
+    ``rows`` are tuples whose fields are ``names``, in order. ``run_names`` are columns given in runs
+    instead: each of ``runs`` is ``(values, count)``, the values of those columns for the next ``count``
+    rows (a value shared by consecutive rows, such as a raw event's source message, is held once; the
+    counts add up to the rows). ``constants`` are columns with one value for every row (the block's
+    ingestion time). ``seconds`` names fields given in epoch ms (never negative) whose columns hold
+    seconds (``DateTime``). The columns are ``names``, then ``run_names``, then the constants. As a
+    mapping it is the same columns a plain dict would give, transposed on the first read (on the warehouse
+    thread, not the caller's) and kept. A backend that can take rows whole
+    (:class:`~pipeline.warehouse.embedded.EmbeddedWarehouse`, through Arrow) reads ``rows`` (and
+    :meth:`run_columns`) instead and never transposes. Not safe to read from two threads at once.
     """
 
-    __slots__ = ("_columns", "constants", "names", "rows", "seconds")
+    __slots__ = ("_columns", "constants", "names", "rows", "run_names", "runs", "seconds")
 
     def __init__(
         self,
@@ -76,15 +80,20 @@ class RowBlock(Mapping[str, Sequence[Any]]):
         rows: Sequence[Sequence[Any]],
         constants: Mapping[str, Any] | None = None,
         seconds: Collection[str] = (),
+        run_names: Sequence[str] = (),
+        runs: Sequence[tuple[Sequence[Any], int]] = (),
     ) -> None:
         self.names = tuple(names)
         self.rows = rows
         self.constants: Mapping[str, Any] = constants or {}
         self.seconds = tuple(seconds)
+        self.run_names = tuple(run_names)
+        self.runs = runs
         self._columns: dict[str, list[Any]] | None = None
 
     def columns(self) -> dict[str, list[Any]]:
-        """The block as columns; raises ``ValueError`` if a row's length is not ``len(names)``."""
+        """The block as columns; raises ``ValueError`` if a row's length is not ``len(names)``, or a run's
+        not ``len(run_names)``, or the runs do not cover the rows exactly."""
         if self._columns is None:
             if self.rows:
                 transposed = zip(*self.rows, strict=True)
@@ -93,20 +102,36 @@ class RowBlock(Mapping[str, Sequence[Any]]):
                 columns = {name: [] for name in self.names}
             for name in self.seconds:
                 columns[name] = [ms // 1000 for ms in columns[name]]
+            columns.update(zip(self.run_names, self.run_columns(), strict=True))
             for name, value in self.constants.items():
                 columns[name] = [value] * len(self.rows)
             self._columns = columns
         return self._columns
+
+    def run_columns(self) -> list[list[Any]]:
+        """The columns of ``run_names``, one value per row; raises ``ValueError`` as :meth:`columns`."""
+        if not self.run_names:
+            return []
+        expanded: list[list[Any]] = [[] for _ in self.run_names]
+        covered = 0
+        for values, count in self.runs:
+            covered += count
+            for column, value in zip(expanded, values, strict=True):
+                column += [value] * count
+        if covered != len(self.rows):
+            raise ValueError(f"the runs cover {covered} rows of {len(self.rows)}")
+        return expanded
 
     def __getitem__(self, name: str) -> list[Any]:
         return self.columns()[name]
 
     def __iter__(self) -> Iterator[str]:
         yield from self.names
+        yield from self.run_names
         yield from self.constants
 
     def __len__(self) -> int:
-        return len(self.names) + len(self.constants)
+        return len(self.names) + len(self.run_names) + len(self.constants)
 
 
 def row_count(columns: Mapping[str, Sequence[Any]]) -> int:

@@ -76,14 +76,20 @@ class EmbeddedWarehouse:
 
     def _block(self, table: str, columns: Mapping[str, Sequence[Any]]) -> Any:
         """The Arrow table chDB reads. A :class:`RowBlock` whose columns all have types Arrow can be told
-        (:func:`arrow_type`) is converted from its rows in one pass, with those types; anything else
+        (:func:`arrow_type`) is converted from its rows in one pass (and each run column from its runs), with
+        those types; anything else
         (and a row block Arrow refuses with them) is transposed and converted with inferred types."""
         pa = self._pyarrow
         if isinstance(columns, RowBlock) and columns.rows:
-            row_type = self._row_type(table, columns.names)
+            row_type = self._row_type(table, columns.names + columns.run_names)
             if row_type is not None:
                 try:
-                    block = pa.Table.from_struct_array(pa.array(columns.rows, type=row_type))
+                    fields = list(row_type)
+                    split = len(columns.names)
+                    rows_type = pa.struct(fields[:split]) if columns.run_names else row_type
+                    block = pa.Table.from_struct_array(pa.array(columns.rows, type=rows_type))
+                    for field, values in zip(fields[split:], columns.run_columns(), strict=True):
+                        block = block.append_column(field, pa.array(values, type=field.type))
                 except (pa.ArrowException, TypeError, ValueError, OverflowError):
                     block = None  # the general path below gives the precise error, if any
                 if block is not None:

@@ -14,7 +14,15 @@ from pipeline.events import Event
 from pipeline.processes import free_port
 from pipeline.report import Weights, report_params
 from pipeline.settings import Settings
-from pipeline.sink import ALERTS_TABLE, EVENTS_TABLE, WINDOWS_TABLE, alert_columns, event_columns, window_columns
+from pipeline.sink import (
+    ALERTS_TABLE,
+    EVENTS_TABLE,
+    WINDOWS_TABLE,
+    SourcedEvents,
+    alert_columns,
+    event_columns,
+    window_columns,
+)
 from pipeline.warehouse import QueryError, Warehouse, WarehouseUnavailable, open_warehouse
 from pipeline.warehouse.base import RowBlock
 from pipeline.warehouse.embedded import EmbeddedWarehouse
@@ -137,8 +145,13 @@ def _blocks(prefix: str) -> dict[str, RowBlock]:
     alerts = [
         Alert(f"{prefix}x", f"{prefix}a", 1_767_225_600_000, 1_767_225_900_000, "firing", "drop", 1, 10.0, 90.0, 3)
     ]
+    raw = SourcedEvents()  # as the worker holds them: by source message, three events per message here
+    for offset in range(0, len(events), 3):
+        since = len(raw.events)
+        raw.events += events[offset : offset + 3]
+        raw.read_at(("likes", 2, offset), since)
     return {
-        EVENTS_TABLE: event_columns([(*e, "likes", 2, i) for i, e in enumerate(events)], 1_767_225_700_123),
+        EVENTS_TABLE: raw.block(1_767_225_700_123),
         WINDOWS_TABLE: window_columns(windows),
         ALERTS_TABLE: alert_columns(alerts),
     }

@@ -480,7 +480,7 @@ def _apply_message(
 ) -> tuple[object, ...]:
     kinds: dict[str, int] = {}
     candidates: list[ResponseCandidate] = []
-    raw: list[tuple[object, ...]] = []
+    raw: list[Event] = []
     foreign: list[int] = []
     others: list[tuple[int, Outcome]] = []
     watermark, counted = agg.apply_message(
@@ -525,7 +525,7 @@ def test_apply_message_counts_types_by_runs_and_calls_either_kind_of_owner() -> 
     assert foreign == [1, 3, 5]  # re-keyed to the owner, whose partition applies them
     assert others == [(6, Outcome.SELF)]
     assert candidates == [ResponseCandidate("e6", "u6", "x", T0 + 6000)]  # whoever owns the account
-    assert raw == [(*e, "likes", home, 40) for i, e in enumerate(events) if i not in foreign]
+    assert raw == [e for i, e in enumerate(events) if i not in foreign]  # their source is the caller's to note
     assert counted == 4
 
 

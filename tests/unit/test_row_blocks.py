@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.aggregator import WindowRow
 from pipeline.events import Event
-from pipeline.sink import EVENT_COLUMNS, event_columns, window_columns
+from pipeline.sink import EVENT_COLUMNS, SourcedEvents, event_columns, window_columns
 from pipeline.warehouse.base import RowBlock, row_count
 from pipeline.warehouse.embedded import arrow_type
 
@@ -38,6 +38,46 @@ def test_a_row_of_another_length_is_refused_when_read() -> None:
     block = RowBlock(("a", "b"), [("x", 1), ("y",)])
     with pytest.raises(ValueError):
         block.columns()
+
+
+def test_run_columns_hold_a_value_once_for_consecutive_rows() -> None:
+    block = RowBlock(("a",), [("x",), ("y",), ("z",)], {"at": 5}, (), ("t", "o"), [(("t1", 7), 2), (("t2", 9), 1)])
+    assert list(block) == ["a", "t", "o", "at"] and len(block) == 4
+    assert block.run_columns() == [["t1", "t1", "t2"], [7, 7, 9]]
+    assert dict(block) == {"a": ["x", "y", "z"], "t": ["t1", "t1", "t2"], "o": [7, 7, 9], "at": [5, 5, 5]}
+    assert row_count(block) == 3
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [(("t1", 7), 2)],  # one row short
+        [(("t1", 7), 4)],  # one row over
+        [(("t1",), 3)],  # a value missing
+    ],
+)
+def test_runs_not_covering_the_rows_exactly_are_refused(
+    runs: list[tuple[tuple[object, ...], int]],
+) -> None:
+    block = RowBlock(("a",), [("x",), ("y",), ("z",)], None, (), ("t", "o"), runs)
+    with pytest.raises(ValueError):
+        block.columns()
+
+
+def test_sourced_events_give_the_columns_of_event_columns() -> None:
+    e1, e2, e3 = (Event(f"e{i}", "like", 1_000 + i, "u1", "a1") for i in range(3))
+    raw = SourcedEvents()
+    since = len(raw.events)
+    raw.events += [e1, e2]  # as the hot path appends them
+    raw.read_at(("likes", 0, 7), since)
+    raw.read_at(("likes", 0, 8), len(raw.events))  # a message with no raw row: no run
+    raw.add(e3, "replies", 1, 3)  # a re-keyed event, with its own source
+    assert len(raw) == 3
+    block = raw.block(99)
+    assert block.rows is raw.events  # no copy, no transposition on the caller's thread
+    sourced = [(*e1, "likes", 0, 7), (*e2, "likes", 0, 7), (*e3, "replies", 1, 3)]
+    assert list(block) == list(event_columns(sourced, 99)) == [*EVENT_COLUMNS, "ingested_ms"]
+    assert dict(block) == dict(event_columns(sourced, 99))
 
 
 def test_the_worker_blocks_keep_their_rows_and_name_the_table_columns() -> None:
