@@ -87,10 +87,11 @@ class WindowRow(NamedTuple):
         return self[:-1]
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseCandidate:
+class ResponseCandidate(NamedTuple):
     """A reply by ``responder`` to someone else, sent to the responder's partition to be matched against
-    the inbound reply/mention it answers (``in_reply_to``)."""
+    the inbound reply/mention it answers (``in_reply_to``). A tuple, as :class:`WindowRow`: one is built per
+    reply on the hot path, and a dataclass's generated ``__init__`` (frozen: ``object.__setattr__`` per
+    field) is interpreted Python even in the compiled build."""
 
     event_id: str
     responder: str
