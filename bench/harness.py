@@ -11,7 +11,9 @@ drift between machines; ratios hold).
 Figures: raw_consume_eps (aiokafka reading the messages, doing nothing), naive_faust_eps (textbook Faust
 agent), peer_eps (Quix Streams), single_eps / batch_eps (our full pipeline, one event per message / JSON
 arrays), p50/p99_latency_s (produce -> row visible in ClickHouse at half of batch_eps), peak_rss_mb (worker
-in the batch run), rss_1m_accounts_mb (worker RSS with 1,000,000 distinct accounts in open windows).
+in the batch run), rss_1m_accounts_mb (worker RSS with 1,000,000 distinct accounts in open windows);
+with ``machine`` (cores, Python, platform, the compiled hot path, and ``loop_10m_s``: this interpreter's
+seconds for 10,000,000 additions at the run's start and end, the machine's speed around it) and ``events``.
 ``--workers-scaling``: workers_1_eps, workers_2_eps (JSON arrays, one consumer group, a ClickHouse server)
 and their ratio.
 """
@@ -537,17 +539,34 @@ def flat_messages(data: list[bytes]) -> Iterator[tuple[str, bytes, bytes, int | 
         yield "flat", obj["account_id"].encode(), line, None
 
 
+def loop_seconds() -> float:
+    """Seconds this interpreter takes for 10,000,000 additions in a loop, the best of three: the machine's
+    speed at the moment, which moves by up to 2x from one hour to the next on a shared machine and every
+    figure with it (bench/RESULTS.md compares runs by it)."""
+    # At module level, on global names, as `python -c` runs it: the figure RESULTS.md has quoted since run
+    # 30 (in a function, on local names, the same loop takes about half as long).
+    code = compile("x = 0\nfor i in range(10_000_000):\n    x += i\n", "<loop>", "exec")
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        exec(code, {})
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
 def run(quick: bool, events: int | None) -> dict[str, Any]:
     n = events or (30_000 if quick else 300_000)
     accounts = 5_000 if quick else 20_000
     results: dict[str, Any] = dict.fromkeys(KEYS)
     notes: dict[str, str] = {}
     committed: dict[str, float] = {}  # the same drains timed to every offset committed (see Drain)
+    loop = {"start": loop_seconds()}  # and "end": the machine's speed around the run
     machine = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "compiled": compiled.STATUS.active,  # the hot path built by mypyc (pipeline/compiled.py)
+        "loop_10m_s": loop,
     }
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
@@ -605,6 +624,7 @@ def run(quick: bool, events: int | None) -> dict[str, Any]:
         else:
             log("rss_1m_accounts_mb: 1,000,000 accounts with open windows")
             results["rss_1m_accounts_mb"] = rss_with_accounts(bootstrap, work, 1_000_000)
+    loop["end"] = loop_seconds()
     return {**results, "machine": machine, "events": n, "_notes": notes, "_committed": committed, "_drains": drains}
 
 
